@@ -1,0 +1,21 @@
+"""Errors raised for user mistakes: each message names the problem and the fix."""
+
+
+class LungDDPMError(Exception):
+    """Base class of every error the engine raises for bad input or configuration."""
+
+
+class CheckpointError(LungDDPMError):
+    """A model file that cannot be read, is not a Lung-DDPM checkpoint, or does not fit the request."""
+
+
+class ConfigError(LungDDPMError):
+    """An inconsistent model, sampler or training configuration."""
+
+
+class DeviceError(LungDDPMError):
+    """A requested compute device that this machine or this torch build cannot provide."""
+
+
+class InputError(LungDDPMError):
+    """An input image or layout that cannot be used (wrong file, empty mask, mismatched grids, NaN)."""
