@@ -1,0 +1,23 @@
+# Set-up and test entry points; README.md and .ci/run call these targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: engine/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e "engine[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q Testing
+
+demo: setup
+	$(VENV)/bin/lungddpm demo --output lungddpm-demo
+
+bench: setup
+	$(PY) bench/engine_cpu.py

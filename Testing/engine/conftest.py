@@ -1,0 +1,40 @@
+"""Shared fixtures: the ../shared folder beside the repository (skip with a message where absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared folder (golden tensors, real CT); tests that need it skip where it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: clone the repository beside the project's shared/ folder to run this test")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared_dir: Path) -> Path:
+    """../shared/golden: tensors produced by the released Lung-DDPM code."""
+    path = shared_dir / "golden"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(golden_dir: Path) -> dict:
+    """Outputs of the released code for the tiny checkpoint (forward, schedule, loss, AAS loop)."""
+    return torch.load(golden_dir / "tiny-reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(golden_dir: Path) -> Path:
+    """The tiny released-format checkpoint with float16 U-Net weights."""
+    return golden_dir / "tiny-official-checkpoint-fp16.pt"

@@ -1,0 +1,38 @@
+"""Small models for fast tests."""
+
+from __future__ import annotations
+
+import torch
+
+from lungddpm import LungDDPM, ModelConfig
+
+
+def small_config(**overrides) -> ModelConfig:
+    """A 16³, two-level, 32-channel configuration with T = 8 (fast on CPU)."""
+    base = dict(image_size=16, num_channels=32, channel_mult=(1, 2), attention_resolutions=(8,), timesteps=8)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def random_model(seed: int = 0, **overrides) -> LungDDPM:
+    """A small model whose weights (zero-initialised ones included) are random, in eval mode."""
+    torch.manual_seed(seed)
+    model = LungDDPM(small_config(**overrides))
+    with torch.no_grad():
+        for p in model.denoise_fn.parameters():
+            p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def random_layout(shape=(16, 16, 16), batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, x_ref): a spherical 'lung' channel with a small 'nodule', and a reference in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    zz, yy, xx = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in shape), indexing="ij")
+    c = [(s - 1) / 2 for s in shape]
+    r2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
+    lung = r2 <= (min(shape) * 0.35) ** 2
+    nodule = r2 <= 2.0**2
+    cond = torch.stack([lung, nodule]).float() * 2 - 1
+    cond = cond[None].repeat(batch, 1, 1, 1, 1)
+    x_ref = (torch.rand((batch, 1, *shape), generator=g) * 2 - 1)
+    return cond, x_ref
