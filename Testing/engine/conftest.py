@@ -38,3 +38,12 @@ def tiny_reference(golden_dir: Path) -> dict:
 def tiny_checkpoint(golden_dir: Path) -> Path:
     """The tiny released-format checkpoint with float16 U-Net weights."""
     return golden_dir / "tiny-official-checkpoint-fp16.pt"
+
+
+@pytest.fixture(scope="session")
+def real_ct_dir(shared_dir: Path) -> Path:
+    """../shared/data/lung-pet-ct-dx-A0001: one real chest CT (DICOM series and NIfTI) with a crude layout."""
+    path = shared_dir / "data" / "lung-pet-ct-dx-A0001"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: the real CT test data lives in the project's shared/ folder")
+    return path

@@ -1,0 +1,271 @@
+"""Label conventions, the automatic lung mask, parametric nodules and layout validation (lungddpm.layout)."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from lungddpm.errors import InputError
+from lungddpm.layout import (BACKGROUND, LUNG, NODULE, add_nodule, compose_layout, lung_mask, nodule_mask,
+                             random_nodules, validate_layout)
+from lungddpm.volume import Volume, index_to_physical, physical_to_index, resample_like
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rotation(axis: tuple[float, float, float], angle: float) -> np.ndarray:
+    """The rotation matrix about an axis (Rodrigues)."""
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+GRID_DIRECTIONS = {
+    "lps": np.eye(3),
+    "ras": np.diag([-1.0, -1.0, 1.0]),
+    "oblique": rotation((0.3, -1.0, 2.0), 0.7),
+}
+
+
+def grid(direction: np.ndarray, shape=(40, 96, 96), spacing=(0.8, 0.8, 2.0)) -> Volume:
+    """An empty uint8 grid with anisotropic spacing, centred about the LPS origin."""
+    centre_offset = np.asarray(direction).reshape(3, 3) @ (np.asarray(spacing) * (np.asarray(shape[::-1]) - 1) / 2)
+    return Volume(np.zeros(shape, np.uint8), tuple(-centre_offset), spacing, np.asarray(direction).ravel())
+
+
+def synthetic_layout() -> Volume:
+    """A layout with one ellipsoidal 'lung' (label 1) of semi-axes 30 x 25 x 30 mm about the LPS origin."""
+    layout = grid(GRID_DIRECTIONS["oblique"])
+    k, j, i = np.indices(layout.array.shape)
+    p = index_to_physical(layout, np.stack([i, j, k], axis=-1))
+    layout.array[((p / (30.0, 25.0, 30.0)) ** 2).sum(axis=-1) <= 1.0] = LUNG
+    return layout
+
+
+def centroid_mm(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    """The physical centroid (LPS mm) of a mask's voxels."""
+    k, j, i = np.nonzero(mask)
+    return index_to_physical(volume, np.stack([i, j, k], axis=-1)).mean(axis=0)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks."""
+    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real CT
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    """bench/lung_mask_report.py, whose reference trachea and comparison the tests share."""
+    spec = importlib.util.spec_from_file_location("lung_mask_report", REPO / "bench" / "lung_mask_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def real_ct(real_ct_dir: Path) -> tuple[Volume, Volume]:
+    """The shared real CT and its crude layout."""
+    from lungddpm.volume import read_volume
+
+    return read_volume(real_ct_dir / "ct.nii.gz"), read_volume(real_ct_dir / "layout-crude.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def measured(real_ct: tuple[Volume, Volume], report: ModuleType) -> tuple[np.ndarray, dict]:
+    """Our lung mask of the real CT and the report's numbers (volume, runtime, trachea voxels, Dice)."""
+    ours, numbers = report.measure(*real_ct)
+    print(numbers)
+    return ours, numbers
+
+
+def test_lung_mask_volume_and_runtime(measured: tuple[np.ndarray, dict]) -> None:
+    _, numbers = measured
+    assert 3.0 <= numbers["lung_volume_l"] <= 7.0
+    assert numbers["runtime_s"] < 10.0
+
+
+def test_lung_mask_two_lungs_left_and_right(real_ct: tuple[Volume, Volume], measured: tuple[np.ndarray, dict]) -> None:
+    ct, _ = real_ct
+    ours, _ = measured
+    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(
+        sitk.GetImageFromArray(ours.astype(np.uint8)))))
+    litres = np.bincount(labels.ravel())[1:] * np.prod(ct.spacing) / 1e6
+    print("components (L):", np.round(litres[:4], 3))
+    assert litres.size >= 2 and litres[1] >= 1.0
+    assert litres[2:].sum() < 0.01
+    right_x, left_x = sorted(centroid_mm(ct, labels == n)[0] for n in (1, 2))
+    assert right_x < -50.0 and left_x > 50.0  # LPS x grows to the patient's left
+
+
+def test_lung_mask_excludes_trachea_and_matches_crude(measured: tuple[np.ndarray, dict]) -> None:
+    _, numbers = measured
+    assert numbers["trachea_voxels_reference"] > 5000
+    assert numbers["trachea_voxels_ours"] < 0.1 * numbers["trachea_voxels_crude"]
+    assert numbers["dice_outside_trachea"] > 0.95
+
+
+def test_lung_mask_independent_of_axis_order(real_ct: tuple[Volume, Volume], measured: tuple[np.ndarray, dict]) -> None:
+    ct, _ = real_ct
+    ours, _ = measured
+    image = sitk.Flip(sitk.PermuteAxes(ct.to_sitk(), [2, 0, 1]), [True, False, True])  # keeps physical positions
+    reoriented = lung_mask(Volume.from_sitk(image))
+    assert reoriented.array.shape == (512, 512, 64)
+    back = resample_like(reoriented, ct, interpolator="nearest").array > 0
+    score = dice(back, ours)
+    print(f"Dice after re-orientation: {score:.4f}")
+    assert score > 0.98
+
+
+def test_report_script_writes_picture(real_ct_dir: Path, report: ModuleType, tmp_path: Path) -> None:
+    numbers = report.main([str(tmp_path), str(real_ct_dir)])
+    picture = sitk.ReadImage(str(tmp_path / report.PNG_NAME))
+    assert picture.GetNumberOfComponentsPerPixel() == 3 and picture.GetSize()[0] == 1024
+    assert numbers["trachea_voxels_ours"] < numbers["trachea_voxels_crude"]
+
+
+def test_lung_mask_rejects_non_ct() -> None:
+    with pytest.raises(InputError, match="does not look like a CT in HU"):
+        lung_mask(Volume(np.random.default_rng(0).uniform(0, 1, (8, 16, 16)).astype(np.float32)))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        lung_mask(Volume(np.full((8, 16, 16), np.nan, np.float32)))
+    body_without_lungs = np.full((20, 64, 64), -1000, np.int16)
+    body_without_lungs[:, 8:56, 8:56] = 40
+    with pytest.raises(InputError, match="no air-filled lung found"):
+        lung_mask(Volume(body_without_lungs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout composition and validation
+
+
+def test_compose_layout_nodule_wins() -> None:
+    lung = Volume(np.zeros((4, 5, 6), np.uint8))
+    lung.array[1:3, 1:4, 1:5] = 7
+    nodules = lung.with_array(np.zeros((4, 5, 6), bool))
+    nodules.array[2, 2, 2:4] = True
+    layout = compose_layout(lung, nodules).array
+    assert layout.dtype == np.uint8
+    assert np.count_nonzero(layout == NODULE) == 2 and np.count_nonzero(layout == LUNG) == 22
+    assert np.array_equal(compose_layout(lung, None).array, (lung.array > 0).astype(np.uint8))
+
+
+def ct_and_layout() -> tuple[Volume, Volume]:
+    """A CT-like volume and a valid layout (lung with one nodule) on the same grid."""
+    layout = synthetic_layout()
+    layout = add_nodule(layout, (0.0, 0.0, 0.0), 8.0)
+    ct = layout.with_array(np.where(layout.array == LUNG, -850, 40).astype(np.int16))
+    return ct, layout
+
+
+def test_validate_layout_accepts_valid_and_nodule_free() -> None:
+    ct, layout = ct_and_layout()
+    validate_layout(ct, layout)
+    validate_layout(ct, layout.with_array(np.where(layout.array == NODULE, LUNG, layout.array).astype(np.uint8)))
+
+
+def test_validate_layout_rejects_bad_cases() -> None:
+    ct, layout = ct_and_layout()
+    cases = {
+        "differs from reference spacing": (ct, Volume(layout.array, layout.origin, (1.0, 1.0, 1.0), layout.direction)),
+        r"labels \[5\] outside": (ct, layout.with_array(np.where(layout.array == NODULE, 5, layout.array))),
+        "no lung voxels": (ct, layout.with_array(np.where(layout.array == LUNG, BACKGROUND, layout.array))),
+        "NaN or infinite": (ct.with_array(np.where(layout.array == NODULE, np.nan, ct.array).astype(np.float32)),
+                            layout),
+        "does not look like a CT": (ct.with_array((ct.array + 2000).astype(np.int16)), layout),
+    }
+    far = layout.array.copy()
+    far[2:4, 2:4, 2:4] = NODULE
+    cases["nodule.*outside the lung"] = (ct, layout.with_array(far))
+    for message, (image, labels) in cases.items():
+        with pytest.raises(InputError, match=message):
+            validate_layout(image, labels)
+
+
+def test_validate_layout_accepts_nodule_touching_lung() -> None:
+    ct, layout = ct_and_layout()
+    lung = layout.array == LUNG
+    k = int(np.flatnonzero(lung.any(axis=(1, 2)))[-1]) + 1  # the slice just beyond the lung
+    touching = layout.array.copy()
+    touching[k][lung[k - 1]] = NODULE
+    validate_layout(ct, layout.with_array(touching))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parametric nodules
+
+
+@pytest.mark.parametrize("name", sorted(GRID_DIRECTIONS))
+def test_nodule_mask_centre_and_volume(name: str) -> None:
+    volume = grid(GRID_DIRECTIONS[name])
+    centre = (3.3, -4.1, 5.2)
+    for diameter in (10.0, 16.0):
+        mask = nodule_mask(volume, centre, diameter)
+        assert mask.dtype == bool and mask.shape == volume.array.shape
+        assert np.linalg.norm(centroid_mm(volume, mask) - centre) <= max(volume.spacing)
+        measured = np.count_nonzero(mask) * np.prod(volume.spacing)
+        expected = 4.0 / 3.0 * np.pi * (diameter / 2) ** 3
+        assert abs(measured / expected - 1.0) < 0.15
+
+
+def test_nodule_irregularity_changes_shape_not_centre() -> None:
+    volume = grid(GRID_DIRECTIONS["oblique"])
+    centre = (1.0, 2.0, -3.0)
+    round_mask = nodule_mask(volume, centre, 16.0)
+    lobulated = nodule_mask(volume, centre, 16.0, irregularity=1.0, seed=4)
+    assert dice(round_mask, lobulated) < 0.95
+    assert not np.array_equal(lobulated, nodule_mask(volume, centre, 16.0, irregularity=1.0, seed=5))
+    assert np.array_equal(lobulated, nodule_mask(volume, centre, 16.0, irregularity=1.0, seed=4))
+    assert np.linalg.norm(centroid_mm(volume, lobulated) - centre) <= max(volume.spacing)
+
+
+def test_nodule_parameters_validated() -> None:
+    volume = grid(np.eye(3))
+    for kwargs, message in [({"kind": "cystic"}, "kind 'cystic'"), ({"irregularity": 1.5}, "irregularity"),
+                            ({"diameter_mm": -2.0}, "diameter")]:
+        with pytest.raises(InputError, match=message):
+            nodule_mask(volume, (0, 0, 0), **{"diameter_mm": 8.0, **kwargs})
+    assert nodule_mask(volume, (0, 0, 0), 8.0, kind="ground-glass").any()
+    assert not nodule_mask(volume, (500.0, 0, 0), 8.0).any()
+
+
+def test_add_nodule_returns_new_layout() -> None:
+    layout = synthetic_layout()
+    before = layout.array.copy()
+    result = add_nodule(layout, (2.0, -3.0, 1.0), 10.0, kind="part-solid", irregularity=0.3, seed=1)
+    np.testing.assert_array_equal(layout.array, before)
+    assert result is not layout and np.count_nonzero(result.array == NODULE) > 0
+    with pytest.raises(InputError, match="outside the layout image"):
+        add_nodule(layout, (400.0, 0.0, 0.0), 10.0)
+    with pytest.raises(InputError, match="not inside the lung"):
+        add_nodule(layout, (34.0, 0.0, 0.0), 10.0)
+    assert np.any(add_nodule(layout, (34.0, 0.0, 0.0), 10.0, require_in_lung=False).array == NODULE)
+
+
+def test_random_nodules_deterministic_and_inside_lung() -> None:
+    layout = synthetic_layout()
+    first, specs = random_nodules(layout, 3, (4.0, 12.0), kinds=("solid", "ground-glass"), seed=11)
+    again, specs_again = random_nodules(layout, 3, (4.0, 12.0), kinds=("solid", "ground-glass"), seed=11)
+    other, _ = random_nodules(layout, 3, (4.0, 12.0), kinds=("solid", "ground-glass"), seed=12)
+    np.testing.assert_array_equal(first.array, again.array)
+    assert specs == specs_again and not np.array_equal(first.array, other.array)
+    assert len(specs) == 3 and {"center_lps_mm", "diameter_mm", "kind", "irregularity"} <= set(specs[0])
+    nodules = first.array == NODULE
+    assert np.all(layout.array[nodules] == LUNG)
+    single = [nodule_mask(layout, s["center_lps_mm"], s["diameter_mm"], irregularity=s["irregularity"],
+                          seed=s["seed"]) for s in specs]
+    assert np.count_nonzero(nodules) == sum(np.count_nonzero(m) for m in single)  # no overlap
+    for spec in specs:
+        i, j, k = np.round(physical_to_index(layout, spec["center_lps_mm"])).astype(int)
+        assert first.array[k, j, i] == NODULE and 4.0 <= spec["diameter_mm"] <= 12.0
+    with pytest.raises(InputError, match="no room left"):
+        random_nodules(layout, 2, (50.0, 60.0))
