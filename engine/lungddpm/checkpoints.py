@@ -233,7 +233,9 @@ def _read_project(obj: dict[str, Any], weights: str, source: str) -> tuple[Model
         raise CheckpointError(f"{source} has an unusable configuration: {exc}") from None
     sd = obj.get(weights)
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{source} holds no '{weights}' weights")
+        held = [k for k in ("model", "ema") if isinstance(obj.get(k), dict)]
+        raise CheckpointError(f"{source} holds no '{weights}' weights (it holds {held}); load with weights={held[0]!r}" if held
+                              else f"{source} holds no weights")
     return config, {k: v.float() for k, v in sd.items()}, obj.get("step"), "lungddpm"
 
 
@@ -244,8 +246,12 @@ def save_checkpoint(
     ema: torch.nn.Module | None = None,
     step: int = 0,
     extra: dict[str, Any] | None = None,
+    store: tuple[str, ...] = ("model", "ema"),
 ) -> Path:
-    """Write a project-format checkpoint atomically (temporary file in the same folder, then rename)."""
+    """Write a project-format checkpoint atomically (temporary file in the same folder, then rename).
+
+    ``store`` selects the weights written: the model's, the EMA's (``ema`` or else the model's), or both.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -254,9 +260,10 @@ def save_checkpoint(
         "engine_version": __version__,
         "config": model.config.to_dict(),
         "step": int(step),
-        "model": {k: v.detach().cpu() for k, v in model.denoise_fn.state_dict().items()},
-        "ema": {k: v.detach().cpu() for k, v in (ema or model.denoise_fn).state_dict().items()},
     }
+    nets = {"model": model.denoise_fn, "ema": ema or model.denoise_fn}
+    for name in store:
+        payload[name] = {k: v.detach().cpu() for k, v in nets[name].state_dict().items()}
     payload.update(extra or {})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
