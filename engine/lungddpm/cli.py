@@ -5,19 +5,101 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import LungDDPMError
+
+DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo-native-32.pt"
+
+
+def _model_path(value: str) -> Path:
+    """A checkpoint path; the word 'demo' names the bundled demo model."""
+    return DEMO_MODEL if value == "demo" else Path(value)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print a checkpoint's format, SHA-256, step and configuration as JSON."""
     from .checkpoints import load_model
 
-    model = load_model(args.checkpoint, device="cpu")
+    model = load_model(_model_path(args.checkpoint), device="cpu")
     n_params = sum(p.numel() for p in model.denoise_fn.parameters())
     print(json.dumps({"source": vars(model.source), "parameters": n_params, "config": model.config.to_dict()}, indent=2))
     return 0
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    """Synthesise a CT from a reference CT and a layout and write it with its labels."""
+    from .progress import Progress
+    from .synthesize import planned_outputs, synthesize, write_result
+    from .volume import refuse_protected
+
+    model = _model_path(args.model)
+    protect = (args.reference, args.layout, model)
+    for target in planned_outputs(args.output):  # refuse before hours of sampling, not after
+        refuse_protected(target, protect)
+    result = synthesize(args.reference, args.layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
+                        device=args.device, progress=Progress(args.progress), variant=args.variant)
+    image_path, labels_path = write_result(result, args.output, protect=protect)
+    _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path)})
+    return 0
+
+
+def _cmd_lung_mask(args: argparse.Namespace) -> int:
+    """Write an automatic lung mask (label 1) of a CT."""
+    from .layout import lung_mask
+    from .volume import read_volume, write_volume
+
+    ct = read_volume(args.ct)
+    mask = lung_mask(ct)
+    litres = float((mask.array > 0).sum()) * _voxel_ml(mask) / 1000
+    path = write_volume(mask, args.output, metadata={"descrip": "lung mask made by lungddpm (1 = lung)"}, protect=(args.ct,))
+    print(json.dumps({"output": str(path), "lung_volume_l": round(litres, 3)}))
+    return 0
+
+
+def _voxel_ml(volume) -> float:
+    """Volume of one voxel in millilitres."""
+    sx, sy, sz = volume.spacing
+    return sx * sy * sz / 1000
+
+
+def _cmd_add_nodule(args: argparse.Namespace) -> int:
+    """Add a nodule at a point, or random nodules, to a layout and write the new layout."""
+    from .layout import add_nodule, random_nodules
+    from .volume import read_volume, write_volume
+
+    layout = read_volume(args.layout)
+    if args.random:
+        layout, specs = random_nodules(layout, args.random, tuple(args.diameter_range), kinds=tuple(args.kinds), seed=args.seed)
+    else:
+        if args.center is None or args.diameter is None:
+            raise LungDDPMError("add-nodule needs --center X Y Z and --diameter MM, or --random N")
+        center = list(args.center)
+        if args.ras:
+            center = [-center[0], -center[1], center[2]]
+        layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=args.irregularity, seed=args.seed)
+        specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": args.irregularity}]
+    path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=(args.layout,))
+    print(json.dumps({"output": str(path), "nodules": specs}, default=float))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Phantom -> lung mask + nodules -> synthesis with the bundled model -> files and a PNG."""
+    from .demo import run_demo
+
+    summary = run_demo(Path(args.output), seed=args.seed, device=args.device, progress=args.progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _report(mode: str, record: dict) -> None:
+    """Print a final record: JSON in json mode, else a readable line."""
+    if mode == "json":
+        print(json.dumps(record), flush=True)
+    else:
+        print("wrote " + ", ".join(f"{k} {v}" for k, v in record.items() if k != "event"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +107,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungddpm", description="Semantic-layout-guided chest CT synthesis (Lung-DDPM).")
     parser.add_argument("--version", action="version", version=f"lungddpm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
     info = sub.add_parser("info", help="describe a model checkpoint (released or lungddpm format)")
-    info.add_argument("checkpoint", help="path of a .pt model file")
+    info.add_argument("checkpoint", help="path of a .pt model file, or 'demo'")
     info.set_defaults(func=_cmd_info)
+
+    syn = sub.add_parser("synthesize", help="synthesise a CT in HU on the reference's grid from a layout")
+    syn.add_argument("--reference", required=True, help="reference CT (NRRD, NIfTI, MHA or a DICOM folder), in HU")
+    syn.add_argument("--layout", required=True, help="label image on the reference grid: 0 background, 1 lung, 2 nodule")
+    syn.add_argument("--model", required=True, help="checkpoint (released Lung-DDPM or lungddpm format), or 'demo'")
+    syn.add_argument("--output", required=True, help="output image (.nrrd, .nii.gz, .mha); labels go to <stem>_labels")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    syn.add_argument("--sampler", default="ddpm", choices=["ddpm"])
+    syn.add_argument("--steps", type=int, default=None, help="sampling steps (ddpm: the model's T)")
+    syn.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (see README)")
+    syn.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    syn.set_defaults(func=_cmd_synthesize)
+
+    lm = sub.add_parser("lung-mask", help="automatic lung mask of a CT (classical image processing, CPU)")
+    lm.add_argument("ct")
+    lm.add_argument("--output", required=True)
+    lm.set_defaults(func=_cmd_lung_mask)
+
+    an = sub.add_parser("add-nodule", help="paint a nodule (label 2) into a layout, at a point or at random")
+    an.add_argument("--layout", required=True)
+    an.add_argument("--output", required=True)
+    an.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="centre in mm (LPS, or RAS with --ras)")
+    an.add_argument("--ras", action="store_true", help="--center is in RAS (as Slicer shows it)")
+    an.add_argument("--diameter", type=float, help="diameter in mm")
+    an.add_argument("--kinds", nargs="+", default=["solid"], choices=["solid", "part-solid", "ground-glass"])
+    an.add_argument("--irregularity", type=float, default=0.0, help="0 (sphere) to 1 (strongly lobulated)")
+    an.add_argument("--random", type=int, default=0, metavar="N", help="place N random nodules inside the lung")
+    an.add_argument("--diameter-range", type=float, nargs=2, default=(4.0, 20.0), metavar=("MIN", "MAX"))
+    an.add_argument("--seed", type=int, default=0)
+    an.set_defaults(func=_cmd_add_nodule)
+
+    demo = sub.add_parser("demo", help="phantom -> layout -> synthesis with the bundled demo model -> files + PNG")
+    demo.add_argument("--output", default="lungddpm-demo", help="output folder (created)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -45,6 +45,9 @@ AIRWAY_REACH_MM = 5.0
 WORK_SPACING_MM = 1.5
 # A lung is an air component holding at least this fraction of the largest one (drops bowel gas).
 LUNG_MIN_FRACTION = 0.1
+# A nodule must lie in the lung or within this distance of it (hand-drawn and thresholded labels leave
+# fragments a voxel or two outside the lung label; a nodule placed in the heart is centimetres away).
+NODULE_LUNG_TOLERANCE_MM = 5.0
 # Two lungs that touch (anterior junction) are split at the first of these erosion depths that leaves two
 # large cores; each voxel then goes to the nearer core.
 SPLIT_DEPTHS_MM = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
@@ -97,17 +100,21 @@ def validate_layout(ct: Volume, layout: Volume, *, ct_name: str = "reference", l
 
 
 def _require_nodules_at_lung(layout: Volume, layout_name: str) -> None:
-    """Raise InputError when a connected nodule has no voxel inside or face-adjacent to the lung label."""
+    """Raise InputError when a nodule (26-connected) has no voxel within NODULE_LUNG_TOLERANCE_MM of the lung."""
     lung = _image_like(layout.array == LUNG, layout)
-    near_lung = sitk.GetArrayFromImage(sitk.BinaryDilate(lung, [1, 1, 1], sitk.sitkCross)) > 0
-    nodules = sitk.GetArrayFromImage(sitk.ConnectedComponent(_image_like(layout.array == NODULE, layout)))
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(lung, insideIsPositive=False, squaredDistance=False,
+                                                                   useImageSpacing=True))
+    near_lung = distance <= NODULE_LUNG_TOLERANCE_MM
+    nodule_image = _image_like(layout.array == NODULE, layout)
+    nodules = sitk.GetArrayFromImage(sitk.ConnectedComponent(nodule_image, True))
     touching = np.unique(nodules[near_lung & (nodules > 0)])
     outside = np.setdiff1d(np.arange(1, nodules.max() + 1), touching)
     if outside.size:
         k, j, i = (np.mean(axis) for axis in np.nonzero(nodules == outside[0]))
         centre = index_to_physical(layout, (i, j, k))
-        raise InputError(f"{layout_name}: {outside.size} nodule(s) lie entirely outside the lung, e.g. the one "
-                         f"centred at LPS {np.round(centre, 1).tolist()} mm; move them into the lung or relabel them")
+        raise InputError(f"{layout_name}: {outside.size} nodule(s) lie entirely outside the lung (farther than "
+                         f"{NODULE_LUNG_TOLERANCE_MM:g} mm from it), e.g. the one centred at LPS "
+                         f"{np.round(centre, 1).tolist()} mm; move them into the lung or relabel them")
 
 
 # ----------------------------------------------------------------------------------------------------------

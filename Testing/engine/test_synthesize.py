@@ -1,0 +1,95 @@
+"""synthesize(): any orientation and spacing in, a CT in HU on the same grid out; outside the lungs untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import random_model
+from lungddpm import ConfigError
+from lungddpm.layout import NODULE, add_nodule
+from lungddpm.phantom import make_phantom, phantom_grid
+from lungddpm.synthesize import synthesize, write_result
+from lungddpm.volume import index_to_physical, read_volume, same_grid
+from test_profiles import OBLIQUE, RAS
+
+LPS = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+NODULE_CENTRE_LPS = (-70.0, 10.0, 20.0)  # inside the phantom's right lung
+
+
+@pytest.fixture(scope="module")
+def native_model():
+    return random_model(seed=4, profile="native")
+
+
+@pytest.fixture(scope="module")
+def released_model():
+    return random_model(seed=5, profile="released")
+
+
+def _case(direction, spacing=(1.4, 1.4, 5.0), size=(240, 240, 64)):
+    ph = make_phantom(phantom_grid(size, spacing, direction=direction), seed=1)
+    return ph.ct, add_nodule(ph.layout, NODULE_CENTRE_LPS, 14.0)
+
+
+@pytest.mark.parametrize("direction", [LPS, RAS, OBLIQUE], ids=["LPS", "RAS", "oblique"])
+def test_output_on_reference_grid_outside_unchanged_nodule_where_asked(direction, native_model):
+    ct, layout = _case(direction)
+    before = ct.array.copy(), layout.array.copy()
+    result = synthesize(ct, layout, native_model, seed=0, device="cpu")
+    out = result.image
+    assert same_grid(out, ct) and out.array.shape == ct.array.shape and out.array.dtype == ct.array.dtype
+    region = layout.array > 0
+    assert np.array_equal(out.array[~region], ct.array[~region])
+    assert not np.array_equal(out.array[region], ct.array[region])
+    assert np.array_equal(result.labels.array, layout.array) and same_grid(result.labels, ct)
+    centroid = index_to_physical(ct, np.argwhere(result.labels.array == NODULE)[:, ::-1].astype(float)).mean(0)
+    assert np.linalg.norm(centroid - np.array(NODULE_CENTRE_LPS)) <= max(ct.spacing)  # within one voxel
+    assert np.array_equal(ct.array, before[0]) and np.array_equal(layout.array, before[1])  # inputs untouched
+    md = result.metadata
+    assert md["SYNTHETIC"] == "true" and md["seed"] == "0" and md["device"] == "cpu" and md["profile"] == "native"
+
+
+def test_same_seed_same_output_other_seed_differs(native_model):
+    ct, layout = _case(LPS, spacing=(2.8, 2.8, 5.0), size=(128, 128, 64))
+    a = synthesize(ct, layout, native_model, seed=11, device="cpu").image.array
+    b = synthesize(ct, layout, native_model, seed=11, device="cpu").image.array
+    c = synthesize(ct, layout, native_model, seed=12, device="cpu").image.array
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("source", ["dicom", "ct.nii.gz"])
+def test_real_ct_from_dicom_and_nifti(source, shared_dir, released_model, tmp_path):
+    data = shared_dir / "data" / "lung-pet-ct-dx-A0001"
+    ct = read_volume(data / source)
+    layout = read_volume(data / "layout-crude.nii.gz")
+    progress = []
+    result = synthesize(ct, layout, released_model, seed=0, device="cpu", progress=lambda i, n: progress.append(i))
+    assert progress == list(range(1, released_model.config.timesteps + 1))
+    assert same_grid(result.image, ct, tol=1e-3) and result.image.array.dtype == np.int16
+    region = layout.array > 0
+    assert np.array_equal(result.image.array[~region], ct.array[~region])
+    image_path, labels_path = write_result(result, tmp_path / "out.nii.gz", protect=(data,))
+    back = read_volume(image_path)
+    assert same_grid(back, ct, tol=1e-3) and np.array_equal(back.array, result.image.array)
+    assert labels_path.name == "out_labels.nii.gz" and np.array_equal(read_volume(labels_path).array, layout.array)
+
+
+def test_write_result_marks_the_file_synthetic(native_model, tmp_path):
+    import SimpleITK as sitk
+
+    ct, layout = _case(LPS, spacing=(2.8, 2.8, 5.0), size=(128, 128, 64))
+    result = synthesize(ct, layout, native_model, seed=0, device="cpu")
+    image_path, _ = write_result(result, tmp_path / "syn.nrrd")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image_path))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("SYNTHETIC") == "true" and "not a patient scan" in reader.GetMetaData("descrip")
+
+
+def test_unknown_sampler_and_wrong_steps(native_model):
+    ct, layout = _case(LPS, spacing=(2.8, 2.8, 5.0), size=(128, 128, 64))
+    with pytest.raises(ConfigError, match="sampler"):
+        synthesize(ct, layout, native_model, sampler="euler")
+    with pytest.raises(ConfigError, match="steps"):
+        synthesize(ct, layout, native_model, steps=3)

@@ -1,0 +1,135 @@
+"""High-level synthesis: a reference CT + layout in physical space -> a synthetic CT in HU on the same grid.
+
+This is the API that the command line, the Slicer module and batch generation call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoints import load_model
+from .device import resolve_device
+from .errors import ConfigError
+from .layout import validate_layout
+from .model import LungDDPM
+from .profiles import get_profile, to_reference_grid
+from .sampling import ProgressCallback, make_generator, sample_aas
+from .volume import Volume, read_volume, refuse_protected, write_volume
+
+SAMPLERS = ("ddpm",)
+SYNTHETIC_DESCRIPTION = "SYNTHETIC CT made by lungddpm - not a patient scan"
+
+
+@dataclass
+class SynthesisResult:
+    """A synthetic CT in HU on the reference grid, the exact layout it was made from, and provenance."""
+
+    image: Volume
+    labels: Volume
+    metadata: dict[str, str]
+
+
+def _as_volume(value: str | Path | Volume) -> tuple[Volume, str]:
+    """A Volume and a name for messages, from a path or a Volume."""
+    if isinstance(value, Volume):
+        return value, "<in-memory volume>"
+    return read_volume(value), str(value)
+
+
+def _as_model(model: str | Path | LungDDPM, device: torch.device) -> LungDDPM:
+    """A loaded model on device, from a checkpoint path or a LungDDPM."""
+    if isinstance(model, LungDDPM):
+        return model.to(device).eval()
+    return load_model(model, device=device)
+
+
+def synthesize(
+    reference: str | Path | Volume,
+    layout: str | Path | Volume,
+    model: str | Path | LungDDPM,
+    *,
+    seed: int = 0,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    variant: str = "paper",
+    margin_mm: float | None = None,
+) -> SynthesisResult:
+    """Synthesise a CT from a reference CT and a layout (0 background, 1 lung, 2 nodule) on its grid.
+
+    Inside the lung region the output is the model's sample in HU, blended into the reference over
+    ``margin_mm`` (default: one model-grid voxel) inside the region's border; outside it the output
+    is the reference, voxel for voxel, with the reference's grid and pixel type.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler {sampler!r} is not available; choose one of {SAMPLERS}")
+    ref, ref_name = _as_volume(reference)
+    lay, lay_name = _as_volume(layout)
+    validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
+    dev = resolve_device(device)
+    net = _as_model(model, dev)
+    T = net.config.timesteps
+    if steps not in (None, T):
+        raise ConfigError(f"the ddpm sampler runs all {T} steps of this model; omit steps or pass steps={T}")
+    if net.config.profile not in ("released", "native"):
+        raise ConfigError(
+            f"model profile {net.config.profile!r} (Lung-DDPM+ nodule patches) is not supported by full-volume "
+            "synthesis; use a Lung-DDPM (3-channel) or native-profile model"
+        )
+    profile = get_profile(net.config.profile)
+    space = profile.encode(ref, lay, net.config.image_size, net.config.cond_channels)
+    start = time.perf_counter()
+    x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=make_generator(seed, dev), progress=progress)
+    elapsed = time.perf_counter() - start
+    hu = profile.decode(x0, space)
+    margin = float(min(space.grid.GetSpacing())) if margin_mm is None else float(margin_mm)
+    image = to_reference_grid(hu, space, ref, lay, margin)
+    labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
+    metadata = provenance(net, sampler=sampler, steps=T, seed=seed, device=dev, variant=variant)
+    metadata.update({"reference": ref_name, "layout": lay_name, "sampling_seconds": f"{elapsed:.1f}", "blend_margin_mm": f"{margin:g}"})
+    return SynthesisResult(image, labels, metadata)
+
+
+def provenance(model: LungDDPM, *, sampler: str, steps: int, seed: int, device: torch.device, variant: str) -> dict[str, str]:
+    """Key/value provenance recorded in every synthetic image (marks it SYNTHETIC)."""
+    src = model.source
+    return {
+        "SYNTHETIC": "true",
+        "descrip": SYNTHETIC_DESCRIPTION,
+        "lungddpm_version": __version__,
+        "model": Path(src.path).name if src else "in-memory model",
+        "model_sha256": src.sha256 if src else "",
+        "model_weights": src.weights if src else "",
+        "profile": model.config.profile,
+        "sampler": sampler,
+        "aas_variant": variant,
+        "steps": str(steps),
+        "seed": str(seed),
+        "device": str(device),
+    }
+
+
+def planned_outputs(output: str | Path) -> tuple[Path, Path]:
+    """The image path and its labels path (<stem>_labels<ext>) that write_result will write."""
+    output = Path(output)
+    name = output.name
+    ext = ".nii.gz" if name.lower().endswith(".nii.gz") else output.suffix
+    return output, output.with_name(name[: len(name) - len(ext)] + "_labels" + ext)
+
+
+def write_result(result: SynthesisResult, output: str | Path, *, protect: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:
+    """Write the synthetic CT and its labels (see planned_outputs); never overwrite a protected input."""
+    image_path, labels_path = planned_outputs(output)
+    for target in (image_path, labels_path):
+        refuse_protected(target, protect)
+    write_volume(result.image, image_path, metadata=result.metadata, protect=protect)
+    labels_meta = {**result.metadata, "descrip": "layout of a SYNTHETIC CT (0 background, 1 lung, 2 nodule)"}
+    write_volume(result.labels, labels_path, metadata=labels_meta, protect=protect)
+    return image_path, labels_path
