@@ -30,11 +30,12 @@ def test_synthesize_end_to_end_with_released_checkpoint(shared_dir, tiny_checkpo
     data = shared_dir / "data" / "lung-pet-ct-dx-A0001"
     out = tmp_path / "synthetic.nrrd"
     res = _run("synthesize", "--reference", data / "ct.nii.gz", "--layout", data / "layout-crude.nii.gz",
-               "--model", tiny_checkpoint, "--output", out, "--seed", 3, "--device", "cpu", "--progress", "json")
+               "--model", tiny_checkpoint, "--output", out, "--seed", 3, "--device", "cpu", "--progress", "json",
+               "--threads", 1)
     assert res.returncode == 0, res.stderr
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     steps = [r for r in lines if "step" in r]
-    assert [r["step"] for r in steps] == list(range(1, 21)) and all(r["total"] == 20 for r in steps)
+    assert [r["step"] for r in steps] == list(range(0, 21)) and all(r["total"] == 20 for r in steps)
     assert steps[-1]["eta_s"] == 0 and all(r["elapsed_s"] >= 0 for r in steps)
     assert lines[-1]["event"] == "done" and lines[-1]["image"] == str(out)
     ct, layout, syn = read_volume(data / "ct.nii.gz"), read_volume(data / "layout-crude.nii.gz"), read_volume(out)
@@ -47,6 +48,7 @@ def test_synthesize_end_to_end_with_released_checkpoint(shared_dir, tiny_checkpo
     meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
     assert meta["SYNTHETIC"] == "true" and meta["seed"] == "3" and meta["steps"] == "20" and meta["sampler"] == "ddpm"
     assert meta["profile"] == "released" and len(meta["model_sha256"]) == 64 and meta["lungddpm_version"]
+    assert meta["reference"] == "ct.nii.gz" and meta["layout"] == "layout-crude.nii.gz"  # names, never local paths
     assert np.array_equal(read_volume(tmp_path / "synthetic_labels.nrrd").array, layout.array)
 
 

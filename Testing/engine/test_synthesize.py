@@ -9,7 +9,7 @@ from helpers import random_model
 from lungddpm import ConfigError
 from lungddpm.layout import NODULE, add_nodule
 from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.synthesize import synthesize, write_result
+from lungddpm.synthesis import synthesize, write_result
 from lungddpm.volume import index_to_physical, read_volume, same_grid
 from test_profiles import OBLIQUE, RAS
 
@@ -65,7 +65,7 @@ def test_real_ct_from_dicom_and_nifti(source, shared_dir, released_model, tmp_pa
     layout = read_volume(data / "layout-crude.nii.gz")
     progress = []
     result = synthesize(ct, layout, released_model, seed=0, device="cpu", progress=lambda i, n: progress.append(i))
-    assert progress == list(range(1, released_model.config.timesteps + 1))
+    assert progress == list(range(0, released_model.config.timesteps + 1))
     assert same_grid(result.image, ct, tol=1e-3) and result.image.array.dtype == np.int16
     region = layout.array > 0
     assert np.array_equal(result.image.array[~region], ct.array[~region])

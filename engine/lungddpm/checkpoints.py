@@ -269,6 +269,9 @@ def save_checkpoint(
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a model file is as readable as any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

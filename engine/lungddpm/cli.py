@@ -31,9 +31,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_synthesize(args: argparse.Namespace) -> int:
     """Synthesise a CT from a reference CT and a layout and write it with its labels."""
     from .progress import Progress
-    from .synthesize import planned_outputs, synthesize, write_result
+    from .synthesis import planned_outputs, synthesize, write_result
     from .volume import refuse_protected
 
+    _set_threads(args.threads)
     model = _model_path(args.model)
     protect = (args.reference, args.layout, model)
     for target in planned_outputs(args.output):  # refuse before hours of sampling, not after
@@ -43,6 +44,14 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     image_path, labels_path = write_result(result, args.output, protect=protect)
     _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path)})
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads (fewer can be faster on a loaded machine)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _cmd_lung_mask(args: argparse.Namespace) -> int:
@@ -78,7 +87,8 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
         center = list(args.center)
         if args.ras:
             center = [-center[0], -center[1], center[2]]
-        layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=args.irregularity, seed=args.seed)
+        layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=args.irregularity, seed=args.seed,
+                            require_in_lung=not args.allow_outside_lung)
         specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": args.irregularity}]
     path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=(args.layout,))
     print(json.dumps({"output": str(path), "nodules": specs}, default=float))
@@ -89,6 +99,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Phantom -> lung mask + nodules -> synthesis with the bundled model -> files and a PNG."""
     from .demo import run_demo
 
+    _set_threads(args.threads)
     summary = run_demo(Path(args.output), seed=args.seed, device=args.device, progress=args.progress)
     print(json.dumps(summary, indent=2))
     return 0
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--steps", type=int, default=None, help="sampling steps (ddpm: the model's T)")
     syn.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (see README)")
     syn.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    syn.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     syn.set_defaults(func=_cmd_synthesize)
 
     lm = sub.add_parser("lung-mask", help="automatic lung mask of a CT (classical image processing, CPU)")
@@ -141,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--random", type=int, default=0, metavar="N", help="place N random nodules inside the lung")
     an.add_argument("--diameter-range", type=float, nargs=2, default=(4.0, 20.0), metavar=("MIN", "MAX"))
     an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--allow-outside-lung", action="store_true", help="accept a centre outside the lung label")
     an.set_defaults(func=_cmd_add_nodule)
 
     demo = sub.add_parser("demo", help="phantom -> layout -> synthesis with the bundled demo model -> files + PNG")
@@ -148,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    demo.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -466,7 +466,7 @@ def add_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: floa
                          f"pick a point inside the image")
     if require_in_lung and layout.array[voxel] not in (LUNG, NODULE):
         raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm is not inside the lung (label {LUNG}); "
-                         f"pick a point in the lung or pass require_in_lung=False")
+                         f"pick a point in the lung (or allow it: require_in_lung=False, lungddpm add-nodule --allow-outside-lung)")
     painted = layout.array.astype(np.uint8, copy=True)
     painted[nodule_mask(layout, center_lps_mm, diameter_mm, kind=kind, irregularity=irregularity, seed=seed)] = NODULE
     return layout.with_array(painted)

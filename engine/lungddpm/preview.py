@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from .volume import Volume
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (level −600, width 1500)
+MIN_PANEL_PIXELS = 384  # panels narrower than this are enlarged by an integer factor
 
 
 def patient_aligned(volume: Volume, interpolator: int = sitk.sitkLinear, default: float = -1000.0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +63,7 @@ def slice_panels(volumes: list[Volume], labels: Volume | None, focus_label: int 
     arrays = [patient_aligned(v) for v in volumes]
     spacing = arrays[0][1]
     lab = patient_aligned(labels, sitk.sitkNearestNeighbor, 0)[0].round().astype(np.int16) if labels is not None else None
-    shape = arrays[0][0].shape
-    if lab is not None and (lab == focus_label).any():
-        k, j, _ = (int(np.mean(a)) for a in np.nonzero(lab == focus_label))
-    elif lab is not None and (lab > 0).any():
-        k, j, _ = (int(np.mean(a)) for a in np.nonzero(lab > 0))
-    else:
-        k, j = shape[0] // 2, shape[1] // 2
+    k, j = _focus(lab, focus_label, arrays[0][0].shape)
     rows = []
     for cut in ("axial", "coronal"):
         panels = []
@@ -83,7 +78,21 @@ def slice_panels(volumes: list[Volume], labels: Volume | None, focus_label: int 
         rows.append(np.concatenate(panels, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(rows, axis=0)
+    image = np.concatenate(rows, axis=0)
+    zoom = max(1, MIN_PANEL_PIXELS // arrays[0][0].shape[2])  # small grids are enlarged to be readable
+    return image.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def _focus(lab: np.ndarray | None, focus_label: int, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(k, j) through the centre of the largest focus-label component, else of all labels, else the middle."""
+    if lab is not None and (lab == focus_label).any():
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray((lab == focus_label).astype(np.uint8))))
+        k, j, _ = (int(np.mean(a)) for a in np.nonzero(sitk.GetArrayFromImage(components) == 1))
+        return k, j
+    if lab is not None and (lab > 0).any():
+        k, j, _ = (int(np.mean(a)) for a in np.nonzero(lab > 0))
+        return k, j
+    return shape[0] // 2, shape[1] // 2
 
 
 def write_png(rgb: np.ndarray, path: str | Path) -> Path:

@@ -36,7 +36,7 @@ class SynthesisResult:
 
 
 def _as_volume(value: str | Path | Volume) -> tuple[Volume, str]:
-    """A Volume and a name for messages, from a path or a Volume."""
+    """A Volume and its path for messages, from a path or a Volume."""
     if isinstance(value, Volume):
         return value, "<in-memory volume>"
     return read_volume(value), str(value)
@@ -66,7 +66,8 @@ def synthesize(
 
     Inside the lung region the output is the model's sample in HU, blended into the reference over
     ``margin_mm`` (default: one model-grid voxel) inside the region's border; outside it the output
-    is the reference, voxel for voxel, with the reference's grid and pixel type.
+    is the reference, voxel for voxel, with the reference's grid and pixel type. ``progress(step, T)``
+    is called with step 0 once the model is loaded and the inputs are in model space, then per step.
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler {sampler!r} is not available; choose one of {SAMPLERS}")
@@ -85,6 +86,8 @@ def synthesize(
         )
     profile = get_profile(net.config.profile)
     space = profile.encode(ref, lay, net.config.image_size, net.config.cond_channels)
+    if progress is not None:
+        progress(0, T)  # model loaded and inputs mapped: sampling starts
     start = time.perf_counter()
     x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=make_generator(seed, dev), progress=progress)
     elapsed = time.perf_counter() - start
@@ -93,7 +96,8 @@ def synthesize(
     image = to_reference_grid(hu, space, ref, lay, margin)
     labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
     metadata = provenance(net, sampler=sampler, steps=T, seed=seed, device=dev, variant=variant)
-    metadata.update({"reference": ref_name, "layout": lay_name, "sampling_seconds": f"{elapsed:.1f}", "blend_margin_mm": f"{margin:g}"})
+    # file names only: full paths would leak local folders into shared files
+    metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}", "blend_margin_mm": f"{margin:g}"})
     return SynthesisResult(image, labels, metadata)
 
 
