@@ -11,12 +11,12 @@ from .layout import NODULE, lung_mask, random_nodules
 from .phantom import make_phantom, phantom_grid
 from .preview import slice_panels, write_png
 from .progress import Progress
-from .synthesize import synthesize, write_result
+from .synthesis import synthesize, write_result
 from .volume import write_volume
 
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo-native-32.pt"
 DEMO_NODULES = 2
-DEMO_DIAMETERS_MM = (10.0, 20.0)
+DEMO_DIAMETERS_MM = (22.0, 30.0)  # the demo model sees ~10 mm voxels: smaller nodules are sub-voxel
 
 
 def run_demo(output: Path, *, seed: int = 0, device: str = "auto", progress: str = "bar", model: Path = DEMO_MODEL) -> dict:
