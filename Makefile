@@ -11,6 +11,7 @@ $(VENV)/.installed: engine/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e "engine[test]"
+	$(PY) -m pip install --quiet slicer-core==5.13.31053.0 psutil
 	touch $@
 
 test: setup

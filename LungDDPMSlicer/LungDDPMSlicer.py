@@ -1,0 +1,795 @@
+"""Lung DDPM: synthetic chest CTs from a lung + nodule layout (Lung-DDPM, Lung-DDPM+), in 3D Slicer.
+
+Module, Widget, Logic and Test of the scripted module. All MRML work is in the Qt-free LungDDPMSlicerLib
+package beside this file; the engine (`lungddpm`) runs as a PythonSlicer subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+import LungDDPMSlicerLib
+from LungDDPMSlicerLib import engine, estimates, geometry, jobs, models, mrml
+
+MODULE_DIR = Path(__file__).resolve().parent
+TORCH_REQUIREMENT = ">=2.1"
+OTHER_CHECKPOINT = "__other__"  # model combo entry: any local checkpoint file
+CACHE_SETTING = "LungDDPM/ModelCacheDirectory"
+SELFTEST_INFERENCE_ENV = "LUNGDDPM_SELFTEST_INFERENCE"
+
+
+class UserInputError(ValueError):
+    """A missing input or dependency the user can fix; shown as its message, without a traceback."""
+
+
+# Errors whose message tells the user what to do; anything else is shown with its traceback as details.
+USER_ERRORS = (UserInputError, jobs.EngineError, models.ModelUnavailableError, models.ChecksumError,
+               models.ModelListError, mrml.ExportError, geometry.GeometryError, engine.EngineNotFoundError)
+
+
+def resourcePath(relative: str) -> Path:
+    """A module resource: <module>/Resources/... when built/installed, <repository>/Resources/... in a source tree."""
+    for base in (MODULE_DIR / "Resources", MODULE_DIR.parent / "Resources"):
+        if (base / relative).exists():
+            return base / relative
+    raise FileNotFoundError(f"resource {relative} is missing from {MODULE_DIR / 'Resources'}; reinstall the extension")
+
+
+#
+# Module
+#
+
+
+class LungDDPMSlicer(ScriptedLoadableModule):
+    """Module description shown in Slicer (category, help, acknowledgement)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Lung DDPM")
+        # Utilities, not Segmentation: the module does not segment the input; it generates a new (synthetic)
+        # image from a layout, and it is not a filter of the input image either.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Utilities")]
+        self.parent.dependencies = ["Segmentations", "Markups"]
+        self.parent.contributors = ["LungDDPMSlicer contributors"]
+        self.parent.helpText = _("""
+Synthesise chest CTs from a semantic layout (lung + nodules) with Lung-DDPM: a diffusion model denoises the
+lungs conditioned on the layout while the real reference CT is kept outside them.
+<b>Every output is SYNTHETIC</b>: node names say so and attributes LungDDPM.SYNTHETIC=true record it.
+Synthetic images are for research (e.g. data augmentation), never for diagnosis.
+<p>Workflow: reference CT, segmentation with a lung segment (or "Create lung segment") and nodule segments
+(Segment Editor, or "Add nodule" at a point), model, device, seed, variants, then Synthesize. The engine runs in
+the background; Cancel stops it and leaves the scene as it was.</p>
+<p>Please cite: Jiang Y. et al., Lung-DDPM: Semantic Layout-guided Diffusion Models for Thoracic CT Image
+Synthesis, IEEE TBME 2025 (arXiv:2502.15204); and for Lung-DDPM+: Jiang Y., Shariftabrizi A., Manem V. S. K.,
+arXiv:2508.09327 (2025).</p>""")
+        self.parent.acknowledgementText = _("""
+Reimplements the methods of Lung-DDPM and Lung-DDPM+ (Manem Lab, MIT licence); contains none of their code.
+Torch is provided by the SlicerPyTorch extension.""")
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class LungDDPMSlicerParameterNode:
+    """The module's state; widgets bind by their SlicerParameterName, segment IDs are wired by hand."""
+
+    referenceVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    lungSegmentId: str = ""
+    noduleSegmentIds: list[str]
+    noduleMarkups: vtkMRMLMarkupsFiducialNode
+    noduleDiameterMm: Annotated[float, WithinRange(2.0, 60.0)] = 10.0
+    noduleKind: Annotated[str, Choice(["solid", "part-solid", "ground-glass"])] = "solid"
+    noduleIrregularity: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    modelName: str = ""
+    localModelPath: str = ""  # a str wired by hand: a Path field would show "." in the empty path widget
+    device: Annotated[str, Choice(list(engine.DEVICES))] = "auto"
+    sampler: Annotated[str, Choice(["ddpm"])] = "ddpm"
+    steps: Annotated[int, WithinRange(0, 1000)] = 0
+    aasVariant: Annotated[str, Choice(["paper", "released"])] = "paper"
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    variants: Annotated[int, WithinRange(1, 50)] = 1
+    keepTemporaryFiles: bool = False
+
+
+def chosenPath(path: str | None) -> Path | None:
+    """A path typed or browsed in a path widget, or None when it is empty."""
+    return Path(path) if path else None
+
+
+#
+# Widget
+#
+
+
+class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wires widgets to the parameter node and runs synthesis jobs through the logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedSegmentation = None
+        self.job: jobs.SynthesisJob | None = None
+        self.uiState = "idle"
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(250)
+        self.pollTimer.timeout.connect(self.onPollJob)
+
+    def setup(self) -> None:
+        """Load the .ui file, connect widgets, and set up the parameter node."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(resourcePath("UI/LungDDPMSlicer.ui")))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LungDDPMSlicerLogic()
+
+        for entry in self.logic.models:
+            self.ui.modelCombo.addItem(entry.title, entry.name)
+        self.ui.modelCombo.addItem(_("Other checkpoint file…"), OTHER_CHECKPOINT)
+        self.ui.modelCacheDirLineEdit.currentPath = str(self.logic.modelCacheDir())
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.segmentationSelector.currentNodeChanged.connect(self.onSegmentationChanged)
+        self.ui.lungSegmentSelector.currentSegmentChanged.connect(self.onLungSegmentChanged)
+        self.ui.noduleSegmentList.itemChanged.connect(self.onNoduleItemChanged)
+        self.ui.noduleMarkupsSelector.currentNodeChanged.connect(self.ui.noduleMarkupsPlaceWidget.setCurrentNode)
+        self.ui.modelCombo.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelPathChanged)
+        self.ui.modelCacheDirLineEdit.currentPathChanged.connect(self.onModelCacheDirChanged)
+        self.ui.createLungButton.clicked.connect(self.onCreateLung)
+        self.ui.addNoduleButton.clicked.connect(self.onAddNodule)
+        self.ui.clearCacheButton.clicked.connect(self.onClearCache)
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.stepsSpinBox.enabled = False  # the only sampler, ddpm, runs all of the model's steps
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Stop a running job and remove observers when the module is closed."""
+        if self.job is not None and self.job.active:
+            self.job.cancel()
+        self.pollTimer.stop()
+        self.removeObservers()
+
+    def onReload(self) -> None:
+        """Reload the helper modules too: Slicer's reload re-imports only this file."""
+        importlib.reload(LungDDPMSlicerLib)
+        for name in LungDDPMSlicerLib.MODULES:
+            importlib.reload(sys.modules[f"LungDDPMSlicerLib.{name}"])
+        super().onReload()
+
+    def enter(self) -> None:
+        """Make sure the parameter node exists and is observed when the module is shown."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Stop observing the parameter node while the module is hidden (a running job continues)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Cancel a running job and forget the parameter node before the scene closes."""
+        if self.job is not None and self.job.active:
+            self.job.cancel()
+            self.setUiState("idle")
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Create a fresh parameter node after the scene closed, if the module is shown."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Get the parameter node and give it defaults (first CT volume, a model)."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.referenceVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.referenceVolume = first
+        if not self._parameterNode.modelName:
+            self._parameterNode.modelName = self.logic.models[0].name
+
+    def setParameterNode(self, inputParameterNode: LungDDPMSlicerParameterNode | None) -> None:
+        """Bind the GUI to a parameter node (connectGui) and observe it for the hand-wired widgets."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    # -- hand-wired widgets: segment IDs and the model list ------------------------------------------------
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        """Show the parameter node's segment choices, model, estimate and button states."""
+        p = self._parameterNode
+        if p is None:
+            return
+        self.observeSegmentation(p.segmentation)
+        wasBlocked = self.ui.lungSegmentSelector.blockSignals(True)
+        self.ui.lungSegmentSelector.setCurrentNode(p.segmentation)
+        self.ui.lungSegmentSelector.setCurrentSegmentID(p.lungSegmentId)
+        self.ui.lungSegmentSelector.blockSignals(wasBlocked)
+        self.fillNoduleList()
+        if self.ui.modelPathLineEdit.currentPath != p.localModelPath:
+            wasBlocked = self.ui.modelPathLineEdit.blockSignals(True)
+            self.ui.modelPathLineEdit.currentPath = p.localModelPath
+            self.ui.modelPathLineEdit.blockSignals(wasBlocked)
+        index = self.ui.modelCombo.findData(p.modelName)
+        wasBlocked = self.ui.modelCombo.blockSignals(True)
+        self.ui.modelCombo.setCurrentIndex(max(index, 0))
+        self.ui.modelCombo.blockSignals(wasBlocked)
+        self.updateModelInfo()
+        self.updateButtons()
+
+    def observeSegmentation(self, segmentationNode) -> None:
+        """Refresh the nodule list when segments of the chosen segmentation are added, removed or renamed."""
+        if segmentationNode is self._observedSegmentation:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        if self._observedSegmentation is not None:
+            for event in events:
+                self.removeObserver(self._observedSegmentation, event, self.onSegmentsChanged)
+        self._observedSegmentation = segmentationNode
+        if segmentationNode is not None:
+            for event in events:
+                self.addObserver(segmentationNode, event, self.onSegmentsChanged)
+
+    def onSegmentsChanged(self, caller=None, event=None) -> None:
+        """Drop chosen segment IDs that no longer exist, then refresh."""
+        if self._parameterNode is None:
+            return
+        self.pruneSegmentChoices(self._parameterNode.segmentation)
+        self.updateGUIFromParameterNode()
+
+    def pruneSegmentChoices(self, segmentationNode) -> None:
+        """Keep only the chosen lung and nodule segment IDs that exist in segmentationNode."""
+        p = self._parameterNode
+        segmentation = segmentationNode.GetSegmentation() if segmentationNode is not None else None
+
+        def exists(segmentId: str) -> bool:
+            """Whether the segmentation holds this segment ID."""
+            return segmentation is not None and segmentation.GetSegment(segmentId) is not None
+
+        if p.lungSegmentId and not exists(p.lungSegmentId):
+            p.lungSegmentId = ""
+        kept = [sid for sid in p.noduleSegmentIds if exists(sid)]
+        if kept != list(p.noduleSegmentIds):
+            p.noduleSegmentIds = kept
+
+    def fillNoduleList(self) -> None:
+        """One checkable row per segment (except the lung segment), ticked when it is a chosen nodule."""
+        p = self._parameterNode
+        wasBlocked = self.ui.noduleSegmentList.blockSignals(True)
+        self.ui.noduleSegmentList.clear()
+        if p.segmentation is not None:
+            segmentation = p.segmentation.GetSegmentation()
+            for n in range(segmentation.GetNumberOfSegments()):
+                segmentId = segmentation.GetNthSegmentID(n)
+                if segmentId == p.lungSegmentId:
+                    continue
+                item = qt.QListWidgetItem(segmentation.GetSegment(segmentId).GetName())
+                item.setData(qt.Qt.UserRole, segmentId)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked if segmentId in p.noduleSegmentIds else qt.Qt.Unchecked)
+                self.ui.noduleSegmentList.addItem(item)
+        self.ui.noduleSegmentList.blockSignals(wasBlocked)
+
+    def onSegmentationChanged(self, node) -> None:
+        """Another segmentation: keep only the segment choices it holds."""
+        if self._parameterNode is not None:
+            self.pruneSegmentChoices(node)
+
+    def onLungSegmentChanged(self, segmentId: str) -> None:
+        """Store the lung segment ID (it cannot also be a nodule)."""
+        p = self._parameterNode
+        if p is None:
+            return
+        p.lungSegmentId = segmentId or ""
+        if segmentId in p.noduleSegmentIds:
+            p.noduleSegmentIds = [sid for sid in p.noduleSegmentIds if sid != segmentId]
+
+    def onNoduleItemChanged(self, item) -> None:
+        """Store the ticked nodule segment IDs."""
+        checked = []
+        for row in range(self.ui.noduleSegmentList.count):
+            entry = self.ui.noduleSegmentList.item(row)
+            if entry.checkState() == qt.Qt.Checked:
+                checked.append(entry.data(qt.Qt.UserRole))
+        self._parameterNode.noduleSegmentIds = checked
+
+    def onModelChanged(self, index: int) -> None:
+        """Store the chosen model's name."""
+        self._parameterNode.modelName = self.ui.modelCombo.itemData(index)
+
+    def onModelPathChanged(self, path: str) -> None:
+        """Store the chosen checkpoint file."""
+        self._parameterNode.localModelPath = path
+
+    def onModelCacheDirChanged(self, path: str) -> None:
+        """Remember the model folder in the application settings."""
+        if path:
+            self.logic.setModelCacheDir(Path(path))
+            self.updateModelInfo()
+
+    def updateModelInfo(self) -> None:
+        """Describe the chosen model and show the time/memory estimate with its warnings."""
+        p = self._parameterNode
+        entry = self.logic.modelEntry(p.modelName)
+        if entry is None:
+            self.ui.modelInfoLabel.text = _("Choose a checkpoint file (released Lung-DDPM or lungddpm format).")
+            self.ui.estimateLabel.text = _("No estimate for an arbitrary checkpoint: time and memory depend on its size.")
+            return
+        info = entry.description
+        if entry.download_page:
+            linkText = _("Authors' download folder")
+            info += f' <a href="{entry.download_page}">{linkText}</a>.'
+        if not entry.supported:
+            info += "<br><b>" + _("Not available:") + f"</b> {entry.unsupported_reason}"
+        self.ui.modelInfoLabel.text = info
+        estimate = self.logic.estimate(entry.name, p.device, p.variants)
+        text = estimate.summary()
+        if estimate.warnings:
+            text += "<br><span style='color:#c05000'>" + "<br>".join(estimate.warnings) + "</span>"
+        self.ui.estimateLabel.text = text
+
+    def missingInputs(self) -> str:
+        """Why Synthesize cannot run yet (empty when it can)."""
+        p = self._parameterNode
+        if p is None or p.referenceVolume is None:
+            return _("Choose a reference CT.")
+        if p.segmentation is None or not p.lungSegmentId:
+            return _("Choose a segmentation and its lung segment.")
+        entry = self.logic.modelEntry(p.modelName)
+        if entry is not None and not entry.supported:
+            return entry.unsupported_reason
+        if entry is None and chosenPath(p.localModelPath) is None:
+            return _("Choose a checkpoint file.")
+        return ""
+
+    def updateButtons(self) -> None:
+        """Enable the buttons that make sense for the inputs and the job state."""
+        p = self._parameterNode
+        if p is None:
+            return
+        busy = self.uiState in ("starting", "running", "importing", "cancelling")
+        self.ui.createLungButton.enabled = not busy and p.referenceVolume is not None and p.segmentation is not None
+        self.ui.addNoduleButton.enabled = (not busy and p.referenceVolume is not None and bool(p.lungSegmentId)
+                                           and p.noduleMarkups is not None)
+        missing = self.missingInputs()
+        if busy:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.enabled = self.uiState != "cancelling"
+            self.ui.applyButton.toolTip = _("Stop the engine and all its processes; the scene is left as it was.")
+        else:
+            self.ui.applyButton.text = _("Synthesize")
+            self.ui.applyButton.enabled = not missing
+            self.ui.applyButton.toolTip = missing or _("Synthesise the variants in the background.")
+
+    # -- actions ----------------------------------------------------------------------------------------------
+
+    def runWithErrorDisplay(self, failure: str, action, waitCursor: bool = True):
+        """Run action and return its result; on an error show it and return None.
+
+        Like slicer.util.tryWithErrorDisplay, but errors the user can fix (engine messages, missing models,
+        inputs or extensions) are shown as their message alone; unexpected errors get the traceback as details.
+        """
+        if waitCursor:
+            qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            return action()
+        except Exception as error:  # shown to the user below, never swallowed silently
+            failed = error
+            details = None if isinstance(error, USER_ERRORS) else traceback.format_exc()
+        finally:
+            if waitCursor:
+                qt.QApplication.restoreOverrideCursor()
+        logging.error(f"{failure} {failed}" + (f"\n{details}" if details else ""))
+        extra = {"detailedText": details} if details else {}
+        slicer.util.errorDisplay(f"{failure}\n\n{failed}", windowTitle=_("Lung DDPM"), **extra)
+        return None
+
+    def ensureDependencies(self) -> bool:
+        """Install missing dependencies after one confirmation; False if declined or impossible."""
+        return bool(self.runWithErrorDisplay(_("Dependencies could not be installed."),
+                                             self.logic.installDependencies, waitCursor=False))
+
+    def onCreateLung(self) -> None:
+        """Add an automatic lung segment and select it."""
+        p = self._parameterNode
+        if not self.ensureDependencies():
+            return
+        segmentId = self.runWithErrorDisplay(_("Automatic lung segmentation failed."),
+                                             lambda: self.logic.createLungSegment(p.referenceVolume, p.segmentation))
+        if segmentId:
+            p.lungSegmentId = segmentId
+            self.appendLog(_("Added lung segment {id}").format(id=segmentId))
+
+    def onAddNodule(self) -> None:
+        """Add a nodule segment at the last point of the point list and tick it as a nodule."""
+        p = self._parameterNode
+        if not self.ensureDependencies():
+            return
+        segmentId = self.runWithErrorDisplay(_("Adding the nodule failed."), lambda: self.logic.addNodule(
+            p.referenceVolume, p.segmentation, p.lungSegmentId, p.noduleMarkups, p.noduleDiameterMm, p.noduleKind,
+            p.noduleIrregularity))
+        if segmentId:
+            p.noduleSegmentIds = list(p.noduleSegmentIds) + [segmentId]
+            self.appendLog(_("Added nodule segment {id}").format(id=segmentId))
+
+    def onClearCache(self) -> None:
+        """Delete the checkpoint files in the model folder after a confirmation listing them."""
+        folder = self.logic.modelCacheDir()
+        files = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")) if folder.is_dir() else []
+        if not files:
+            slicer.util.infoDisplay(_("The model folder {folder} holds no checkpoint files.").format(folder=folder))
+            return
+        names = "\n".join(f.name for f in files)
+        if slicer.util.confirmOkCancelDisplay(_("Delete these files from {folder}?\n\n{names}").format(folder=folder, names=names)):
+            for f in files:
+                f.unlink()
+
+    def onApplyButton(self) -> None:
+        """Synthesize when idle; Cancel while a job runs."""
+        if self.job is not None and self.job.active:
+            self.setUiState("cancelling")
+            slicer.app.processEvents()
+            self.job.cancel()
+            self.setUiState("idle")
+            self.ui.statusLabel.text = _("Cancelled; the scene is as it was before this variant.")
+            return
+        self.setUiState("starting")
+        self.ui.logText.clear()
+        p = self._parameterNode
+        if not self.ensureDependencies():
+            self.setUiState("idle")
+            return
+        model = p.modelName if p.modelName != OTHER_CHECKPOINT else chosenPath(p.localModelPath)
+        job = self.runWithErrorDisplay(_("Synthesis could not start."), lambda: self.logic.startSynthesis(
+            p.referenceVolume, p.segmentation, p.lungSegmentId, list(p.noduleSegmentIds), model,
+            seed=p.seed, variants=p.variants, device=p.device, sampler=p.sampler, steps=p.steps or None,
+            aasVariant=p.aasVariant, localModelFile=chosenPath(p.localModelPath),
+            keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog))
+        if job is None:
+            self.setUiState("failed")
+            return
+        self.job = job
+        self.showJob()
+        if job.active:
+            self.pollTimer.start()
+
+    def onPollJob(self) -> None:
+        """Timer tick: let the job read the engine's output and import finished variants."""
+        if self.job is None:
+            self.pollTimer.stop()
+            return
+        self.job.poll()
+        self.showJob()
+        if not self.job.active:
+            self.pollTimer.stop()
+
+    def showJob(self) -> None:
+        """Show the job's state, progress and, after a failure, the engine's one-line message."""
+        job = self.job
+        state = job.state
+        self.ui.progressBar.value = int(1000 * job.fraction)
+        variants = len(job.request.seeds)
+        if state is jobs.JobState.RUNNING:
+            eta = "" if job.eta_s is None else _(", about {eta} left").format(eta=estimates.format_duration(job.eta_s))
+            self.ui.statusLabel.text = _("Variant {n}/{total}: step {step}/{steps}{eta}").format(
+                n=job.variant + 1, total=variants, step=job.step, steps=job.total or "?", eta=eta)
+            self.setUiState("running")
+        elif state is jobs.JobState.IMPORTING:
+            self.setUiState("importing")
+        elif state is jobs.JobState.DONE:
+            self.ui.statusLabel.text = _("Done: {n} synthetic CT(s) added beside the reference.").format(n=len(job.outputs))
+            self.setUiState("idle")
+        elif state is jobs.JobState.FAILED:
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
+            self.setUiState("failed")
+            slicer.util.errorDisplay(job.error, windowTitle=_("Lung DDPM"))
+
+    def setUiState(self, state: str) -> None:
+        """Set the panel state (idle, starting, running, importing, cancelling, failed) and update buttons."""
+        self.uiState = state
+        if state == "starting":
+            self.ui.statusLabel.text = _("Starting: checking dependencies and exporting the inputs…")
+        elif state == "importing":
+            self.ui.statusLabel.text = _("Importing the result…")
+        elif state == "cancelling":
+            self.ui.statusLabel.text = _("Cancelling…")
+        self.updateButtons()
+
+    def appendLog(self, text: str) -> None:
+        """Append a line to the panel's log and to Slicer's log."""
+        self.ui.logText.appendPlainText(text)
+        logging.info(text)
+
+
+#
+# Logic
+#
+
+
+class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
+    """Scriptable operations without the widget: create lung/nodule segments, synthesise, manage models.
+
+    Example (Python console or a batch script)::
+
+        from LungDDPMSlicer import LungDDPMSlicerLogic
+
+        logic = LungDDPMSlicerLogic()
+        lungId = logic.createLungSegment(ctNode, segNode)
+        noduleId = logic.addNodule(ctNode, segNode, lungId, pointListNode, diameterMm=12.0)
+        outputs = logic.synthesize(ctNode, segNode, lungId, [noduleId], "demo-native-32", seed=0, variants=2)
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.models = models.load_model_list(resourcePath("models.json"))
+        self._gpus: list[estimates.Gpu] | None = None
+
+    def getParameterNode(self) -> LungDDPMSlicerParameterNode:
+        """The module's parameter node, typed."""
+        return LungDDPMSlicerParameterNode(super().getParameterNode())
+
+    def context(self) -> mrml.MrmlContext:
+        """Slicer's scene and the logics the Qt-free layer needs."""
+        return mrml.MrmlContext(slicer.mrmlScene, slicer.modules.segmentations.logic(), slicer.app.applicationLogic())
+
+    def engineDir(self) -> Path:
+        """The folder holding the bundled `lungddpm` package."""
+        return engine.find_engine_dir(MODULE_DIR)
+
+    def modelCacheDir(self) -> Path:
+        """The model folder: the application setting, else $LUNGDDPM_MODEL_CACHE or the user cache folder."""
+        value = slicer.util.settingsValue(CACHE_SETTING, "")
+        return Path(value) if value else models.default_cache_dir()
+
+    def setModelCacheDir(self, path: Path) -> None:
+        """Use another model folder from now on (stored in the application settings)."""
+        qt.QSettings().setValue(CACHE_SETTING, str(path))
+
+    def modelEntry(self, name: str) -> models.ModelEntry | None:
+        """The model-list entry with this name, or None."""
+        return next((entry for entry in self.models if entry.name == name), None)
+
+    def estimate(self, modelName: str, device: str, variants: int) -> estimates.Estimate:
+        """Expected time and memory of a synthesis on this computer, with warnings (GPUs detected once)."""
+        entry = self.modelEntry(modelName)
+        if entry is None:
+            raise ValueError(f"{modelName!r} is not a model of the list")
+        if self._gpus is None:
+            self._gpus = estimates.detect_gpus()
+        demo = next((e for e in self.models if e.source == "bundled"), None)
+        return estimates.estimate(entry, device, variants, self._gpus, estimates.system_memory_gb(), demo=demo)
+
+    def resolveModel(self, model: str | Path, localFile: Path | None = None) -> Path:
+        """The checkpoint file of a model-list name (bundled, chosen, cached or downloaded) or of a path."""
+        entry = self.modelEntry(str(model)) if model is not None else None
+        if entry is None:
+            path = Path(model) if model is not None else None
+            if path is None or not path.is_file():
+                raise models.ModelUnavailableError(f"{model!r} is neither a model of the list nor an existing checkpoint file")
+            return path
+
+        def download(url: str, target: Path) -> None:
+            """slicer.util.downloadFile, raising on failure (it reports failure by returning False)."""
+            if not slicer.util.downloadFile(url, str(target)):
+                raise OSError(f"download of {url} failed (network or proxy?); see the log, or download the file by "
+                              f"hand and choose it as a local file")
+
+        return models.resolve_model_file(entry, engine_dir=self.engineDir(), cache_dir=self.modelCacheDir(),
+                                         local_file=localFile, downloader=download)
+
+    # -- dependencies -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def torchSatisfied() -> bool:
+        """Whether torch >= 2.1 is installed in Slicer's Python (checked without importing it)."""
+        if importlib.util.find_spec("torch") is None:
+            return False
+        version = importlib.metadata.version("torch").split("+")[0].split(".")
+        return (int(version[0]), int(version[1])) >= (2, 1)
+
+    def installDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install torch on first use through SlicerPyTorch (one confirmation); False if the user declined.
+
+        The engine needs only torch beyond what Slicer ships (numpy, SimpleITK are never replaced). psutil,
+        when present, makes Cancel find every child process; without it the process group (or taskkill) does.
+        """
+        if self.torchSatisfied():
+            return True
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise UserInputError(_("Lung DDPM needs PyTorch: install the 'PyTorch' extension (SlicerPyTorch) from the "
+                                 "Extensions Manager, restart Slicer, and try again.")) from None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
+                                                              torchVersionRequirement=TORCH_REQUIREMENT)
+        if torch is None:
+            return False
+        if not self.torchSatisfied():
+            raise UserInputError(_("PyTorch {version} is installed, but Lung DDPM needs {req}; update it in the PyTorch "
+                                 "Utils module.").format(version=importlib.metadata.version("torch"), req=TORCH_REQUIREMENT))
+        return True
+
+    # -- operations ---------------------------------------------------------------------------------------------
+
+    def createLungSegment(self, referenceVolumeNode, segmentationNode, name: str = "lung") -> str:
+        """Segment both lungs of the CT automatically (engine, subprocess) and add them as a segment; its ID."""
+        return jobs.create_lung_segment(self.context(), referenceVolumeNode, segmentationNode,
+                                        engine_dir=self.engineDir(), work_dir=Path(slicer.util.tempDirectory("LungDDPM")),
+                                        name=name)
+
+    def addNodule(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, markupsNode, diameterMm: float,
+                  kind: str = "solid", irregularity: float = 0.0) -> str:
+        """Add a nodule segment centred at the last point of a point list (inside the lung); its segment ID."""
+        count = markupsNode.GetNumberOfControlPoints() if markupsNode else 0
+        if count == 0:
+            raise UserInputError(_("Place a point in the lung first."))
+        center = [0.0, 0.0, 0.0]
+        markupsNode.GetNthControlPointPositionWorld(count - 1, center)
+        seed = segmentationNode.GetSegmentation().GetNumberOfSegments()
+        return jobs.add_nodule_segment(self.context(), referenceVolumeNode, segmentationNode, lungSegmentId, center,
+                                       diameterMm, kind=kind, irregularity=irregularity, engine_dir=self.engineDir(),
+                                       work_dir=Path(slicer.util.tempDirectory("LungDDPM")), seed=seed)
+
+    def startSynthesis(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, noduleSegmentIds: list[str],
+                       model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto", sampler: str = "ddpm",
+                       steps: int | None = None, aasVariant: str = "paper", localModelFile: Path | None = None,
+                       keepTemporaryFiles: bool = False, log=None) -> jobs.SynthesisJob:
+        """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job."""
+        request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegmentId, list(noduleSegmentIds),
+                                        self.resolveModel(model, localModelFile), [seed + n for n in range(variants)],
+                                        device=device, sampler=sampler, steps=steps, aas_variant=aasVariant)
+        job = jobs.SynthesisJob(self.context(), request, engine_dir=self.engineDir(),
+                                work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
+                                keep_files=keepTemporaryFiles)
+        job.start()
+        return job
+
+    def synthesize(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, noduleSegmentIds: list[str],
+                   model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto", sampler: str = "ddpm",
+                   steps: int | None = None, aasVariant: str = "paper", localModelFile: Path | None = None,
+                   keepTemporaryFiles: bool = False) -> list[jobs.SynthesisOutput]:
+        """Synthesise and wait (batch use); the new volume and layout segmentation nodes per variant.
+
+        Raises jobs.EngineError with the engine's message if it fails.
+        """
+        job = self.startSynthesis(referenceVolumeNode, segmentationNode, lungSegmentId, noduleSegmentIds, model,
+                                  seed=seed, variants=variants, device=device, sampler=sampler, steps=steps,
+                                  aasVariant=aasVariant, localModelFile=localModelFile,
+                                  keepTemporaryFiles=keepTemporaryFiles)
+        while job.active:
+            job.poll()
+            slicer.app.processEvents()
+            time.sleep(0.2)
+        if job.state is jobs.JobState.FAILED:
+            raise jobs.EngineError(job.error)
+        return job.outputs
+
+
+#
+# Test
+#
+
+
+class LungDDPMSlicerTest(ScriptedLoadableModuleTest):
+    """Self-test on the CTChest sample: export/import round trip; real inference when LUNGDDPM_SELFTEST_INFERENCE=1."""
+
+    def setUp(self) -> None:
+        """Start from an empty scene."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        """Run all tests."""
+        self.setUp()
+        self.test_ExportImportRoundTrip()
+        if os.environ.get(SELFTEST_INFERENCE_ENV) == "1":
+            self.setUp()
+            self.test_SynthesisWithDemoModel()
+        else:
+            self.delayDisplay(f"Inference skipped; set {SELFTEST_INFERENCE_ENV}=1 to run it")
+
+    def loadChest(self):
+        """The CTChest sample and an empty segmentation on its grid."""
+        import SampleData
+
+        ct = SampleData.downloadSample("CTChest")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "layout")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+        return ct, segmentation
+
+    def test_ExportImportRoundTrip(self) -> None:
+        """Export CT + layout, re-import the exported CT as a result node: labels, geometry and voxels agree."""
+        import numpy as np
+
+        self.delayDisplay("Export/import round trip on CTChest")
+        ct, segmentation = self.loadChest()
+        hu = slicer.util.arrayFromVolume(ct)
+        k, j, i = np.ogrid[:hu.shape[0], :hu.shape[1], :hu.shape[2]]
+        central = (np.abs(i - hu.shape[2] / 2) < hu.shape[2] * 0.4) & (np.abs(j - hu.shape[1] / 2) < hu.shape[1] * 0.35)
+        lung = (hu < -400) & central
+        centre = tuple(np.argwhere(lung)[np.count_nonzero(lung) // 2])
+        nodule = ((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2) <= 16
+        lungId = mrml.add_segment(segmentation, ct, mrml.SegmentData("lung", lung, jobs.LUNG_COLOR))
+        noduleId = mrml.add_segment(segmentation, ct, mrml.SegmentData("nodule 1", nodule, jobs.NODULE_COLOR))
+
+        context = LungDDPMSlicerLogic().context()
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        folder = Path(slicer.util.tempDirectory("LungDDPMSelfTest"))
+        exported = mrml.export_layout(context, ct, segmentation, lungId, [noduleId], folder)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertEqual(int(exported.layout[centre]), mrml.NODULE)
+        self.assertEqual(set(np.unique(exported.layout).tolist()), {0, 1, 2})
+        node = mrml.import_synthetic_volume(context, exported.reference_path, ct, "round trip")
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(node), hu))
+        self.assertTrue(np.array_equal(mrml.ijk_to_ras(node), mrml.ijk_to_ras(ct)))
+        self.assertEqual(node.GetAttribute("LungDDPM.SYNTHETIC"), "true")
+        shutil.rmtree(folder)
+        self.delayDisplay("Round trip passed")
+
+    def test_SynthesisWithDemoModel(self) -> None:
+        """Dependencies, automatic lung segment, a nodule at a point in it, and a real synthesis with the demo model."""
+        import numpy as np
+
+        self.delayDisplay("Synthesis with the demo model on CTChest")
+        logic = LungDDPMSlicerLogic()
+        self.assertTrue(logic.installDependencies(askConfirmation=False))
+        ct, segmentation = self.loadChest()
+        lungId = logic.createLungSegment(ct, segmentation)
+        lung = mrml.segment_mask(logic.context(), segmentation, lungId, ct)
+        k, j, i = np.argwhere(lung)[np.count_nonzero(lung) // 2]
+        point = mrml.ijk_to_ras(ct) @ np.array([i, j, k, 1.0])
+        markups = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "centre")
+        markups.AddControlPointWorld(point[:3].tolist())
+        noduleId = logic.addNodule(ct, segmentation, lungId, markups, 12.0, "solid", 0.2)
+        outputs = logic.synthesize(ct, segmentation, lungId, [noduleId], "demo-native-32", seed=3, variants=1)
+        self.assertEqual(len(outputs), 1)
+        volume = outputs[0].volume_node
+        self.assertEqual(volume.GetName(), f"{ct.GetName()} synthetic (seed 3)")
+        self.assertTrue(np.array_equal(mrml.ijk_to_ras(volume), mrml.ijk_to_ras(ct)))
+        self.assertEqual(mrml.provenance(volume)["seed"], "3")
+        self.assertEqual(mrml.provenance(volume)["SYNTHETIC"], "true")
+        self.delayDisplay("Synthesis passed")

@@ -1,0 +1,124 @@
+"""The `lungddpm` engine as a subprocess: where it is, how to call it, and how to read what it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ERROR_PREFIX = "lungddpm: error: "
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+class EngineNotFoundError(RuntimeError):
+    """The lungddpm package is neither bundled beside the module nor in the source tree."""
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One sampling step reported by `--progress json`."""
+
+    step: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class Done:
+    """The final record of `lungddpm synthesize --progress json`: the files written."""
+
+    image: Path
+    labels: Path
+
+
+def find_engine_dir(module_dir: Path) -> Path:
+    """The folder to put on PYTHONPATH so that `import lungddpm` finds the engine.
+
+    An installed extension bundles `lungddpm/` beside the module's script; a source checkout has it in
+    `<repository>/engine/`.
+    """
+    for candidate in (module_dir, module_dir.parent / "engine"):
+        if (candidate / "lungddpm" / "__init__.py").is_file():
+            return candidate
+    raise EngineNotFoundError(f"the lungddpm engine was found neither in {module_dir} (installed extension) nor in "
+                              f"{module_dir.parent / 'engine'} (source tree); rebuild or reinstall the extension")
+
+
+def python_executable() -> str:
+    """Slicer's Python interpreter (PythonSlicer) when running in Slicer, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def engine_environment(engine_dir: Path, device: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The subprocess environment: the engine on PYTHONPATH, unbuffered output, no CUDA GPU when device is cpu."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(engine_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    return env
+
+
+def synthesize_command(python: str, reference: Path, layout: Path, model: Path, output: Path, *, seed: int,
+                       device: str, sampler: str = "ddpm", steps: int | None = None, variant: str = "paper") -> list[str]:
+    """The `python -m lungddpm synthesize ... --progress json` command line."""
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {DEVICES}")
+    command = [python, "-m", "lungddpm", "synthesize", "--reference", str(reference), "--layout", str(layout),
+               "--model", str(model), "--output", str(output), "--seed", str(seed), "--device", device,
+               "--sampler", sampler, "--variant", variant, "--progress", "json"]
+    if steps:
+        command += ["--steps", str(steps)]
+    return command
+
+
+def lung_mask_command(python: str, reference: Path, output: Path) -> list[str]:
+    """The `python -m lungddpm lung-mask` command line."""
+    return [python, "-m", "lungddpm", "lung-mask", str(reference), "--output", str(output)]
+
+
+def add_nodule_command(python: str, layout: Path, output: Path, center_lps: Sequence[float], diameter_mm: float,
+                       kind: str, irregularity: float, seed: int) -> list[str]:
+    """The `python -m lungddpm add-nodule` command line (centre in LPS mm)."""
+    return [python, "-m", "lungddpm", "add-nodule", "--layout", str(layout), "--output", str(output),
+            "--center", *(repr(float(v)) for v in center_lps), "--diameter", repr(float(diameter_mm)),
+            "--kinds", kind, "--irregularity", repr(float(irregularity)), "--seed", str(seed)]
+
+
+def parse_progress_line(line: str) -> StepProgress | Done | None:
+    """A progress or completion record from one stdout line; None for any other line (log it as text)."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if record.get("event") == "done" and "image" in record and "labels" in record:
+        return Done(Path(record["image"]), Path(record["labels"]))
+    if isinstance(record.get("step"), int) and isinstance(record.get("total"), int) and record["total"] > 0:
+        eta = record.get("eta_s")
+        return StepProgress(record["step"], record["total"], float(record.get("elapsed_s") or 0.0),
+                            None if eta is None else float(eta))
+    return None
+
+
+def engine_error_message(stderr_lines: Sequence[str], returncode: int) -> str:
+    """The engine's one-line error ("lungddpm: error: ..." without the prefix), or the last stderr line.
+
+    A crash (a traceback) gives its last line, which names the exception; nothing at all gives the exit status.
+    """
+    for line in reversed(stderr_lines):
+        if line.startswith(ERROR_PREFIX):
+            return line[len(ERROR_PREFIX):].strip()
+    for line in reversed(stderr_lines):
+        if line.strip():
+            return f"the engine stopped with exit status {returncode}: {line.strip()}"
+    return f"the engine stopped with exit status {returncode} and printed no error"

@@ -1,0 +1,191 @@
+"""The model list, model files (bundled, local, cached, downloaded with a SHA-256 check), estimates, geometry."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slicer_testing import REPO  # also puts LungDDPMSlicerLib on sys.path
+from LungDDPMSlicerLib import estimates, geometry, models
+
+MODEL_LIST = REPO / "Resources" / "models.json"
+ENGINE_DIR = REPO / "engine"
+
+
+@pytest.fixture()
+def entries() -> dict[str, models.ModelEntry]:
+    """The shipped model list by name."""
+    return {e.name: e for e in models.load_model_list(MODEL_LIST)}
+
+
+@pytest.fixture()
+def http_folder(tmp_path: Path):
+    """(folder, base URL) of an HTTP server on 127.0.0.1 serving a temporary folder."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler.log_message = lambda *args: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_model_list_is_valid_and_complete(entries):
+    """The list holds the bundled demo and both released checkpoints with sizes, memory and a basis."""
+    demo, released, plus = entries["demo-native-32"], entries["lung-ddpm-lidc-idri"], entries["lung-ddpm-plus"]
+    assert demo.source == "bundled" and demo.supported
+    assert (released.source, released.input_size, released.in_channels, released.timesteps) == ("local_file", 128, 3, 250)
+    assert released.file_name == "Lung-DDPM-LIDC-IDRI-100000-steps.pt" and "drive.google.com" in released.download_page
+    assert (plus.file_name, plus.input_size, plus.in_channels, plus.supported) == ("best_model.pt", 64, 2, False)
+    assert plus.unsupported_reason
+    for entry in entries.values():
+        assert entry.version and entry.citation and entry.cpu_memory_gb > 0 and entry.gpu_memory_gb > 0
+        assert "not measured" in entry.estimate_basis or entry.gpu_seconds_per_step is not None
+        assert entry.sha256 is not None or entry.source in ("bundled", "local_file")
+
+
+def test_model_list_validation_rejects_bad_entries(tmp_path, entries):
+    """Missing fields, a URL without a hash, a bad hash and duplicate names are refused with the entry named."""
+    raw = json.loads(MODEL_LIST.read_text())
+    good = raw["models"][0]
+    cases = [
+        ({**good, "source": "url", "url": "http://x/y.pt"}, "needs both 'url' and 'sha256'"),
+        ({k: v for k, v in good.items() if k != "input_size"}, "missing fields"),
+        ({**good, "sha256": "ABC"}, "64 lower-case hex"),
+        ({**good, "supported": False}, "unsupported_reason"),
+        ({**good, "gpu_seconds_per_step": -1}, "gpu_seconds_per_step"),
+        ({**good, "colour": "red"}, "unknown fields"),
+    ]
+    for entry, message in cases:
+        path = tmp_path / "models.json"
+        path.write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+        with pytest.raises(models.ModelListError, match=message):
+            models.load_model_list(path)
+    path.write_text(json.dumps({"schema_version": 1, "models": [good, good]}))
+    with pytest.raises(models.ModelListError, match="unique names"):
+        models.load_model_list(path)
+
+
+def test_bundled_demo_model_resolves_once_it_exists(entries, tmp_path):
+    """The bundled demo checkpoint is found in the engine package (skips while it is still being trained)."""
+    demo = entries["demo-native-32"]
+    path = ENGINE_DIR / "lungddpm" / "models" / demo.file_name
+    if not path.is_file():
+        with pytest.raises(models.ModelUnavailableError, match="bundled file"):
+            models.resolve_model_file(demo, engine_dir=ENGINE_DIR, cache_dir=tmp_path)
+        pytest.skip(f"{path} does not exist yet (the demo model is trained separately)")
+    assert models.resolve_model_file(demo, engine_dir=ENGINE_DIR, cache_dir=tmp_path) == path
+
+
+def test_download_with_good_and_bad_checksum(http_folder, tmp_path):
+    """A matching SHA-256 keeps the file; a wrong one raises a clear error and leaves no file or .part behind."""
+    folder, base = http_folder
+    payload = b"lung-ddpm test weights " * 1000
+    (folder / "weights.pt").write_bytes(payload)
+    good = hashlib.sha256(payload).hexdigest()
+    target = tmp_path / "cache" / "weights.pt"
+    assert models.download(f"{base}/weights.pt", target, good) == target
+    assert target.read_bytes() == payload
+    target.unlink()
+    bad = "0" * 64
+    with pytest.raises(models.ChecksumError) as error:
+        models.download(f"{base}/weights.pt", target, bad)
+    assert f"{base}/weights.pt" in str(error.value) and good in str(error.value) and bad in str(error.value)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_download_failure_leaves_no_partial_file(http_folder, tmp_path):
+    """A missing URL (HTTP 404) raises and leaves nothing in the cache."""
+    _, base = http_folder
+    target = tmp_path / "cache" / "absent.pt"
+    with pytest.raises(OSError):
+        models.download(f"{base}/absent.pt", target, "0" * 64)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_resolve_downloads_once_then_uses_the_cache(entries, tmp_path):
+    """A URL entry downloads into the cache (file:// here) and is then found there and re-verified."""
+    source = tmp_path / "published.pt"
+    source.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    entry = dataclasses.replace(entries["demo-native-32"], source="url", url=source.as_uri(), sha256=sha,
+                                file_name="published.pt")
+    cache = tmp_path / "cache"
+    assert models.resolve_model_file(entry, engine_dir=ENGINE_DIR, cache_dir=cache) == cache / "published.pt"
+
+    def no_download(url: str, target: Path) -> None:
+        """A downloader that must not be called."""
+        raise AssertionError("the cached file should have been used")
+
+    assert models.resolve_model_file(entry, engine_dir=ENGINE_DIR, cache_dir=cache, downloader=no_download) == \
+        cache / "published.pt"
+    (cache / "published.pt").write_bytes(b"tampered")
+    with pytest.raises(models.ChecksumError, match="differs from the expected"):
+        models.resolve_model_file(entry, engine_dir=ENGINE_DIR, cache_dir=cache, downloader=no_download)
+
+
+def test_local_file_entries_say_where_to_get_the_file(entries, tmp_path):
+    """A released checkpoint: the chosen file, else the cache; if neither, the download page and cache folder."""
+    released = entries["lung-ddpm-lidc-idri"]
+    with pytest.raises(models.ModelUnavailableError) as error:
+        models.resolve_model_file(released, engine_dir=ENGINE_DIR, cache_dir=tmp_path)
+    assert released.download_page in str(error.value) and str(tmp_path) in str(error.value)
+    chosen = tmp_path / "mine.pt"
+    chosen.write_bytes(b"x")
+    assert models.resolve_model_file(released, engine_dir=ENGINE_DIR, cache_dir=tmp_path, local_file=chosen) == chosen
+    (tmp_path / released.file_name).write_bytes(b"y")
+    assert models.resolve_model_file(released, engine_dir=ENGINE_DIR, cache_dir=tmp_path) == tmp_path / released.file_name
+    with pytest.raises(models.ModelUnavailableError, match="nodule-patch"):
+        models.resolve_model_file(entries["lung-ddpm-plus"], engine_dir=ENGINE_DIR, cache_dir=tmp_path, local_file=chosen)
+
+
+def test_cache_folder_can_be_overridden(monkeypatch, tmp_path):
+    """$LUNGDDPM_MODEL_CACHE replaces the platform cache folder."""
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "models"))
+    assert models.default_cache_dir() == tmp_path / "models"
+    monkeypatch.delenv(models.CACHE_ENV)
+    assert models.default_cache_dir().parts[-2:] == ("lungddpm", "models")
+
+
+def test_estimates_warn_with_the_alternative(entries):
+    """No GPU, a too-small GPU and a long CPU run each give a warning that names what to do instead."""
+    released, demo = entries["lung-ddpm-lidc-idri"], entries["demo-native-32"]
+    cpu = estimates.estimate(released, "auto", 1, [], 16.0, demo=demo)
+    assert cpu.device == "cpu" and cpu.seconds == pytest.approx(56.0 * 250)
+    assert any("3.9 h" in w and demo.title in w for w in cpu.warnings)
+    small = estimates.estimate(released, "cuda", 1, [estimates.Gpu("T400", 2.0)], 16.0, demo=demo)
+    assert small.device == "cuda" and small.seconds is None and "not measured" in small.summary()
+    assert any("T400 has 2 GB" in w and "'cpu'" in w for w in small.warnings)
+    missing = estimates.estimate(demo, "cuda", 1, [], 16.0, demo=demo)
+    assert any("No CUDA GPU" in w for w in missing.warnings)
+    tight = estimates.estimate(released, "cpu", 1, [], 4.0, demo=demo)
+    assert any("4 GB of RAM" in w for w in tight.warnings)
+    assert estimates.estimate(demo, "cpu", 2, [], 16.0, demo=demo).seconds == pytest.approx(0.5 * 250 * 2)
+    assert estimates.parse_nvidia_smi("NVIDIA H200, 143771\nbad line\nTesla T4, 15360\n") == \
+        [estimates.Gpu("NVIDIA H200", 143771 / 1024), estimates.Gpu("Tesla T4", 15.0)]
+    assert [estimates.format_duration(s) for s in (40, 600, 14000)] == ["40 s", "10 min", "3.9 h"]
+
+
+def test_geometry_round_trip_and_sheared_matrices():
+    """IJK-to-RAS <-> LPS geometry round-trips for a flipped, permuted, anisotropic grid; shear is refused."""
+    matrix = np.array([[0.0, 0.0, -2.5, 10.0], [0.0, -0.7, 0.0, 20.0], [0.7, 0.0, 0.0, -5.0], [0, 0, 0, 1]])
+    lps = geometry.lps_geometry_from_ijk_to_ras(matrix)
+    np.testing.assert_allclose(lps.origin, (-10.0, -20.0, -5.0))
+    np.testing.assert_allclose(lps.spacing, (0.7, 0.7, 2.5))
+    np.testing.assert_allclose(np.array(lps.direction).reshape(3, 3), [[0, 0, 1], [0, 1, 0], [1, 0, 0]], atol=0)
+    np.testing.assert_allclose(geometry.ijk_to_ras_from_lps_geometry(lps), matrix, atol=1e-15)
+    sheared = matrix.copy()
+    sheared[0, 1] = 0.3
+    with pytest.raises(geometry.GeometryError, match="not orthogonal"):
+        geometry.lps_geometry_from_ijk_to_ras(sheared)
+    assert geometry.same_matrix(matrix, matrix + 1e-6) and not geometry.same_matrix(matrix, matrix + 0.01)

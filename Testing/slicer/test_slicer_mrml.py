@@ -1,0 +1,292 @@
+"""The module's MRML layer on real MRML classes (slicer-core, headless), a real CT and the real engine.
+
+The CT node gets a permuted, flipped, anisotropic IJK-to-RAS matrix; lung and nodule segments come from
+label arrays through Slicer's own labelmap import and overlap. Expected physical points are computed with
+SimpleITK's index<->physical mapping, independently of the module's geometry code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicer_testing import MODULE_DIR, alive, require_slicer_core
+
+require_slicer_core(module_level=True)
+import vtk  # noqa: E402  (the VTK that slicer-core brings)
+from vtk.util import numpy_support  # noqa: E402
+
+NODULE_RADIUS_MM = 9.0
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def reoriented(image: sitk.Image) -> sitk.Image:
+    """Same physical image on another grid: every other voxel in-plane, axes permuted (k, i, j) and two flipped."""
+    return sitk.Flip(sitk.PermuteAxes(sitk.Shrink(image, [2, 2, 1]), [2, 0, 1]), [True, False, True])
+
+
+def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
+    """The IJK-to-RAS matrix of a SimpleITK image, built from its own index -> physical mapping."""
+    origin = np.array(image.TransformIndexToPhysicalPoint((0, 0, 0)))
+    matrix = np.eye(4)
+    for axis in range(3):
+        unit = [0, 0, 0]
+        unit[axis] = 1
+        matrix[:3, axis] = (np.array(image.TransformIndexToPhysicalPoint(unit)) - origin) * LPS_TO_RAS
+    matrix[:3, 3] = origin * LPS_TO_RAS
+    return matrix
+
+
+def add_volume(scene, cls: str, name: str, array: np.ndarray, matrix: np.ndarray):
+    """A volume node of class cls from a (k, j, i) array and an IJK-to-RAS matrix, built with plain VTK calls."""
+    from LungDDPMSlicerLib.mrml import array_to_matrix
+
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[::-1])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    node = scene.AddNewNodeByClass(cls, name)
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(array_to_matrix(matrix))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def import_segment(context, segmentation_node, name: str, mask: np.ndarray, matrix: np.ndarray) -> str:
+    """A segment made by Slicer's ImportLabelmapToSegmentationNode from a label array (temporary labelmap node)."""
+    labelmap = add_volume(context.scene, "vtkMRMLLabelMapVolumeNode", name, mask.astype(np.uint8), matrix)
+    before = set(segment_ids(segmentation_node))
+    assert context.segmentations_logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node)
+    context.scene.RemoveNode(labelmap.GetDisplayNode())
+    context.scene.RemoveNode(labelmap)
+    (new_id,) = set(segment_ids(segmentation_node)) - before
+    segmentation_node.GetSegmentation().GetSegment(new_id).SetName(name)
+    return new_id
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    """The segment IDs of a segmentation node in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def node_ids(scene) -> set[str]:
+    """The IDs of every node in the scene."""
+    return {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+
+
+@pytest.fixture(scope="module")
+def case(real_ct_dir: Path) -> dict:
+    """The real CT and its crude lung label on a reoriented grid, a nodule centre (LPS) and probe points."""
+    ct = reoriented(sitk.ReadImage(str(real_ct_dir / "ct.nii.gz")))
+    crude = reoriented(sitk.ReadImage(str(real_ct_dir / "layout-crude.nii.gz")))
+    lung = sitk.GetArrayFromImage(crude) == 1
+    # Nodule centre: the lung voxel deepest inside the lung (farthest from its border), in LPS mm.
+    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(sitk.GetImageFromArray(lung.astype(np.uint8)) * 1,
+                                                                insideIsPositive=True, useImageSpacing=False))
+    k, j, i = np.unravel_index(np.argmax(np.where(lung, depth, -1)), lung.shape)
+    centre = np.array(ct.TransformIndexToPhysicalPoint((int(i), int(j), int(k))))
+    physical = np.stack(np.meshgrid(*(np.arange(n) for n in lung.shape), indexing="ij"), axis=-1)
+    distance = np.linalg.norm(_physical_points(ct, physical) - centre, axis=-1)
+    nodule = distance <= NODULE_RADIUS_MM
+    lung_only = lung & (distance > NODULE_RADIUS_MM + 15)
+    lung_probe = np.array(ct.TransformIndexToPhysicalPoint(tuple(int(v) for v in np.argwhere(lung_only)[0][::-1])))
+    return {"image": ct, "array": sitk.GetArrayFromImage(ct), "matrix": ijk_to_ras_of(ct), "lung": lung,
+            "nodule": nodule, "centre_lps": centre, "lung_probe_lps": lung_probe,
+            "background_probe_lps": np.array(ct.TransformIndexToPhysicalPoint((0, 0, 0)))}
+
+
+def _physical_points(image: sitk.Image, kji: np.ndarray) -> np.ndarray:
+    """LPS points of (k, j, i) indices with SimpleITK's geometry (origin + direction @ spacing @ ijk)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return np.array(image.GetOrigin()) + kji[..., ::-1] @ (direction @ np.diag(image.GetSpacing())).T
+
+
+@pytest.fixture()
+def scene_case(mrml_context, case: dict) -> dict:
+    """The CT volume node and a segmentation with an overlapping lung and nodule segment."""
+    scene = mrml_context.scene
+    ct = add_volume(scene, "vtkMRMLScalarVolumeNode", "A0001 CT", case["array"], case["matrix"])
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "layout")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    lung_id = import_segment(mrml_context, segmentation, "lungs", case["lung"], case["matrix"])
+    nodule_id = import_segment(mrml_context, segmentation, "nodule A", case["nodule"], case["matrix"])
+    assert np.any(case["lung"] & case["nodule"]), "the test needs overlapping segments"
+    return {"ct": ct, "segmentation": segmentation, "lung_id": lung_id, "nodule_id": nodule_id}
+
+
+def snapshot(context, nodes: dict) -> dict:
+    """Arrays, matrices and segment masks of the input nodes, to compare after an operation."""
+    from LungDDPMSlicerLib import mrml
+
+    masks = {sid: mrml.segment_mask(context, nodes["segmentation"], sid, nodes["ct"])
+             for sid in segment_ids(nodes["segmentation"])}
+    return {"array": mrml.volume_array(nodes["ct"]), "matrix": mrml.ijk_to_ras(nodes["ct"]), "masks": masks,
+            "nodes": node_ids(context.scene), "name": nodes["ct"].GetName()}
+
+
+def assert_unchanged(context, nodes: dict, before: dict, allowed_new: set[str] = frozenset()) -> None:
+    """The input nodes hold what they held before; the scene holds no other new nodes."""
+    after = snapshot(context, nodes)
+    assert np.array_equal(after["array"], before["array"])
+    assert np.array_equal(after["matrix"], before["matrix"])
+    assert after["masks"].keys() == before["masks"].keys()
+    for sid, mask in before["masks"].items():
+        assert np.array_equal(after["masks"][sid], mask), f"segment {sid} changed"
+    assert after["name"] == before["name"]
+    assert after["nodes"] - before["nodes"] == set(allowed_new)
+
+
+def label_at(path: Path, point_lps: np.ndarray) -> int:
+    """The label of an image file at an LPS point (nearest voxel), read with SimpleITK."""
+    image = sitk.ReadImage(str(path))
+    return int(image[image.TransformPhysicalPointToIndex(point_lps.tolist())])
+
+
+def test_export_writes_labels_at_the_right_physical_points(mrml_context, case, scene_case, tmp_path):
+    """Reference and layout NRRDs: exact grid, labels 0/1/2 at known LPS and RAS points, nodule over lung."""
+    from LungDDPMSlicerLib import mrml
+
+    before = snapshot(mrml_context, scene_case)
+    exported = mrml.export_layout(mrml_context, scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                  [scene_case["nodule_id"]], tmp_path)
+    assert_unchanged(mrml_context, scene_case, before)
+
+    reference, layout = sitk.ReadImage(str(exported.reference_path)), sitk.ReadImage(str(exported.layout_path))
+    for image in (reference, layout):
+        assert image.GetSize() == case["image"].GetSize()
+        np.testing.assert_allclose(image.GetOrigin(), case["image"].GetOrigin(), atol=1e-9)
+        np.testing.assert_allclose(image.GetSpacing(), case["image"].GetSpacing(), rtol=1e-12)
+        np.testing.assert_allclose(image.GetDirection(), case["image"].GetDirection(), atol=1e-12)
+    assert np.array_equal(sitk.GetArrayFromImage(reference), case["array"])
+    assert reference.GetPixelID() == case["image"].GetPixelID()
+
+    assert label_at(exported.layout_path, case["centre_lps"]) == 2
+    assert label_at(exported.layout_path, case["lung_probe_lps"]) == 1
+    assert label_at(exported.layout_path, case["background_probe_lps"]) == 0
+    expected = np.where(case["nodule"], 2, np.where(case["lung"], 1, 0))
+    assert np.array_equal(sitk.GetArrayFromImage(layout), expected)
+
+    # The same points in RAS through the node's own RAS-to-IJK matrix land on the same labels.
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    scene_case["ct"].GetRASToIJKMatrix(ras_to_ijk)
+    for point_lps, label in ((case["centre_lps"], 2), (case["lung_probe_lps"], 1)):
+        i, j, k = np.round(mrml.matrix_to_array(ras_to_ijk) @ np.append(point_lps * LPS_TO_RAS, 1.0))[:3].astype(int)
+        assert exported.layout[k, j, i] == label
+
+
+def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_case, golden_checkpoint, tmp_path):
+    """Export -> `lungddpm synthesize` subprocess (tiny released checkpoint) -> import with exact geometry."""
+    import slicer
+    from LungDDPMSlicerLib import engine, jobs, mrml
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_context.scene)
+    study = sh.CreateStudyItem(sh.GetSceneItemID(), "study")
+    sh.CreateItem(study, scene_case["ct"])  # inside Slicer the item exists already; headless it is made here
+    before = snapshot(mrml_context, scene_case)
+    request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                    [scene_case["nodule_id"]], golden_checkpoint, seeds=[7], device="cpu")
+    job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                            work_dir=tmp_path / "work", log=lambda line: None)
+    (output,) = jobs.run_to_end(job)
+
+    volume, layout = output.volume_node, output.segmentation_node
+    assert volume.GetName() == "A0001 CT synthetic (seed 7)"
+    assert layout.GetName() == "A0001 CT synthetic layout (seed 7)"
+    assert np.array_equal(mrml.ijk_to_ras(volume), case["matrix"])
+    assert volume.GetImageData().GetDimensions() == scene_case["ct"].GetImageData().GetDimensions()
+    attributes = mrml.provenance(volume)
+    assert attributes["SYNTHETIC"] == "true"
+    assert attributes["model_sha256"] == hashlib.sha256(golden_checkpoint.read_bytes()).hexdigest()
+    assert (attributes["model"], attributes["seed"], attributes["sampler"], attributes["steps"]) == \
+           (golden_checkpoint.name, "7", "ddpm", "20")
+    assert attributes["device"] == "cpu" and attributes["profile"] == "released" and attributes["lungddpm_version"]
+    # Outside the lungs the engine returns the reference voxel for voxel: proves the import's voxel order.
+    synthetic = mrml.volume_array(volume)
+    far = ~(case["lung"] | case["nodule"])
+    assert np.array_equal(synthetic[far], case["array"][far])
+    assert not np.array_equal(synthetic[case["lung"]], case["array"][case["lung"]])
+    # The layout segmentation holds the exact layout, segments named as the input.
+    names = [layout.GetSegmentation().GetSegment(sid).GetName() for sid in segment_ids(layout)]
+    assert names == ["lungs", "nodule A"]
+    lung_mask, nodule_mask = (mrml.segment_mask(mrml_context, layout, sid, scene_case["ct"]) for sid in segment_ids(layout))
+    assert np.array_equal(lung_mask, case["lung"] & ~case["nodule"])
+    assert np.array_equal(nodule_mask, case["nodule"])
+    # Beside the reference, shown, inputs untouched, temporary files gone.
+    for node in (volume, layout):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+    assert mrml_context.application_logic.GetSelectionNode().GetActiveVolumeID() == volume.GetID()
+    new_nodes = {volume.GetID(), volume.GetDisplayNode().GetID(), layout.GetID(), layout.GetDisplayNode().GetID()}
+    assert_unchanged(mrml_context, scene_case, before, allowed_new=new_nodes)
+    assert not (tmp_path / "work").exists()
+
+
+def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, golden_checkpoint, tmp_path):
+    """Cancel while sampling: no engine process survives, the work folder is gone, the scene is unchanged."""
+    from LungDDPMSlicerLib import engine, jobs
+
+    before = snapshot(mrml_context, scene_case)
+    request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                    [scene_case["nodule_id"]], golden_checkpoint, seeds=[1, 2], device="cpu")
+    job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                            work_dir=tmp_path / "work", log=lambda line: None)
+    job.start()
+    deadline = time.monotonic() + 120
+    while job.step == 0 and job.active and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.1)
+    assert job.state is jobs.JobState.RUNNING and job.step >= 1, job.error
+    pid = job._process.pid
+    job.cancel()
+    assert job.state is jobs.JobState.CANCELLED
+    assert not alive(pid)
+    assert not (tmp_path / "work").exists()
+    assert job.outputs == []
+    assert_unchanged(mrml_context, scene_case, before)
+
+
+def test_engine_error_is_shown_as_its_one_line_message(mrml_context, case, scene_case, golden_checkpoint, tmp_path):
+    """A nodule outside the lung: the job fails with the engine's message (no traceback), nothing is added."""
+    from LungDDPMSlicerLib import engine, jobs
+
+    outside = np.zeros_like(case["lung"])
+    outside[0:3, 0:3, 0:3] = True  # a corner of the image: outside the body and the lung
+    far_id = import_segment(mrml_context, scene_case["segmentation"], "stray nodule", outside, case["matrix"])
+    before = snapshot(mrml_context, scene_case)
+    request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"], [far_id],
+                                    golden_checkpoint, seeds=[0], device="cpu")
+    job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                            work_dir=tmp_path / "work", log=lambda line: None)
+    with pytest.raises(jobs.EngineError) as error:
+        jobs.run_to_end(job)
+    message = str(error.value)
+    assert "outside the lung" in message and "Traceback" not in message and "\n" not in message
+    assert not message.startswith("lungddpm: error:")
+    assert job.state is jobs.JobState.FAILED and not (tmp_path / "work").exists()
+    assert_unchanged(mrml_context, scene_case, before)
+
+
+def test_segments_from_masks_and_nodule_names(mrml_context, case, scene_case):
+    """add_segment writes a mask exactly on the reference grid; nodule names count up past used ones."""
+    from LungDDPMSlicerLib import jobs, mrml
+
+    segmentation = scene_case["segmentation"]
+    assert jobs.next_nodule_name(segmentation) == "nodule 1"
+    segmentation.GetSegmentation().GetSegment(scene_case["nodule_id"]).SetName("nodule 1")
+    assert jobs.next_nodule_name(segmentation) == "nodule 2"
+    mask = np.zeros_like(case["lung"])
+    mask[5:9, 20:30, 40:45] = True
+    segment_id = mrml.add_segment(segmentation, scene_case["ct"], mrml.SegmentData("box", mask, (0.1, 0.2, 0.3),
+                                                                                     {"LungDDPM.kind": "solid"}))
+    assert np.array_equal(mrml.segment_mask(mrml_context, segmentation, segment_id, scene_case["ct"]), mask)
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    kind = vtk.reference("")
+    assert segment.GetName() == "box" and segment.GetTag("LungDDPM.kind", kind) and kind.get() == "solid"
+    with pytest.raises(mrml.ExportError, match="no segment"):
+        mrml.segment_mask(mrml_context, segmentation, "missing", scene_case["ct"])
+    with pytest.raises(mrml.ExportError, match="also chosen as a nodule"):
+        mrml.export_layout(mrml_context, scene_case["ct"], segmentation, segment_id, [segment_id], Path("unused"))

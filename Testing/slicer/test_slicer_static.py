@@ -1,0 +1,201 @@
+"""Static checks of the extension: CMake lists and the bundle they build, the .ui file against the code, the icon."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from slicer_testing import MODULE_DIR, REPO
+
+UI_FILE = REPO / "Resources" / "UI" / "LungDDPMSlicer.ui"
+MAIN_SCRIPT = MODULE_DIR / "LungDDPMSlicer.py"
+# Every widget the Python code touches through self.ui, with the class the code relies on.
+EXPECTED_WIDGETS = {
+    "segmentationSelector": "qMRMLNodeComboBox",
+    "lungSegmentSelector": "qMRMLSegmentSelectorWidget",
+    "noduleSegmentList": "QListWidget",
+    "noduleMarkupsSelector": "qMRMLNodeComboBox",
+    "noduleMarkupsPlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "createLungButton": "QPushButton",
+    "addNoduleButton": "QPushButton",
+    "modelCombo": "QComboBox",
+    "modelPathLineEdit": "ctkPathLineEdit",
+    "modelInfoLabel": "QLabel",
+    "stepsSpinBox": "QSpinBox",
+    "estimateLabel": "QLabel",
+    "modelCacheDirLineEdit": "ctkPathLineEdit",
+    "clearCacheButton": "QPushButton",
+    "applyButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "logText": "QPlainTextEdit",
+}
+HAND_WIRED_PARAMETERS = {"lungSegmentId", "noduleSegmentIds", "modelName", "localModelPath"}  # no parameterNodeWrapper connector
+MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget"}
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    """The items of `set(VARIABLE ...)` in a CMake file, with ${MODULE_NAME} expanded."""
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"set({variable} ...) not found"
+    return [item.replace("${MODULE_NAME}", "LungDDPMSlicer") for item in match.group(1).split()]
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    """Every widget element of the .ui file by name."""
+    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def test_every_file_in_the_cmake_lists_exists_and_every_script_is_listed():
+    """Scripts and top-level resources named in the module's CMakeLists exist; no module script is left out."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    resources = cmake_list(text, "MODULE_TOPLEVEL_RESOURCES")
+    assert [s for s in scripts if not (MODULE_DIR / s).is_file()] == []
+    assert [r for r in resources if not (REPO / "Resources" / r).is_file()] == []
+    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    assert on_disk == set(scripts)
+    top = (REPO / "CMakeLists.txt").read_text()
+    for required in ('EXTENSION_DEPENDS "PyTorch"', "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                     "add_subdirectory(LungDDPMSlicer)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                     "include(${Slicer_EXTENSION_CPACK})"):
+        assert required in top
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+STUB_PROJECT = """
+cmake_minimum_required(VERSION 3.16)
+project(LungDDPMSlicerBundleCheck NONE)
+# Stand-ins for what find_package(Slicer) provides, enough to configure, build and install the module folder.
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer/qt-scripted-modules)
+set(BUILD_TESTING ON)
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(STUB "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  foreach(f ${STUB_SCRIPTS})
+    if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
+      message(FATAL_ERROR "missing script ${f}")
+    endif()
+    get_filename_component(d ${f} DIRECTORY)
+    install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/${f} DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${d})
+  endforeach()
+endmacro()
+function(slicer_add_python_unittest)
+endfunction()
+add_subdirectory("{module}" module)
+"""
+
+
+def test_cmake_bundles_resources_and_the_engine(tmp_path):
+    """Configure, build and install the module with stand-in Slicer macros: `import lungddpm` works from the bundle."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "CMakeLists.txt").write_text(STUB_PROJECT.replace("{module}", MODULE_DIR.as_posix()))
+    for args in (["-S", tmp_path / "src", "-B", tmp_path / "build"], ["--build", tmp_path / "build"],
+                 ["--install", tmp_path / "build", "--prefix", tmp_path / "install"]):
+        result = subprocess.run([cmake, *map(str, args)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    module = tmp_path / "install" / "lib" / "Slicer" / "qt-scripted-modules"
+    for relative in ("LungDDPMSlicer.py", "LungDDPMSlicerLib/mrml.py", "Resources/UI/LungDDPMSlicer.ui",
+                     "Resources/Icons/LungDDPMSlicer.png", "Resources/models.json", "lungddpm/__init__.py",
+                     "lungddpm/cli.py", "lungddpm/__main__.py"):
+        assert (module / relative).is_file(), relative
+    engine_files = {p.relative_to(REPO / "engine").as_posix() for p in (REPO / "engine" / "lungddpm").rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+                    and p.suffix not in (".pyc", ".tmp")}
+    bundled = {p.relative_to(module).as_posix() for p in (module / "lungddpm").rglob("*") if p.is_file()}
+    assert bundled == engine_files
+    built = tmp_path / "build" / "lib" / "Slicer" / "qt-scripted-modules"
+    assert (built / "Resources" / "UI" / "LungDDPMSlicer.ui").is_file() and (built / "lungddpm" / "cli.py").is_file()
+    sys.path.insert(0, str(module))
+    try:
+        from LungDDPMSlicerLib import engine
+        assert engine.find_engine_dir(module) == module
+    finally:
+        sys.path.remove(str(module))
+    env = engine.engine_environment(module, "cpu")
+    found = subprocess.run([sys.executable, "-c", "import lungddpm, sys; sys.stdout.write(lungddpm.__file__)"],
+                           capture_output=True, text=True, env=env, check=True).stdout
+    assert Path(found).resolve() == (module / "lungddpm" / "__init__.py").resolve()
+
+
+def test_ui_is_valid_and_has_every_widget_the_code_uses():
+    """Valid Qt Designer XML; each self.ui.X of the code exists with the expected class."""
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui" and root.find("class").text == "LungDDPMSlicer"
+    widgets = ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MAIN_SCRIPT.read_text()))
+    assert used - EXPECTED_WIDGETS.keys() == set(), "declare the expected class of newly used widgets"
+    for name in used:
+        assert name in widgets, f"{name} is used by the code but missing from the .ui"
+        assert widgets[name].get("class") == EXPECTED_WIDGETS[name], name
+
+
+def test_ui_custom_widgets_and_scene_connections():
+    """Slicer/CTK classes are declared as custom widgets; every MRML widget receives the scene."""
+    root = ET.parse(UI_FILE).getroot()
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if not c.startswith("Q")} <= declared
+    receivers = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    mrml = {name for name, w in ui_widgets().items() if w.get("class") in MRML_WIDGETS}
+    assert mrml and mrml <= receivers
+
+
+def parameter_fields() -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class in the main script."""
+    tree = ast.parse(MAIN_SCRIPT.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef)
+              and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list)]
+    return {s.target.id: ast.unparse(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)}
+
+
+def connector_classes(annotation: str) -> set[str]:
+    """The widget classes Slicer's parameterNodeWrapper can bind to a field of this annotation."""
+    base = annotation.removeprefix("Annotated[").split(",")[0].rstrip("]")
+    if base.startswith("vtkMRML"):
+        return {"qMRMLNodeComboBox"}
+    if base == "float":
+        return {"ctkSliderWidget", "QDoubleSpinBox"} if "WithinRange" in annotation else {"QDoubleSpinBox"}
+    if base == "int":
+        return {"QSpinBox"}
+    if base == "str":
+        return {"QComboBox"} if "Choice" in annotation else {"QLineEdit"}
+    if base == "Path":
+        return {"ctkPathLineEdit"}
+    if base == "bool":
+        return {"QCheckBox"}
+    return set()
+
+
+def test_parameter_names_bind_to_fields_with_a_fitting_widget():
+    """Each SlicerParameterName names a parameter-node field whose type Slicer can connect to that widget."""
+    fields = parameter_fields()
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = widget.get("class")
+    assert bound.keys() <= fields.keys()
+    for parameter, widget_class in bound.items():
+        assert widget_class in connector_classes(fields[parameter]), (parameter, widget_class, fields[parameter])
+    assert fields.keys() - bound.keys() == HAND_WIRED_PARAMETERS
+
+
+def test_icon_is_a_128_pixel_png():
+    """The module icon: a 128 x 128 PNG."""
+    import SimpleITK as sitk
+
+    path = REPO / "Resources" / "Icons" / "LungDDPMSlicer.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sitk.ReadImage(str(path)).GetSize() == (128, 128)
