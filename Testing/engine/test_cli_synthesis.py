@@ -120,3 +120,15 @@ def test_lung_mask_and_add_nodule_commands(phantom_files, tmp_path):
     assert np.linalg.norm(centroid - np.array(centre_lps)) <= max(lay.spacing)
     res = _run("add-nodule", "--layout", out, "--output", tmp_path / "more.nrrd", "--random", 2, "--seed", 1)
     assert res.returncode == 0 and len(json.loads(res.stdout)["nodules"]) == 2
+
+
+def test_separate_lung_and_nodule_masks_give_the_same_result_as_a_layout(phantom_files, tiny_checkpoint, tmp_path):
+    ref, lay, ph = phantom_files
+    lung = write_volume(ph.layout.with_array((ph.layout.array > 0).astype(np.uint8)), tmp_path / "lung.nrrd")
+    nod = write_volume(ph.layout.with_array((ph.layout.array == NODULE).astype(np.uint8)), tmp_path / "nod.nrrd")
+    common = ("--reference", ref, "--model", tiny_checkpoint, "--progress", "none", "--threads", 1, "--device", "cpu")
+    a = _run("synthesize", *common, "--layout", lay, "--output", tmp_path / "a.nrrd")
+    b = _run("synthesize", *common, "--lung-mask", lung, "--nodule-mask", nod, "--output", tmp_path / "b.nrrd")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert np.array_equal(read_volume(tmp_path / "a.nrrd").array, read_volume(tmp_path / "b.nrrd").array)
+    assert np.array_equal(read_volume(tmp_path / "b_labels.nrrd").array, ph.layout.array)

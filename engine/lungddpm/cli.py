@@ -29,21 +29,37 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    """Synthesise a CT from a reference CT and a layout and write it with its labels."""
+    """Synthesise a CT from a reference CT and a layout (or lung + nodule masks) and write it with its labels."""
+    if args.nodule_mask and not args.lung_mask:
+        raise LungDDPMError("--nodule-mask goes with --lung-mask; with --layout, nodules are label 2 of the layout")
     from .progress import Progress
     from .synthesis import planned_outputs, synthesize, write_result
     from .volume import refuse_protected
 
     _set_threads(args.threads)
     model = _model_path(args.model)
-    protect = (args.reference, args.layout, model)
+    sources = [p for p in (args.layout, args.lung_mask, args.nodule_mask) if p]
+    protect = (args.reference, *sources, model)
     for target in planned_outputs(args.output):  # refuse before hours of sampling, not after
         refuse_protected(target, protect)
-    result = synthesize(args.reference, args.layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
+    layout = args.layout or _layout_from_masks(args.lung_mask, args.nodule_mask)
+    result = synthesize(args.reference, layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
                         device=args.device, progress=Progress(args.progress), variant=args.variant)
     image_path, labels_path = write_result(result, args.output, protect=protect)
     _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path)})
     return 0
+
+
+def _layout_from_masks(lung_path: str, nodule_path: str | None):
+    """A layout (0/1/2) from a lung mask file and an optional nodule mask file (nonzero = inside)."""
+    from .layout import compose_layout
+    from .volume import read_volume, require_same_grid
+
+    lung = read_volume(lung_path)
+    nodules = read_volume(nodule_path) if nodule_path else None
+    if nodules is not None:
+        require_same_grid(lung, nodules, names=(f"lung mask {lung_path}", f"nodule mask {nodule_path}"))
+    return compose_layout(lung, nodules)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -125,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     syn = sub.add_parser("synthesize", help="synthesise a CT in HU on the reference's grid from a layout")
     syn.add_argument("--reference", required=True, help="reference CT (NRRD, NIfTI, MHA or a DICOM folder), in HU")
-    syn.add_argument("--layout", required=True, help="label image on the reference grid: 0 background, 1 lung, 2 nodule")
+    layout_source = syn.add_mutually_exclusive_group(required=True)
+    layout_source.add_argument("--layout", help="label image on the reference grid: 0 background, 1 lung, 2 nodule")
+    layout_source.add_argument("--lung-mask", help="binary lung mask on the reference grid (instead of --layout)")
+    syn.add_argument("--nodule-mask", help="binary nodule mask on the reference grid (with --lung-mask)")
     syn.add_argument("--model", required=True, help="checkpoint (released Lung-DDPM or lungddpm format), or 'demo'")
     syn.add_argument("--output", required=True, help="output image (.nrrd, .nii.gz, .mha); labels go to <stem>_labels")
     syn.add_argument("--seed", type=int, default=0)
