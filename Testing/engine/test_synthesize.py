@@ -87,6 +87,19 @@ def test_write_result_marks_the_file_synthetic(native_model, tmp_path):
     assert reader.GetMetaData("SYNTHETIC") == "true" and "not a patient scan" in reader.GetMetaData("descrip")
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "dpmpp3m"])
+def test_fast_samplers_in_physical_space(sampler, native_model):
+    ct, layout = _case(OBLIQUE, spacing=(2.8, 2.8, 5.0), size=(128, 128, 64))
+    calls = []
+    result = synthesize(ct, layout, native_model, seed=0, device="cpu", sampler=sampler, steps=4, progress=lambda i, n: calls.append((i, n)))
+    region = layout.array > 0
+    assert same_grid(result.image, ct) and np.array_equal(result.image.array[~region], ct.array[~region])
+    assert calls == [(i, 4) for i in range(5)]
+    assert result.metadata["sampler"] == sampler and result.metadata["steps"] == "4"
+    with pytest.raises(ConfigError, match="variant"):
+        synthesize(ct, layout, native_model, sampler=sampler, steps=4, variant="released")
+
+
 def test_unknown_sampler_and_wrong_steps(native_model):
     ct, layout = _case(LPS, spacing=(2.8, 2.8, 5.0), size=(128, 128, 64))
     with pytest.raises(ConfigError, match="sampler"):

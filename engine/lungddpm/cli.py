@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--output", required=True, help="output image (.nrrd, .nii.gz, .mha); labels go to <stem>_labels")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    syn.add_argument("--sampler", default="ddpm", choices=["ddpm"])
-    syn.add_argument("--steps", type=int, default=None, help="sampling steps (ddpm: the model's T)")
+    syn.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"],
+                     help="ddpm: the released ancestral sampler (T steps); ddim, dpmpp2m, dpmpp3m: few-step solvers")
+    syn.add_argument("--steps", type=int, default=None, help="network passes (ddpm: the model's T; solvers: default 20)")
     syn.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (see README)")
     syn.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     syn.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

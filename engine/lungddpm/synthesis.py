@@ -20,9 +20,11 @@ from .layout import validate_layout
 from .model import LungDDPM
 from .profiles import get_profile, to_reference_grid
 from .sampling import ProgressCallback, make_generator, sample_aas
+from .solvers import sample_aas_solver
 from .volume import Volume, read_volume, refuse_protected, write_volume
 
-SAMPLERS = ("ddpm",)
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "dpmpp3m")
+DEFAULT_SOLVER_STEPS = 20  # provisional: the fidelity check that picks the interactive default is still open
 SYNTHETIC_DESCRIPTION = "SYNTHETIC CT made by lungddpm - not a patient scan"
 
 
@@ -77,8 +79,13 @@ def synthesize(
     dev = resolve_device(device)
     net = _as_model(model, dev)
     T = net.config.timesteps
-    if steps not in (None, T):
-        raise ConfigError(f"the ddpm sampler runs all {T} steps of this model; omit steps or pass steps={T}")
+    if sampler == "ddpm" and steps not in (None, T):
+        raise ConfigError(f"the ddpm sampler runs all {T} steps of this model; omit steps or pass steps={T}, "
+                          "or choose a fast sampler (ddim, dpmpp2m, dpmpp3m) for fewer steps")
+    if sampler != "ddpm" and variant != "paper":
+        raise ConfigError(f"the {variant!r} AAS variant exists only for the ddpm sampler; fast samplers paste the "
+                          "reference at each step's own noise level (as the paper does)")
+    n_steps = T if sampler == "ddpm" else int(steps or DEFAULT_SOLVER_STEPS)
     if net.config.profile not in ("released", "native"):
         raise ConfigError(
             f"model profile {net.config.profile!r} (Lung-DDPM+ nodule patches) is not supported by full-volume "
@@ -87,15 +94,19 @@ def synthesize(
     profile = get_profile(net.config.profile)
     space = profile.encode(ref, lay, net.config.image_size, net.config.cond_channels)
     if progress is not None:
-        progress(0, T)  # model loaded and inputs mapped: sampling starts
+        progress(0, n_steps)  # model loaded and inputs mapped: sampling starts
     start = time.perf_counter()
-    x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=make_generator(seed, dev), progress=progress)
+    generator = make_generator(seed, dev)
+    if sampler == "ddpm":
+        x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=generator, progress=progress)
+    else:
+        x0 = sample_aas_solver(net, space.cond, space.x_ref, sampler, n_steps, generator=generator, progress=progress)
     elapsed = time.perf_counter() - start
     hu = profile.decode(x0, space)
     margin = float(min(space.grid.GetSpacing())) if margin_mm is None else float(margin_mm)
     image = to_reference_grid(hu, space, ref, lay, margin)
     labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
-    metadata = provenance(net, sampler=sampler, steps=T, seed=seed, device=dev, variant=variant)
+    metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
     # file names only: full paths would leak local folders into shared files
     metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}", "blend_margin_mm": f"{margin:g}"})
     return SynthesisResult(image, labels, metadata)

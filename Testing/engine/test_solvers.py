@@ -1,0 +1,104 @@
+"""Few-step solvers: equal to diffusers' reference implementation; AAS at every step; exact background."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import random_layout, random_model
+from lungddpm import ConfigError, make_generator
+from lungddpm.sampling import background_mask
+from lungddpm.solvers import sample_aas_solver, trailing_timesteps
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers (test extra) is the reference for the solver maths")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(seed=7, timesteps=50)
+
+
+@pytest.fixture(scope="module")
+def smooth_model():
+    """A denoiser whose x̂0 = 0.8 tanh(x + layout) is bounded and nonlinear in x: orders visibly differ."""
+    m = random_model(seed=7, timesteps=50)
+    ac = m.diffusion.alphas_cumprod
+
+    def predict_noise(x, cond, t):
+        a = ac[t].reshape(-1, 1, 1, 1, 1)
+        x0 = 0.8 * torch.tanh(x + 0.5 * cond[:, :1])
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    m.predict_noise = predict_noise
+    return m
+
+
+def _reference_loop(scheduler, model, cond, x_T, steps):
+    scheduler.set_timesteps(steps)
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = model.predict_noise(x, cond, torch.tensor([int(t)]))
+            x = scheduler.step(eps, t, x).prev_sample
+    return x, [int(t) for t in scheduler.timesteps]
+
+
+def _dpm_solver(model, order):
+    return diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=model.config.timesteps, trained_betas=model.diffusion.betas.double().numpy(),
+        solver_order=order, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
+        timestep_spacing="trailing", final_sigmas_type="zero", prediction_type="epsilon", thresholding=False)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("dpmpp2m", 2), ("dpmpp3m", 3)])
+def test_solver_equals_diffusers_dpm_solver_pp(smooth_model, sampler, order, steps):
+    model = smooth_model
+    cond, x_ref = random_layout()
+    x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(steps))
+    expected, timesteps = _reference_loop(_dpm_solver(model, order), model, cond, x_T, steps)
+    assert timesteps == trailing_timesteps(model.config.timesteps, steps)
+    ours = sample_aas_solver(model, cond, x_ref, sampler, steps, draws=[x_T], clip_denoised=False, blend=False)
+    assert expected.abs().max().item() < 1.5  # a bounded trajectory: an absolute tolerance means something
+    err = (ours - expected).abs().max().item()
+    assert err <= 1e-4, err  # float32; x̂0 divides by α_t, which is 0.006 at t = T−1
+
+
+def test_ddim_equals_diffusers_ddim(smooth_model):
+    model = smooth_model
+    cond, x_ref = random_layout()
+    x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(0))
+    ddim = diffusers.DDIMScheduler(num_train_timesteps=model.config.timesteps, trained_betas=model.diffusion.betas.double().numpy(),
+                                   clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing", prediction_type="epsilon")
+    expected, _ = _reference_loop(ddim, model, cond, x_T, 10)
+    ours = sample_aas_solver(model, cond, x_ref, "ddim", 10, draws=[x_T], clip_denoised=False, blend=False)
+    assert (ours - expected).abs().max().item() <= 1e-4
+
+
+def test_orders_differ_on_the_smooth_denoiser(smooth_model):
+    """Guards the comparisons above: a wrong higher-order term would be visible at this size."""
+    cond, x_ref = random_layout()
+    x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(3))
+    runs = [sample_aas_solver(smooth_model, cond, x_ref, s, 10, draws=[x_T], blend=False) for s in ("ddim", "dpmpp2m", "dpmpp3m")]
+    assert (runs[0] - runs[1]).abs().max().item() > 1e-3 and (runs[1] - runs[2]).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "dpmpp3m"])
+def test_aas_background_is_exactly_the_reference_and_seeds_reproduce(model, sampler):
+    cond, x_ref = random_layout()
+    calls = []
+    a = sample_aas_solver(model, cond, x_ref, sampler, 8, generator=make_generator(1), progress=lambda i, n: calls.append(i))
+    b = sample_aas_solver(model, cond, x_ref, sampler, 8, generator=make_generator(1))
+    c = sample_aas_solver(model, cond, x_ref, sampler, 8, generator=make_generator(2))
+    bg = background_mask(cond)
+    assert torch.equal(a[bg], x_ref[bg]) and not torch.equal(a[~bg], x_ref[~bg])
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert calls == list(range(1, 9))
+
+
+def test_bad_solver_arguments(model):
+    cond, x_ref = random_layout()
+    with pytest.raises(ConfigError, match="steps"):
+        sample_aas_solver(model, cond, x_ref, "ddim", 0)
+    with pytest.raises(ConfigError, match="solver"):
+        sample_aas_solver(model, cond, x_ref, "euler", 5)
