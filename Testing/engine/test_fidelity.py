@@ -1,0 +1,58 @@
+"""Metrics on hand-made cases, and the fast-sampler fidelity check on the bundled demo model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungddpm import load_model
+from lungddpm.demo import DEMO_MODEL, demo_case
+from lungddpm.fidelity import compare, run_setting
+from lungddpm.metrics import region_stats, seam_score
+from lungddpm.volume import Volume
+
+
+def _box_case():
+    ref = Volume(np.full((20, 40, 40), -800, np.int16), spacing=(1.0, 1.0, 2.0))
+    rng = np.random.default_rng(0)
+    ref.array[:] += rng.normal(0, 20, ref.array.shape).astype(np.int16)
+    lab = np.zeros(ref.array.shape, np.uint8)
+    lab[5:15, 10:30, 10:30] = 1
+    lab[9:11, 18:22, 18:22] = 2
+    return ref, ref.with_array(lab)
+
+
+def test_region_stats_on_a_hand_made_case():
+    ref, layout = _box_case()
+    image = ref.with_array(np.where(layout.array == 2, 40, -850).astype(np.int16))
+    stats = region_stats(image, layout)
+    assert stats["lung_mean_hu"] == -850 and stats["lung_std_hu"] == 0
+    assert stats["nodule_mean_hu"] == 40 and stats["nodule_std_hu"] == 0
+
+
+def test_seam_score_is_one_for_identical_images_and_high_for_a_pasted_block():
+    ref, layout = _box_case()
+    assert seam_score(ref, ref, layout) == pytest.approx(1.0)
+    pasted = ref.array.copy()
+    pasted[layout.array > 0] = 0  # a block of soft tissue pasted into air-like surroundings
+    assert seam_score(ref.with_array(pasted), ref, layout) > 5.0
+
+
+def test_compare_applies_the_tolerances():
+    base = {"lung_mean_hu": -800.0, "lung_std_hu": 100.0, "nodule_mean_hu": -300.0, "seam_score": 1.0}
+    close = {"lung_mean_hu": -790.0, "lung_std_hu": 110.0, "nodule_mean_hu": -280.0, "seam_score": 1.05}
+    far = {**close, "lung_std_hu": 160.0}
+    assert compare(close, base)["passes"] and not compare(far, base)["passes"]
+    assert compare(far, base)["within_tolerance"]["lung_std_ratio"] is False
+
+
+def test_dpm_solver_20_steps_matches_ddpm_on_the_demo_model():
+    model = load_model(DEMO_MODEL)
+    reference, layout, _ = demo_case(0)
+    seeds = (0, 1)
+    baseline = run_setting(reference, layout, model, "ddpm", None, seeds)
+    fast = run_setting(reference, layout, model, "dpmpp2m", 20, seeds)
+    result = compare(fast, baseline)
+    print({"ddpm": baseline, "dpmpp2m-20": fast, **result})
+    assert result["passes"], result
+    assert fast["seconds_per_run"] < baseline["seconds_per_run"] / 5
