@@ -1,4 +1,4 @@
-"""Shared fixtures: the ../shared folder beside the repository (skip with a message where absent)."""
+"""Engine-test fixtures (the shared ones are in Testing/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,43 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The ../shared folder (golden tensors, real CT); tests that need it skip where it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: clone the repository beside the project's shared/ folder to run this test")
-    return SHARED
-
-
-@pytest.fixture(scope="session")
-def golden_dir(shared_dir: Path) -> Path:
-    """../shared/golden: tensors produced by the released Lung-DDPM code."""
-    path = shared_dir / "golden"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent")
-    return path
-
 
 @pytest.fixture(scope="session")
 def tiny_reference(golden_dir: Path) -> dict:
     """Outputs of the released code for the tiny checkpoint (forward, schedule, loss, AAS loop)."""
     return torch.load(golden_dir / "tiny-reference.pt", weights_only=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(golden_dir: Path) -> Path:
-    """The tiny released-format checkpoint with float16 U-Net weights."""
-    return golden_dir / "tiny-official-checkpoint-fp16.pt"
-
-
-@pytest.fixture(scope="session")
-def real_ct_dir(shared_dir: Path) -> Path:
-    """../shared/data/lung-pet-ct-dx-A0001: one real chest CT (DICOM series and NIfTI) with a crude layout."""
-    path = shared_dir / "data" / "lung-pet-ct-dx-A0001"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent: the real CT test data lives in the project's shared/ folder")
-    return path

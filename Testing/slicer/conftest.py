@@ -3,36 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from slicer_testing import SHARED, require_slicer_core
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The ../shared folder (golden checkpoint, real CT); tests that need it skip where it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: clone the repository beside the project's shared/ folder to run this test")
-    return SHARED
-
-
-@pytest.fixture(scope="session")
-def golden_checkpoint(shared_dir: Path) -> Path:
-    """The tiny released-format checkpoint (32³, T = 20, 3 input channels)."""
-    path = shared_dir / "golden" / "tiny-official-checkpoint-fp16.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return path
-
-
-@pytest.fixture(scope="session")
-def real_ct_dir(shared_dir: Path) -> Path:
-    """../shared/data/lung-pet-ct-dx-A0001: one real chest CT (NIfTI) with a crude layout."""
-    path = shared_dir / "data" / "lung-pet-ct-dx-A0001"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent: the real CT test data lives in the project's shared/ folder")
-    return path
+from slicer_testing import require_slicer_core
 
 
 @pytest.fixture(autouse=True)

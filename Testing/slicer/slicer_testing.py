@@ -11,7 +11,6 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
 MODULE_DIR = REPO / "LungDDPMSlicer"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))  # LungDDPMSlicerLib, as Slicer puts the module's folder on sys.path

@@ -179,7 +179,7 @@ def test_export_writes_labels_at_the_right_physical_points(mrml_context, case, s
         assert exported.layout[k, j, i] == label
 
 
-def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_case, golden_checkpoint, tmp_path):
+def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_case, tiny_checkpoint, tmp_path):
     """Export -> `lungddpm synthesize` subprocess (tiny released checkpoint) -> import with exact geometry."""
     import slicer
     from LungDDPMSlicerLib import engine, jobs, mrml
@@ -189,7 +189,7 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     sh.CreateItem(study, scene_case["ct"])  # inside Slicer the item exists already; headless it is made here
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
-                                    [scene_case["nodule_id"]], golden_checkpoint, seeds=[7], device="cpu")
+                                    [scene_case["nodule_id"]], tiny_checkpoint, seeds=[7], device="cpu")
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
                             work_dir=tmp_path / "work", log=lambda line: None)
     (output,) = jobs.run_to_end(job)
@@ -201,9 +201,9 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     assert volume.GetImageData().GetDimensions() == scene_case["ct"].GetImageData().GetDimensions()
     attributes = mrml.provenance(volume)
     assert attributes["SYNTHETIC"] == "true"
-    assert attributes["model_sha256"] == hashlib.sha256(golden_checkpoint.read_bytes()).hexdigest()
+    assert attributes["model_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert (attributes["model"], attributes["seed"], attributes["sampler"], attributes["steps"]) == \
-           (golden_checkpoint.name, "7", "ddpm", "20")
+           (tiny_checkpoint.name, "7", "ddpm", "20")
     assert attributes["device"] == "cpu" and attributes["profile"] == "released" and attributes["lungddpm_version"]
     # Outside the lungs the engine returns the reference voxel for voxel: proves the import's voxel order.
     synthetic = mrml.volume_array(volume)
@@ -225,13 +225,13 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     assert not (tmp_path / "work").exists()
 
 
-def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, golden_checkpoint, tmp_path):
+def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, tiny_checkpoint, tmp_path):
     """Cancel while sampling: no engine process survives, the work folder is gone, the scene is unchanged."""
     from LungDDPMSlicerLib import engine, jobs
 
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
-                                    [scene_case["nodule_id"]], golden_checkpoint, seeds=[1, 2], device="cpu")
+                                    [scene_case["nodule_id"]], tiny_checkpoint, seeds=[1, 2], device="cpu")
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
                             work_dir=tmp_path / "work", log=lambda line: None)
     job.start()
@@ -249,7 +249,7 @@ def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, s
     assert_unchanged(mrml_context, scene_case, before)
 
 
-def test_engine_error_is_shown_as_its_one_line_message(mrml_context, case, scene_case, golden_checkpoint, tmp_path):
+def test_engine_error_is_shown_as_its_one_line_message(mrml_context, case, scene_case, tiny_checkpoint, tmp_path):
     """A nodule outside the lung: the job fails with the engine's message (no traceback), nothing is added."""
     from LungDDPMSlicerLib import engine, jobs
 
@@ -258,7 +258,7 @@ def test_engine_error_is_shown_as_its_one_line_message(mrml_context, case, scene
     far_id = import_segment(mrml_context, scene_case["segmentation"], "stray nodule", outside, case["matrix"])
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"], [far_id],
-                                    golden_checkpoint, seeds=[0], device="cpu")
+                                    tiny_checkpoint, seeds=[0], device="cpu")
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
                             work_dir=tmp_path / "work", log=lambda line: None)
     with pytest.raises(jobs.EngineError) as error:
