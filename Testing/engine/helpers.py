@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from lungddpm import LungDDPM, ModelConfig
+
+
+def rotation(axis: tuple[float, float, float], angle: float) -> np.ndarray:
+    """The rotation matrix about an axis (Rodrigues)."""
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
 def small_config(**overrides) -> ModelConfig:

@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import rotation
 from lungddpm.errors import InputError
 from lungddpm.layout import (BACKGROUND, LUNG, NODULE, add_nodule, compose_layout, lung_mask, nodule_mask,
                              random_nodules, validate_layout)
 from lungddpm.volume import Volume, index_to_physical, physical_to_index, resample_like
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rotation(axis: tuple[float, float, float], angle: float) -> np.ndarray:
-    """The rotation matrix about an axis (Rodrigues)."""
-    a = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
 GRID_DIRECTIONS = {

@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from helpers import rotation
 from lungddpm.phantom import make_phantom, phantom_grid
 from lungddpm.profiles import NATIVE_HU_WINDOW, NativeProfile, ReleasedProfile, to_reference_grid
 from lungddpm.sampling import background_mask
@@ -53,15 +54,7 @@ def _phantom_on(direction, spacing=(2.0, 2.0, 4.0), size=(160, 160, 80)):
 RAS = (-1, 0, 0, 0, -1, 0, 0, 0, 1)
 
 
-def _rotation(about_z: float, about_x: float) -> tuple[float, ...]:
-    """A direction matrix: rotation about S, then about L (radians), row-major."""
-    cz, sz, cx, sx = np.cos(about_z), np.sin(about_z), np.cos(about_x), np.sin(about_x)
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    return tuple((rz @ rx).ravel())
-
-
-OBLIQUE = _rotation(0.3, 0.2)
+OBLIQUE = tuple((rotation((0, 0, 1), 0.3) @ rotation((1, 0, 0), 0.2)).ravel())  # about S, then about L
 
 
 @pytest.mark.parametrize("direction", [RAS, OBLIQUE], ids=["RAS", "oblique"])

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import rotation
 from lungddpm.errors import InputError
 from lungddpm.volume import (Volume, index_to_physical, physical_to_index, read_volume, require_same_grid,
                              resample_like, same_grid, write_volume)
 
 SPACING = (0.7, 0.7, 5.0)
 ORIGIN = (-120.5, 80.25, -300.0)  # exact in float32, as NIfTI stores it
-
-
-def rotation(axis: tuple[float, float, float], angle: float) -> np.ndarray:
-    """The rotation matrix about an axis (Rodrigues)."""
-    a = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
 DIRECTIONS = {
