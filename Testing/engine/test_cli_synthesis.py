@@ -31,7 +31,7 @@ def test_synthesize_end_to_end_with_released_checkpoint(shared_dir, tiny_checkpo
     out = tmp_path / "synthetic.nrrd"
     res = _run("synthesize", "--reference", data / "ct.nii.gz", "--layout", data / "layout-crude.nii.gz",
                "--model", tiny_checkpoint, "--output", out, "--seed", 3, "--device", "cpu", "--progress", "json",
-               "--threads", 1)
+               "--threads", 1, "--sampler", "ddpm")
     assert res.returncode == 0, res.stderr
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     steps = [r for r in lines if "step" in r]

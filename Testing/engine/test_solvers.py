@@ -33,6 +33,20 @@ def smooth_model():
     return m
 
 
+@pytest.fixture(scope="module")
+def overshooting_model():
+    """A denoiser whose x̂0 = 1.6 tanh(x + layout) leaves [−1, 1]: dynamic thresholding rescales it."""
+    m = random_model(seed=7, timesteps=50)
+    ac = m.diffusion.alphas_cumprod
+
+    def predict_noise(x, cond, t):
+        a = ac[t].reshape(-1, 1, 1, 1, 1)
+        return (x - a.sqrt() * 1.6 * torch.tanh(x + 0.5 * cond[:, :1])) / (1 - a).sqrt()
+
+    m.predict_noise = predict_noise
+    return m
+
+
 def _reference_loop(scheduler, model, cond, x_T, steps):
     scheduler.set_timesteps(steps)
     x = x_T.clone()
@@ -43,11 +57,12 @@ def _reference_loop(scheduler, model, cond, x_T, steps):
     return x, [int(t) for t in scheduler.timesteps]
 
 
-def _dpm_solver(model, order):
+def _dpm_solver(model, order, thresholding=False):
     return diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=model.config.timesteps, trained_betas=model.diffusion.betas.double().numpy(),
         solver_order=order, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
-        timestep_spacing="trailing", final_sigmas_type="zero", prediction_type="epsilon", thresholding=False)
+        timestep_spacing="trailing", final_sigmas_type="zero", prediction_type="epsilon",
+        thresholding=thresholding, dynamic_thresholding_ratio=0.995, sample_max_value=1e9)
 
 
 @pytest.mark.parametrize("steps", [5, 10, 20])
@@ -58,10 +73,40 @@ def test_solver_equals_diffusers_dpm_solver_pp(smooth_model, sampler, order, ste
     x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(steps))
     expected, timesteps = _reference_loop(_dpm_solver(model, order), model, cond, x_T, steps)
     assert timesteps == trailing_timesteps(model.config.timesteps, steps)
-    ours = sample_aas_solver(model, cond, x_ref, sampler, steps, draws=[x_T], clip_denoised=False, blend=False)
+    ours = sample_aas_solver(model, cond, x_ref, sampler, steps, draws=[x_T], x0_correction="none", blend=False)
     assert expected.abs().max().item() < 1.5  # a bounded trajectory: an absolute tolerance means something
     err = (ours - expected).abs().max().item()
     assert err <= 1e-4, err  # float32; x̂0 divides by α_t, which is 0.006 at t = T−1
+
+
+def test_dynamic_thresholding_equals_diffusers(overshooting_model):
+    """x0_correction="dynamic" is diffusers' thresholding (ratio 0.995, s ≥ 1), and differs from clamping here."""
+    cond, x_ref = random_layout()
+    x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(4))
+    expected, _ = _reference_loop(_dpm_solver(overshooting_model, 3, thresholding=True), overshooting_model, cond, x_T, 10)
+    ours = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="dynamic", blend=False)
+    clamped = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="clamp", blend=False)
+    assert (ours - expected).abs().max().item() <= 1e-4
+    assert (ours - clamped).abs().max().item() > 1e-2
+
+
+def test_batch_with_one_generator_per_sample_equals_separate_runs(model):
+    cond, x_ref = random_layout()
+    cond2, x_ref2 = torch.cat([cond, cond.flip(-1)]), torch.cat([x_ref, x_ref.flip(-1)])
+    batch = sample_aas_solver(model, cond2, x_ref2, "dpmpp2m", 4, generator=[make_generator(5), make_generator(6)])
+    one = sample_aas_solver(model, cond2[1:], x_ref2[1:], "dpmpp2m", 4, generator=[make_generator(6)])
+    assert (batch[1:] - one).abs().max().item() <= 1e-4  # batched convolutions round differently, nothing more
+    with pytest.raises(ConfigError, match="one per batch element"):
+        sample_aas_solver(model, cond2, x_ref2, "dpmpp2m", 4, generator=[make_generator(5)])
+
+
+def test_bf16_autocast_stays_close_to_float32(model):
+    """bfloat16 autocast of the network (CPU here): the sample stays within 0.05 of float32 (model units)."""
+    cond, x_ref = random_layout()
+    full = sample_aas_solver(model, cond, x_ref, "dpmpp2m", 6, generator=make_generator(3))
+    half = sample_aas_solver(model, cond, x_ref, "dpmpp2m", 6, generator=make_generator(3), precision="bf16")
+    diff = (full - half).abs()
+    assert 0 < diff.max().item() <= 0.05 and diff.mean().item() <= 0.01
 
 
 def test_ddim_equals_diffusers_ddim(smooth_model):
@@ -71,7 +116,7 @@ def test_ddim_equals_diffusers_ddim(smooth_model):
     ddim = diffusers.DDIMScheduler(num_train_timesteps=model.config.timesteps, trained_betas=model.diffusion.betas.double().numpy(),
                                    clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing", prediction_type="epsilon")
     expected, _ = _reference_loop(ddim, model, cond, x_T, 10)
-    ours = sample_aas_solver(model, cond, x_ref, "ddim", 10, draws=[x_T], clip_denoised=False, blend=False)
+    ours = sample_aas_solver(model, cond, x_ref, "ddim", 10, draws=[x_T], x0_correction="none", blend=False)
     assert (ours - expected).abs().max().item() <= 1e-4
 
 
@@ -102,3 +147,7 @@ def test_bad_solver_arguments(model):
         sample_aas_solver(model, cond, x_ref, "ddim", 0)
     with pytest.raises(ConfigError, match="solver"):
         sample_aas_solver(model, cond, x_ref, "euler", 5)
+    with pytest.raises(ConfigError, match="x0 correction"):
+        sample_aas_solver(model, cond, x_ref, "ddim", 5, x0_correction="tanh")
+    with pytest.raises(ConfigError, match="precision"):
+        sample_aas_solver(model, cond, x_ref, "ddim", 5, precision="int8")

@@ -105,4 +105,6 @@ def test_unknown_sampler_and_wrong_steps(native_model):
     with pytest.raises(ConfigError, match="sampler"):
         synthesize(ct, layout, native_model, sampler="euler")
     with pytest.raises(ConfigError, match="steps"):
-        synthesize(ct, layout, native_model, steps=3)
+        synthesize(ct, layout, native_model, sampler="ddpm", steps=3)
+    with pytest.raises(ConfigError, match="steps must lie"):
+        synthesize(ct, layout, native_model, steps=9)  # more solver steps than the model's T = 8

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LungDDPMError
+from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS
 
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo-native-32.pt"
 
@@ -44,7 +45,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
         refuse_protected(target, protect)
     layout = args.layout or _layout_from_masks(args.lung_mask, args.nodule_mask)
     result = synthesize(args.reference, layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                        device=args.device, progress=Progress(args.progress), variant=args.variant)
+                        device=args.device, progress=Progress(args.progress), variant=args.variant,
+                        precision=args.precision, patch_spacing_mm=args.patch_spacing)
     image_path, labels_path = write_result(result, args.output, protect=protect)
     _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path)})
     return 0
@@ -149,9 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--output", required=True, help="output image (.nrrd, .nii.gz, .mha); labels go to <stem>_labels")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    syn.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"],
-                     help="ddpm: the released ancestral sampler (T steps); ddim, dpmpp2m, dpmpp3m: few-step solvers")
-    syn.add_argument("--steps", type=int, default=None, help="network passes (ddpm: the model's T; solvers: default 20)")
+    syn.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"],
+                     help=f"ddim, dpmpp2m, dpmpp3m: few-step solvers (default {DEFAULT_SAMPLER}); ddpm: the released "
+                          "ancestral sampler (all T steps)")
+    syn.add_argument("--steps", type=int, default=None,
+                     help=f"network passes per sample (solvers: default {DEFAULT_SOLVER_STEPS}; ddpm: always the model's T)")
+    syn.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                     help="network precision: fp32, or bf16/fp16 autocast (see README for the measured tolerance)")
+    syn.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
+                     help="Lung-DDPM+ models: cube voxel size in mm (default: the model's; released: the CT's own voxels)")
     syn.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (see README)")
     syn.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     syn.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

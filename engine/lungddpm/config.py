@@ -7,6 +7,12 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Sampling defaults for interactive use: the fastest setting that passed the fidelity check
+# (bench/fidelity.py; README "Fidelity check"). ddpm is the released 250-step ancestral sampler.
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "dpmpp3m")
+DEFAULT_SAMPLER = "dpmpp2m"
+DEFAULT_SOLVER_STEPS = 10
+
 # channel_mult the released code picks from the image size when none is given
 RELEASED_CHANNEL_MULT = {32: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}
 
@@ -28,6 +34,7 @@ class ModelConfig:
     profile: str = "released"
     attention: str = "sdpa"
     dropout: float = 0.0
+    patch_spacing_mm: float | None = None  # patch models: isotropic cube voxel size; None = the CT's own voxels
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -69,6 +76,8 @@ class ModelConfig:
             raise ConfigError(f"timesteps {self.timesteps} must be at least 2")
         if self.schedule != "cosine":
             raise ConfigError(f"schedule {self.schedule!r} is not supported; use 'cosine' (the released schedule)")
+        if self.patch_spacing_mm is not None and not self.patch_spacing_mm > 0:
+            raise ConfigError(f"patch_spacing_mm {self.patch_spacing_mm} must be a positive voxel size in mm, or None")
         if self.attention not in ("sdpa", "legacy"):
             raise ConfigError(f"attention {self.attention!r} must be 'sdpa' or 'legacy'")
 

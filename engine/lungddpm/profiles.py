@@ -104,8 +104,11 @@ class ReleasedProfile:
 
     def encode(self, reference: Volume, layout: Volume, size: int, cond_channels: int) -> ModelSpace:
         """Model-space tensors exactly as the released sample.py computes them."""
-        grid = released_grid(reference, size)
-        m = np.transpose(_resample(_sitk(reference), grid), self.axes)
+        return self.encode_on_grid(reference, layout, released_grid(reference, size), cond_channels)
+
+    def encode_on_grid(self, reference: Volume, layout: Volume, grid: sitk.Image, cond_channels: int) -> ModelSpace:
+        """Released pre-processing on a given grid (file axes, per-i min-max); also cuts Lung-DDPM+ patches."""
+        m = np.transpose(_resample(_sitk(reference), grid, default=PAD_HU), self.axes)
         lo = m.min(axis=(1, 2), keepdims=True)
         hi = m.max(axis=(1, 2), keepdims=True)
         x = (m - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1

@@ -17,25 +17,30 @@ noise e. A seed therefore reproduces a run, and pre-drawn tensors can replay the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from .errors import ConfigError, InputError
 from .model import LungDDPM
+from .precision import autocast
 
 VARIANTS = ("paper", "released")
 ProgressCallback = Callable[[int, int], None]
 
 
 class NoiseSource:
-    """Standard-normal draws from one torch.Generator, or replayed from pre-drawn tensors in order."""
+    """Standard-normal draws from a torch.Generator (or one per batch element), or replayed from pre-drawn tensors.
+
+    With a sequence of generators, batch element b of every draw comes from generator b alone, so a
+    batch of several samples gives each sample exactly what it would get when run on its own.
+    """
 
     def __init__(
         self,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         draws: Iterable[torch.Tensor] | None = None,
     ) -> None:
         self.device = device
@@ -55,8 +60,16 @@ class NoiseSource:
             if value.shape != shape:
                 raise ConfigError(f"draw {self.count} has shape {tuple(value.shape)}, the loop needs {tuple(shape)}")
             return value.to(self.device, self.dtype)
-        gen_device = self.generator.device if self.generator is not None else self.device
-        return torch.randn(shape, generator=self.generator, device=gen_device, dtype=self.dtype).to(self.device)
+        if isinstance(self.generator, Sequence):
+            if len(self.generator) != shape[0]:
+                raise ConfigError(f"{len(self.generator)} generators for a batch of {shape[0]}; pass one per batch element")
+            return torch.cat([self._randn((1, *shape[1:]), g) for g in self.generator])
+        return self._randn(shape, self.generator)
+
+    def _randn(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        """One standard-normal tensor drawn on the generator's device, moved to the sampler's device."""
+        gen_device = generator.device if generator is not None else self.device
+        return torch.randn(shape, generator=generator, device=gen_device, dtype=self.dtype).to(self.device)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -85,14 +98,16 @@ def sample_aas(
     x_ref: torch.Tensor,
     variant: str = "paper",
     blend_from: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     draws: Iterable[torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Sample x_0 (B,1,D,H,W) in model space for layout cond and reference x_ref with AAS.
 
     ``blend_from``: the reference is pasted after step t only when t ≤ blend_from (default T,
     i.e. at every step). ``progress(step, total)`` is called after each of the T steps.
+    ``precision``: the network's autocast dtype (fp32, bf16, fp16).
     """
     if variant not in VARIANTS:
         raise ConfigError(f"unknown AAS variant {variant!r}; choose one of {VARIANTS}")
@@ -110,8 +125,9 @@ def sample_aas(
     x = noise(x_ref.shape)
     for i in reversed(range(T)):
         t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
-        eps = model.predict_noise(x, cond, t).float()
-        x = model.diffusion.p_sample(x, t, eps, noise(x.shape))
+        with autocast(device, precision):
+            eps = model.predict_noise(x, cond, t)
+        x = model.diffusion.p_sample(x, t, eps.float(), noise(x.shape))
         x_ref_t = noised_reference(model, x_ref, t, noise(x.shape), variant)
         if i <= blend_from:
             x = torch.where(background, x_ref_t, x)

@@ -16,17 +16,37 @@ The last step goes to σ = 0 (ᾱ = 1), where every order reduces to x_0 = x̂0;
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
 from .model import LungDDPM
+from .precision import autocast
 from .sampling import NoiseSource, ProgressCallback, background_mask
 
 SOLVER_ORDERS = {"ddim": 1, "dpmpp2m": 2, "dpmpp3m": 3}
 LOWER_ORDER_BELOW_STEPS = 15  # as diffusers: with fewer steps, the last two steps use lower orders
+X0_CORRECTIONS = ("clamp", "dynamic", "none")
+DYNAMIC_THRESHOLD_RATIO = 0.995  # Imagen / DPM-Solver dynamic thresholding, as the released Lung-DDPM+ sampler
+
+
+def correct_x0(x0: torch.Tensor, method: str) -> torch.Tensor:
+    """Correct a denoised estimate: clamp to [−1, 1], dynamic thresholding, or nothing.
+
+    Dynamic thresholding (Saharia et al. 2022; DPM-Solver's ``dynamic_thresholding_fn`` with max value
+    1): per sample, s = max(1, 99.5th percentile of |x̂0|), then x̂0 ← clamp(x̂0, −s, s) / s.
+    """
+    if method == "clamp":
+        return x0.clamp(-1.0, 1.0)
+    if method == "none":
+        return x0
+    if method != "dynamic":
+        raise ConfigError(f"x0 correction {method!r} is not available; choose one of {X0_CORRECTIONS}")
+    s = torch.quantile(x0.abs().reshape(x0.shape[0], -1).float(), DYNAMIC_THRESHOLD_RATIO, dim=1).clamp(min=1.0)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
 def trailing_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -97,20 +117,24 @@ def sample_aas_solver(
     x_ref: torch.Tensor,
     sampler: str,
     steps: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     draws: Iterable[torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
-    clip_denoised: bool = True,
+    x0_correction: str = "clamp",
     blend: bool = True,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Sample x_0 with DDIM or DPM-Solver++ in `steps` network passes, with AAS after every step.
 
     After the step that lands on timestep t', the background is replaced by the reference noised to
     ᾱ_{t'} (fresh noise from the generator or `draws`: x_T first, then one per step); the last step
-    lands on the clean end, so the output's background is exactly the reference.
+    lands on the clean end, so the output's background is exactly the reference. ``precision``: the
+    network's autocast dtype (fp32, bf16, fp16); the solver's own arithmetic is float32.
     """
     if sampler not in SOLVER_ORDERS:
         raise ConfigError(f"unknown solver {sampler!r}; choose one of {sorted(SOLVER_ORDERS)}")
+    if x0_correction not in X0_CORRECTIONS:
+        raise ConfigError(f"x0 correction {x0_correction!r} is not available; choose one of {X0_CORRECTIONS}")
     model.check_inputs(x_ref, cond)
     if not torch.isfinite(x_ref).all():
         raise InputError("the reference tensor holds NaN or infinite values; check the reference CT")
@@ -126,10 +150,9 @@ def sample_aas_solver(
     x = noise(x_ref.shape)
     for n, t in enumerate(timesteps):
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
-        eps = model.predict_noise(x, cond, t_batch).float()
-        x0 = diffusion.predict_start_from_noise(x, t_batch, eps)
-        if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
+        with autocast(device, precision):
+            eps = model.predict_noise(x, cond, t_batch)
+        x0 = correct_x0(diffusion.predict_start_from_noise(x, t_batch, eps.float()), x0_correction)
         t_next = timesteps[n + 1] if n + 1 < len(timesteps) else -1
         x = solver.step(x, x0, t, t_next, n)
         if blend:

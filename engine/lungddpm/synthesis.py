@@ -14,17 +14,17 @@ import torch
 
 from . import __version__
 from .checkpoints import load_model
+from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, SAMPLERS
 from .device import resolve_device
 from .errors import ConfigError
 from .layout import validate_layout
 from .model import LungDDPM
+from .patches import synthesize_patches
 from .profiles import get_profile, to_reference_grid
 from .sampling import ProgressCallback, make_generator, sample_aas
 from .solvers import sample_aas_solver
 from .volume import Volume, read_volume, refuse_protected, write_volume
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "dpmpp3m")
-DEFAULT_SOLVER_STEPS = 20  # provisional: the fidelity check that picks the interactive default is still open
 SYNTHETIC_DESCRIPTION = "SYNTHETIC CT made by lungddpm - not a patient scan"
 
 
@@ -57,19 +57,25 @@ def synthesize(
     model: str | Path | LungDDPM,
     *,
     seed: int = 0,
-    sampler: str = "ddpm",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     device: str = "auto",
     progress: ProgressCallback | None = None,
     variant: str = "paper",
     margin_mm: float | None = None,
+    precision: str = "fp32",
+    patch_spacing_mm: float | None = None,
 ) -> SynthesisResult:
     """Synthesise a CT from a reference CT and a layout (0 background, 1 lung, 2 nodule) on its grid.
 
-    Inside the lung region the output is the model's sample in HU, blended into the reference over
-    ``margin_mm`` (default: one model-grid voxel) inside the region's border; outside it the output
-    is the reference, voxel for voxel, with the reference's grid and pixel type. ``progress(step, T)``
-    is called with step 0 once the model is loaded and the inputs are in model space, then per step.
+    Full-volume models (Lung-DDPM, native): inside the lung region the output is the model's sample
+    in HU, blended into the reference over ``margin_mm`` (default: one model-grid voxel) inside the
+    region's border. Patch models (Lung-DDPM+): each nodule's cube is synthesised and its nodule
+    pasted back (see ``lungddpm.patches``). Everywhere else the output is the reference, voxel for
+    voxel, with the reference's grid and pixel type. ``progress(step, total)`` is called with step 0
+    once the model is loaded and the inputs are in model space, then per network pass.
+    ``precision``: fp32, or bf16/fp16 autocast of the network. ``patch_spacing_mm`` overrides a patch
+    model's cube voxel size (default: the model's; None there means the reference's own voxels).
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler {sampler!r} is not available; choose one of {SAMPLERS}")
@@ -85,31 +91,52 @@ def synthesize(
     if sampler != "ddpm" and variant != "paper":
         raise ConfigError(f"the {variant!r} AAS variant exists only for the ddpm sampler; fast samplers paste the "
                           "reference at each step's own noise level (as the paper does)")
-    n_steps = T if sampler == "ddpm" else int(steps or DEFAULT_SOLVER_STEPS)
-    if net.config.profile not in ("released", "native"):
-        raise ConfigError(
-            f"model profile {net.config.profile!r} (Lung-DDPM+ nodule patches) is not supported by full-volume "
-            "synthesis; use a Lung-DDPM (3-channel) or native-profile model"
-        )
+    n_steps = T if sampler == "ddpm" else int(steps or min(DEFAULT_SOLVER_STEPS, T))
+    start = time.perf_counter()
+    if net.config.profile == "released-patch":
+        spacing = net.config.patch_spacing_mm if patch_spacing_mm is None else float(patch_spacing_mm)
+        hu, cubes = synthesize_patches(ref, lay, net, seed=seed, sampler=sampler, steps=n_steps, progress=progress,
+                                       variant=variant, precision=precision, patch_spacing_mm=spacing)
+        image = ref.with_array(_to_pixel_type(hu, ref.array.dtype))
+        extra = {"patches": str(cubes), "patch_spacing_mm": "reference voxels" if spacing is None else f"{spacing:g}"}
+    else:
+        image, margin = _synthesize_volume(ref, lay, net, seed, sampler, n_steps, progress, variant, margin_mm, precision)
+        extra = {"blend_margin_mm": f"{margin:g}"}
+    elapsed = time.perf_counter() - start
+    labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
+    metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
+    # file names only: full paths would leak local folders into shared files
+    metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}",
+                     "precision": precision, **extra})
+    return SynthesisResult(image, labels, metadata)
+
+
+def _synthesize_volume(ref: Volume, lay: Volume, net: LungDDPM, seed: int, sampler: str, n_steps: int,
+                       progress: ProgressCallback | None, variant: str, margin_mm: float | None,
+                       precision: str) -> tuple[Volume, float]:
+    """Full-volume synthesis: map to the model grid, sample with AAS, blend back inside the lungs."""
     profile = get_profile(net.config.profile)
     space = profile.encode(ref, lay, net.config.image_size, net.config.cond_channels)
     if progress is not None:
         progress(0, n_steps)  # model loaded and inputs mapped: sampling starts
-    start = time.perf_counter()
-    generator = make_generator(seed, dev)
+    generator = make_generator(seed, net.device)
     if sampler == "ddpm":
-        x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=generator, progress=progress)
+        x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=generator, progress=progress,
+                        precision=precision)
     else:
-        x0 = sample_aas_solver(net, space.cond, space.x_ref, sampler, n_steps, generator=generator, progress=progress)
-    elapsed = time.perf_counter() - start
+        x0 = sample_aas_solver(net, space.cond, space.x_ref, sampler, n_steps, generator=generator, progress=progress,
+                               precision=precision)
     hu = profile.decode(x0, space)
     margin = float(min(space.grid.GetSpacing())) if margin_mm is None else float(margin_mm)
-    image = to_reference_grid(hu, space, ref, lay, margin)
-    labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
-    metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
-    # file names only: full paths would leak local folders into shared files
-    metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}", "blend_margin_mm": f"{margin:g}"})
-    return SynthesisResult(image, labels, metadata)
+    return to_reference_grid(hu, space, ref, lay, margin), margin
+
+
+def _to_pixel_type(hu: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """HU values cast to the reference's pixel type (rounded and clipped for integer types)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(hu), info.min, info.max).astype(dtype)
+    return hu.astype(dtype)
 
 
 def provenance(model: LungDDPM, *, sampler: str, steps: int, seed: int, device: torch.device, variant: str) -> dict[str, str]:

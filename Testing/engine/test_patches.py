@@ -1,0 +1,155 @@
+"""Lung-DDPM+ patch mode: cube planning, exact cut-and-paste geometry, batching, released checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from helpers import rotation
+from lungddpm import InputError, LungDDPM, ModelConfig, Volume, load_model, read_volume, save_checkpoint, synthesize
+from lungddpm.checkpoints import released_state_dict
+from lungddpm.cli import main
+from lungddpm.layout import LUNG, NODULE
+from lungddpm.patches import nodule_components, plan_patches
+
+
+def patch_model(size: int = 16, seed: int = 0, **overrides) -> LungDDPM:
+    """A small random Lung-DDPM+-shaped model (2 input channels, released-patch profile)."""
+    mult = (1, 2) if size == 16 else (1, 2, 3, 4)
+    cfg = dict(image_size=size, num_channels=32, channel_mult=mult, attention_resolutions=(8,) if size == 16 else (16,), in_channels=2,
+               timesteps=20, profile="released-patch")
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LungDDPM(ModelConfig(**cfg))
+    with torch.no_grad():
+        for p in model.denoise_fn.parameters():
+            p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def case(shape=(40, 48, 56), spacing=(0.8, 0.9, 1.5), direction=np.eye(3), centres=((10, 12, 14),), radius=2.5,
+         dtype=np.int16) -> tuple[Volume, Volume]:
+    """A reference (lung-like HU noise in a box of lung) and a layout with spherical nodules at (i, j, k) centres."""
+    rng = np.random.default_rng(0)
+    k, j, i = np.indices(shape)
+    ct = (-850 + 60 * rng.standard_normal(shape)).astype(dtype)
+    layout = np.zeros(shape, np.uint8)
+    layout[2:-2, 2:-2, 2:-2] = LUNG
+    for ci, cj, ck in centres:
+        d2 = ((i - ci) * spacing[0]) ** 2 + ((j - cj) * spacing[1]) ** 2 + ((k - ck) * spacing[2]) ** 2
+        layout[d2 <= radius**2] = NODULE
+    ct[layout == 0] += 900  # soft-tissue wall around the lung box
+    geometry = dict(origin=(-20.0, 30.0, 100.0), spacing=spacing, direction=tuple(np.asarray(direction).ravel()))
+    return Volume(ct, **geometry), Volume(layout, **geometry)
+
+
+def test_plan_groups_near_nodules_and_separates_far_ones():
+    _, layout = case(centres=((10, 12, 14), (15, 12, 14), (40, 35, 9)), radius=1.5)
+    patches, components = plan_patches(layout, 16, None)
+    assert nodule_components(layout)[1] == 3
+    assert sorted(len(p.components) for p in patches) == [1, 2]  # the two near nodules share one cube
+    assert sorted(c for p in patches for c in p.components) == [1, 2, 3]  # every nodule pasted exactly once
+    for p in patches:  # native geometry: cube voxels are the reference's voxels, cube inside the image
+        assert np.array_equal(p.start, np.round(p.start)) and np.all(p.start >= 0)
+        assert np.all(p.start + 15 <= np.array(layout.array.shape[::-1]) - 1)
+        assert np.allclose(p.grid.GetSpacing(), layout.spacing)
+
+
+def test_plan_refuses_no_nodule_and_a_nodule_larger_than_the_cube():
+    _, layout = case(centres=())
+    with pytest.raises(InputError, match="no nodule"):
+        plan_patches(layout, 16, None)
+    _, big = case(centres=((20, 24, 20),), radius=9.0)
+    with pytest.raises(InputError, match="full-volume"):
+        plan_patches(big, 16, None)
+    assert len(plan_patches(big, 16, 2.0)[0]) == 1  # 2-mm cube voxels: 32 mm of cube leave room for it
+
+
+@pytest.mark.parametrize("spacing_mm", [None, 0.7])
+def test_patch_synthesis_changes_only_the_nodules(spacing_mm):
+    angle = rotation((1, 2, 0.5), 0.4)
+    reference, layout = case(direction=angle, centres=((10, 12, 6), (30, 36, 20)))
+    model = patch_model(patch_spacing_mm=spacing_mm)
+    result = synthesize(reference, layout, model, seed=3, sampler="dpmpp2m", steps=4, device="cpu")
+    changed = result.image.array != reference.array
+    nodule = layout.array == NODULE
+    assert result.image.array.dtype == np.int16 and changed[nodule].mean() > 0.8
+    if spacing_mm is None:  # no interpolation: exactly the nodule voxels may change
+        assert not changed[~nodule].any()
+    else:  # a feather one cube voxel (0.7 mm) + one reference voxel (0.8 mm) wide around each nodule, nothing beyond
+        mask = sitk.GetImageFromArray(nodule.astype(np.uint8))
+        mask.SetSpacing(layout.spacing)
+        distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False,
+                                                                       useImageSpacing=True))
+        assert not changed[distance >= 1.5].any() and changed[~nodule].any()
+    assert result.metadata["patches"] == "2" and result.metadata["SYNTHETIC"] == "true"
+    assert np.array_equal(result.labels.array, layout.array)
+
+
+def test_cubes_have_their_own_seeds_so_batching_does_not_change_the_result(monkeypatch):
+    import lungddpm.patches as patches
+
+    reference, layout = case(dtype=np.float32, centres=((10, 12, 6), (30, 36, 20)))
+    model = patch_model()
+    together = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu").image.array
+    monkeypatch.setattr(patches, "PATCH_BATCH", 1)
+    monkeypatch.setattr(patches.synthesize_patches, "__kwdefaults__", {**patches.synthesize_patches.__kwdefaults__, "batch": 1})
+    calls = []
+    alone = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu",
+                       progress=lambda i, n: calls.append((i, n))).image.array
+    assert np.abs(together - alone).max() < 0.05  # HU; batched convolutions round differently, nothing more
+    assert calls[0] == (0, 4) and calls[-1] == (4, 4)  # two cubes of two passes each, one progress scale
+    other = synthesize(reference, layout, model, seed=2, sampler="ddim", steps=2, device="cpu").image.array
+    assert np.abs(together - other).max() > 1.0
+
+
+def test_released_lung_ddpm_plus_checkpoint_loads_as_a_patch_model(tmp_path):
+    model = patch_model(size=64, timesteps=250)
+    path = tmp_path / "best_model.pt"
+    sd = released_state_dict(model)
+    torch.save({"step": 5, "model": sd, "ema": sd}, path)
+    loaded = load_model(path, device="cpu")
+    c = loaded.config
+    assert (c.profile, c.image_size, c.in_channels, c.channel_mult, c.timesteps) == ("released-patch", 64, 2, (1, 2, 3, 4), 250)
+    assert c.patch_spacing_mm is None  # released geometry: the CT's own voxels
+
+
+def test_cli_chooses_patch_mode_for_a_patch_model(tmp_path, capsys):
+    from lungddpm import write_volume
+
+    reference, layout = case()
+    write_volume(reference, tmp_path / "ct.nrrd")
+    write_volume(layout, tmp_path / "layout.nrrd")
+    save_checkpoint(tmp_path / "plus.pt", patch_model())
+    out = tmp_path / "syn.nrrd"
+    code = main(["synthesize", "--reference", str(tmp_path / "ct.nrrd"), "--layout", str(tmp_path / "layout.nrrd"),
+                 "--model", str(tmp_path / "plus.pt"), "--output", str(out), "--steps", "2", "--progress", "json",
+                 "--device", "cpu"])
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[-1]["event"] == "done"
+    image = read_volume(out)
+    nodule = layout.array == NODULE
+    assert np.array_equal(image.array[~nodule], reference.array[~nodule])
+
+
+def test_patch_mode_on_the_real_ct(real_ct_dir):
+    """The real tumour (67 × 81 × 55 mm) overflows a 64³ cube of the CT's own 0.84-mm voxels; 2-mm cubes hold it."""
+    reference = read_volume(real_ct_dir / "ct.nii.gz")
+    layout = read_volume(real_ct_dir / "layout-crude.nii.gz")
+    model = patch_model(size=64)
+    with pytest.raises(InputError, match="full-volume Lung-DDPM model for it, or a larger --patch-spacing"):
+        synthesize(reference, layout, model, steps=2, device="cpu")
+    result = synthesize(reference, layout, model, seed=0, sampler="dpmpp3m", steps=2, device="cpu", patch_spacing_mm=2.0)
+    nodule = layout.array == NODULE
+    changed = result.image.array != reference.array
+    mask = sitk.GetImageFromArray(nodule.astype(np.uint8))
+    mask.SetSpacing(layout.spacing)
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False,
+                                                                   useImageSpacing=True))
+    assert result.image.array.dtype == reference.array.dtype and result.metadata["patch_spacing_mm"] == "2"
+    assert not changed[distance >= 2.0 + min(layout.spacing)].any() and changed[nodule].mean() > 0.5
