@@ -136,19 +136,15 @@ class _CaseMaker:
     def __init__(self, refs: dict[str, Reference], settings: GenerateSettings) -> None:
         self.refs = refs
         self.settings = settings
-        self._cached: tuple[str, Volume, Volume | None] | None = None
+        self._cached: tuple[str, Volume, Volume] | None = None  # (id, reference, base layout) of the last reference
 
     def inputs(self, item: WorkItem) -> tuple[Volume, Volume, dict]:
         """The reference, the case's layout and how the layout was made."""
         ref = self.refs[item.reference_id]
         if self._cached is None or self._cached[0] != ref.id:
             image = read_volume(ref.image)
-            base = read_volume(ref.layout) if ref.layout else None
-            self._cached = (ref.id, image, base)
+            self._cached = (ref.id, image, read_volume(ref.layout) if ref.layout else lung_mask(image))
         _, image, base = self._cached
-        if base is None:
-            base = lung_mask(image)
-            self._cached = (ref.id, image, base)
         req = self.settings.nodules
         source = "file" if ref.layout else "lung_mask"
         info: dict = {"layout_source": source, "layout_path": str(ref.layout) if ref.layout else None, "nodules": []}
