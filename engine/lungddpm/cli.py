@@ -123,6 +123,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """Make K synthetic variants of each reference into an nnU-Net / MONAI data set (this rank's share)."""
+    from .datasets_out import dataset_folder, finalize
+    from .generate import GenerateSettings, NoduleRequest, generate, read_references
+    from .jobs import parse_shard, shard_from_env
+
+    _set_threads(args.threads)
+    paths = dataset_folder(args.output, args.dataset_id, args.dataset_name)
+    if args.finalize:
+        print(json.dumps(finalize(paths)))
+        return 0
+    shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    nodules = NoduleRequest(args.nodules, tuple(args.diameter_range), tuple(args.kinds)) if args.nodules else None
+    settings = GenerateSettings(variants=args.variants, seed=args.seed, sampler=args.sampler, steps=args.steps,
+                                aas_variant=args.variant, label_set=args.labels, device=args.device, nodules=nodules)
+    summary = generate(read_references(args.references), _model_path(args.model), paths, settings, shard, progress=args.progress)
+    print(json.dumps({"event": "done", **summary}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Paired and distribution fidelity metrics of a generated data set: report.json, report.md and PNGs."""
+    from .backbones import load_backbone, random_backbone
+    from .datasets_out import DatasetPaths
+    from .device import resolve_device
+    from .generate import read_references
+    from .report import evaluate_dataset
+
+    _set_threads(args.threads)
+    if args.backbone_weights:
+        backbone, info = load_backbone(args.backbone_weights)
+    else:
+        backbone, info = random_backbone(args.backbone_depth, args.backbone_shortcut, args.backbone_seed)
+    real = [r.image for r in read_references(args.real)] if args.real else None
+    output = Path(args.output)
+    report = evaluate_dataset(DatasetPaths(Path(args.dataset)), output, backbone, info, real=real,
+                              feature_size=args.feature_size, device=str(resolve_device(args.device)),
+                              previews=args.previews, soft_tissue_hu=tuple(args.soft_tissue_hu))
+    summary = {k: v["mean"] for k, v in report["paired"]["summary"].items()}
+    dist = {k: report["distribution"].get(k) for k in ("fid", "mmd_rbf", "mmd_polynomial", "backbone")}
+    print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "paired_mean": summary, **dist}, default=str))
+    return 0
+
+
 def _report(mode: str, record: dict) -> None:
     """Print a final record: JSON in json mode, else a readable line."""
     if mode == "json":
@@ -191,6 +235,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     demo.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     demo.set_defaults(func=_cmd_demo)
+
+    gen = sub.add_parser("generate", help="batch: K synthetic variants per reference -> nnU-Net v2 / MONAI data set (sharded, resumable)")
+    gen.add_argument("--references", required=True, help="folder of CTs (<id>.nii.gz + optional <id>_layout.nii.gz), or a .csv/.json list (image, id, layout)")
+    gen.add_argument("--model", required=True, help="checkpoint, or 'demo'")
+    gen.add_argument("--output", required=True, help="root folder (nnUNet_raw-like); the data set goes to Dataset<ID>_<NAME> inside")
+    gen.add_argument("--dataset-id", type=int, default=501)
+    gen.add_argument("--dataset-name", default="LungDDPMSynthetic")
+    gen.add_argument("--variants", type=int, default=1, help="synthetic variants per reference (K)")
+    gen.add_argument("--seed", type=int, default=0, help="base seed; each case's seed derives from it, the reference id and the variant")
+    gen.add_argument("--sampler", default="dpmpp2m", choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"])
+    gen.add_argument("--steps", type=int, default=None, help="solver steps (default 20); ddpm always runs the model's T")
+    gen.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (ddpm only)")
+    gen.add_argument("--nodules", type=int, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
+    gen.add_argument("--diameter-range", type=float, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"))
+    gen.add_argument("--kinds", nargs="+", default=["solid"], choices=["solid", "part-solid", "ground-glass"])
+    gen.add_argument("--labels", default="layout", choices=["layout", "nodule"], help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
+    gen.add_argument("--shard", default=None, metavar="I/N", help="this process's shard (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
+    gen.add_argument("--device", default="auto", help="auto (= cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N, mps")
+    gen.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    gen.add_argument("--finalize", action="store_true", help="only rebuild dataset.json, datalist.json and manifests from finished cases")
+    gen.set_defaults(func=_cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="fidelity metrics of a generated data set (paired, FID/MMD) -> report.json + report.md")
+    ev.add_argument("dataset", help="a Dataset<ID>_<NAME> folder made by lungddpm generate")
+    ev.add_argument("--output", required=True, help="report folder (report.json, report.md, PNGs)")
+    ev.add_argument("--real", default=None, help="real set for FID/MMD (folder or .csv/.json list); default: the data set's references")
+    ev.add_argument("--backbone-weights", default=None, help="MedicalNet resnet_*.pth (architecture read from the file)")
+    ev.add_argument("--backbone-depth", type=int, default=10, choices=[10, 18, 34, 50, 101, 152, 200], help="random backbone depth")
+    ev.add_argument("--backbone-shortcut", default="B", choices=["A", "B"], help="random backbone shortcut type")
+    ev.add_argument("--backbone-seed", type=int, default=0, help="seed of the random backbone (without --backbone-weights)")
+    ev.add_argument("--feature-size", type=int, default=64, help="volumes are resized to this many voxels per side for features")
+    ev.add_argument("--soft-tissue-hu", type=float, nargs=2, default=(-300.0, 300.0), metavar=("LO", "HI"))
+    ev.add_argument("--previews", type=int, default=4, help="cases shown as slice images")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--threads", type=int, default=None)
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 
