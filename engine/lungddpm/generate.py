@@ -23,7 +23,8 @@ from .errors import CheckpointError, ConfigError, InputError
 from .jobs import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
 from .layout import lung_mask, random_nodules
 from .progress import BatchProgress
-from .synthesis import DEFAULT_SOLVER_STEPS, SAMPLERS, synthesize
+from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, SAMPLERS
+from .synthesis import synthesize
 from .volume import READABLE_SUFFIXES, Volume, read_volume
 
 LAYOUT_SUFFIX = "_layout"  # in a folder of references, <id>_layout.<ext> is the layout of <id>.<ext>
@@ -57,7 +58,7 @@ class GenerateSettings:
 
     variants: int = 1
     seed: int = 0
-    sampler: str = "dpmpp2m"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None
     aas_variant: str = "paper"
     label_set: str = "layout"

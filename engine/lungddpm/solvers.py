@@ -60,7 +60,7 @@ class MultistepSolver:
     """DPM-Solver++ state over one trajectory: the schedule and the last denoised estimates."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, order: int, steps: int) -> None:
-        self.ac = alphas_cumprod.double()
+        self.ac = alphas_cumprod.detach().double().cpu().numpy()  # host copy: no device syncs inside the loop
         self.order = order
         self.steps = steps
         self.history: list[tuple[torch.Tensor, float]] = []  # (x̂0, λ) of previous steps, newest last
@@ -156,7 +156,7 @@ def sample_aas_solver(
         t_next = timesteps[n + 1] if n + 1 < len(timesteps) else -1
         x = solver.step(x, x0, t, t_next, n)
         if blend:
-            ac_next = 1.0 if t_next < 0 else float(diffusion.alphas_cumprod[t_next])
+            ac_next = 1.0 if t_next < 0 else float(solver.ac[t_next])
             x_ref_t = ac_next**0.5 * x_ref + (1 - ac_next) ** 0.5 * noise(x.shape)
             x = torch.where(background, x_ref_t, x)
         if progress is not None:
