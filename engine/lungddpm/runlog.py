@@ -24,11 +24,18 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 class RunLog:
-    """Appends records to output/log.jsonl and writes their numbers to TensorBoard (output/tensorboard)."""
+    """Appends records to output/log.jsonl and writes their numbers to TensorBoard (output/tensorboard).
 
-    def __init__(self, output: str | Path, tensorboard: bool = True) -> None:
+    A run resumed from step s first drops the records after s (steps the crashed run did not save),
+    in the JSON-lines file and, through purge_step, in TensorBoard.
+    """
+
+    def __init__(self, output: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.path = Path(output) / "log.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            kept = [r for r in read_log(output) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             try:
@@ -36,7 +43,8 @@ class RunLog:
             except ImportError:
                 raise ConfigError("TensorBoard logging needs the tensorboard package: pip install 'lungddpm[train]', "
                                   "or set tensorboard = false") from None
-            self.writer = SummaryWriter(str(Path(output) / "tensorboard"))
+            purge = resume_step + 1 if resume_step is not None else None
+            self.writer = SummaryWriter(str(Path(output) / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (it must hold 'step'); numeric fields also go to TensorBoard as train/<name>."""

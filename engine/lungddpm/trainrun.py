@@ -101,7 +101,8 @@ class TrainingRun:
                             num_workers=config.workers, pin_memory=self.device.type == "cuda")
         self.batches = iter(loader)
         self.preview_case = PreparedCases(cases)[(0, 0)]
-        self.log = RunLog(config.output, config.tensorboard) if ctx.is_main else None
+        resume_step = self.step if checkpoint is not None else None
+        self.log = RunLog(config.output, config.tensorboard, resume_step) if ctx.is_main else None
 
     @property
     def global_batch(self) -> int:
