@@ -164,6 +164,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {k: v["mean"] for k, v in report["paired"]["summary"].items()}
     dist = {k: report["distribution"].get(k) for k in ("fid", "mmd_rbf", "mmd_polynomial", "backbone")}
     print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "paired_mean": summary, **dist}, default=str))
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train (or fine-tune, or resume) a model on prepared data, in one process or under torchrun."""
+    from .train_config import build_run_config
+    from .trainrun import run_training
+
+    _set_threads(args.threads)
+    config = build_run_config(args.config, args.set or [], data=args.data, output=args.output, steps=args.steps,
+                              batch_size=args.batch_size, init=args.init, device=args.device,
+                              bf16=True if args.bf16 else None, grad_checkpoint=True if args.grad_checkpoint else None)
+    summary = run_training(config, resume=args.resume)
+    if summary is not None:
+        print(json.dumps(summary))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare CT folders with nodule annotations as a training set in a profile's model space."""
+    from .prepare import prepare_dataset
+
+    progress = (lambda r: print(json.dumps(r), flush=True)) if args.progress == "json" else None
+    summary = prepare_dataset(args.input, args.output, profile=args.profile, size=args.size,
+                              cond_channels=args.cond_channels, val_fraction=args.val_fraction, seed=args.seed,
+                              progress=progress)
+    print(json.dumps(summary))
     return 0
 
 
@@ -273,6 +297,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int, default=None)
     ev.set_defaults(func=_cmd_evaluate)
+    tr = sub.add_parser("train", help="train, fine-tune or resume a model on prepared data (one process or torchrun)",
+                        description="Settings come from --config (TOML or YAML), then --set key=value, then the flags. "
+                                    "Run many processes with: torchrun --nproc_per_node N -m lungddpm train ...")
+    tr.add_argument("--config", help="settings file (.toml, .yaml); see README for the keys")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    tr.add_argument("--data", nargs="+", help="prepared folders (from `lungddpm prepare`)")
+    tr.add_argument("--output", help="run folder: checkpoints, latest.pt, log.jsonl, tensorboard/, previews/")
+    tr.add_argument("--steps", type=int, help="train until this optimiser step")
+    tr.add_argument("--batch-size", type=int, help="samples per process per micro-step")
+    tr.add_argument("--init", help="fine-tune from this checkpoint (released or lungddpm format)")
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest.pt (model, EMA, optimiser, step, RNG)")
+    tr.add_argument("--device", help="auto, cpu, cuda (under torchrun: GPU LOCAL_RANK)")
+    tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    tr.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in the backward pass")
+    tr.add_argument("--threads", type=int, default=None, help="CPU threads for torch per process")
+    tr.set_defaults(func=_cmd_train)
+
+    pr = sub.add_parser("prepare", help="CT folders + nodule masks / LIDC XML / VOC boxes -> prepared training set")
+    pr.add_argument("--input", nargs="+", required=True, help="case folders or folders of case folders")
+    pr.add_argument("--output", required=True, help="prepared folder (manifest.json, manifest.csv, skipped.json, cases/)")
+    pr.add_argument("--profile", default="native", choices=["native", "released"])
+    pr.add_argument("--size", type=int, default=128, help="model cube size")
+    pr.add_argument("--cond-channels", type=int, default=2, choices=[1, 2], help="2: lung + nodule; 1: nodule only")
+    pr.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients in the validation split")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    pr.add_argument("--progress", default="none", choices=["json", "none"])
+    pr.set_defaults(func=_cmd_prepare)
     return parser
 
 

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 
@@ -193,6 +194,13 @@ class UNet3D(nn.Module):
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv3d(input_ch, config.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.grad_checkpoint = False  # recompute each block's activations in the backward pass (less memory)
+
+    def _block(self, block: TimestepEmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Apply a block, through torch.utils.checkpoint when gradient checkpointing is on and grads are needed."""
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predict the noise for input x (B, in_channels, D, H, W) at timesteps t (B,)."""
@@ -200,9 +208,9 @@ class UNet3D(nn.Module):
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = self._block(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self._block(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._block(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)

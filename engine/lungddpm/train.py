@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,8 +55,28 @@ def denoising_loss(
     gen_device = generator.device if generator is not None else x_start.device
     t = torch.randint(0, diffusion.num_timesteps, (b,), generator=generator, device=gen_device).to(x_start.device)
     noise = torch.randn(x_start.shape, generator=generator, device=gen_device).to(x_start.device)
+    return loss_at(net, diffusion, x_start, cond, t, noise)
+
+
+def loss_at(net: nn.Module, diffusion: Diffusion, x_start: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+            noise: torch.Tensor) -> torch.Tensor:
+    """mean |ε − ε̂(q_sample(x_0, t, ε) ⊕ layout, t)| for given t and ε (the prediction compared in float32)."""
     x_t = diffusion.q_sample(x_start, t, noise)
-    return noise_prediction_loss(net(torch.cat([x_t, cond], dim=1), t), noise)
+    return noise_prediction_loss(net(torch.cat([x_t, cond], dim=1), t).float(), noise)
+
+
+def position_noise(seed: int, positions: torch.Tensor, shape: tuple[int, ...], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t (B,), ε (B, *shape)) on the CPU, each sample's drawn from a generator seeded by (seed, its position).
+
+    The draws of a sample do not depend on the batch it is in or on the process that handles it, so
+    runs with different process counts but the same global batch see the same t and ε.
+    """
+    ts, noises = [], []
+    for p in positions.tolist():
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(p)]).generate_state(1)[0]))
+        ts.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        noises.append(torch.randn(shape, generator=g))
+    return torch.cat(ts), torch.stack(noises)
 
 
 @torch.no_grad()
@@ -65,6 +86,14 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), net.buffers()):
         e.copy_(b)
+
+
+def refresh_ema(ema: nn.Module, net: nn.Module, step: int, config: TrainConfig) -> None:
+    """Released EMA rule at a step: copy the model before ema_start, exponential average afterwards."""
+    if step < config.ema_start:
+        ema.load_state_dict(net.state_dict())
+    else:
+        ema_update(ema, net, config.ema_decay)
 
 
 class Trainer:
@@ -100,10 +129,7 @@ class Trainer:
 
     def update_ema(self) -> None:
         """Released EMA rule: copy the model before ema_start, exponential average afterwards."""
-        if self.step < self.config.ema_start:
-            self.ema.load_state_dict(self.net.state_dict())
-        else:
-            ema_update(self.ema, self.net, self.config.ema_decay)
+        refresh_ema(self.ema, self.net, self.step, self.config)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write model, EMA, optimiser and step in the project format (atomically)."""

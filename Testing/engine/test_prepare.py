@@ -1,0 +1,144 @@
+"""`lungddpm prepare`: LIDC consensus against hand-computed masks, VOC boxes of the real CT, phantoms, skip reasons."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lungddpm.annotations import SliceMap, lidc_mask, polygon_pixels, read_dicom_headers, voc_mask
+from lungddpm.cli import main
+from lungddpm.phantom import make_phantom
+from lungddpm.prepare import prepare_dataset, split_patients
+from lungddpm.volume import Volume, read_volume, write_volume
+
+
+def test_polygon_pixels_fill_outline_and_inside():
+    square = polygon_pixels(np.array([[2, 2], [5, 2], [5, 5], [2, 5]]))
+    assert sorted(map(tuple, square)) == [(x, y) for x in range(2, 6) for y in range(2, 6)]
+    triangle = {tuple(p) for p in polygon_pixels(np.array([[0, 0], [4, 0], [0, 4]]))}
+    assert triangle == {(x, y) for x in range(5) for y in range(5) if x + y <= 4}
+
+
+def _roi(z, points, inclusion="TRUE"):
+    edges = "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>" for x, y in points)
+    return f"<roi><imageZposition>{z}</imageZposition><imageSOP_UID>1.2.{z}</imageSOP_UID><inclusion>{inclusion}</inclusion>{edges}</roi>"
+
+
+def _square(x0, y0, x1, y1):
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _session(*nodules):
+    body = "".join(f"<unblindedReadNodule><noduleID>{n}</noduleID>{rois}</unblindedReadNodule>" for n, rois in enumerate(nodules))
+    return f"<readingSession><servicingRadiologistID>r</servicingRadiologistID>{body}<nonNodule><imageZposition>-5.0</imageZposition></nonNodule></readingSession>"
+
+
+def test_lidc_consensus_matches_hand_computed_mask(tmp_path):
+    # CT of 8 slices 20 x 20, z = -10 + 2.5 k; three readers outline one nodule on z = -5 (k = 2)
+    ct = Volume(np.zeros((8, 20, 20), np.int16), origin=(0.0, 0.0, -10.0), spacing=(1.0, 1.0, 2.5))
+    a = _roi(-5.0, _square(2, 2, 6, 6)) + _roi(-5.0, _square(5, 5, 6, 6), "FALSE")  # reader A, with a hole
+    b = _roi(-5.0, _square(4, 4, 8, 8)) + _roi(-2.5, _square(4, 4, 8, 8))  # reader B, two slices
+    c = _roi(-5.0, _square(4, 2, 8, 6))
+    far = _roi(2.5, _square(15, 15, 17, 17)) + _roi(100.0, _square(1, 1, 3, 3))  # only C; z = 100 is off the CT
+    xml = ('<?xml version="1.0"?><LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader/>'
+           + _session(a) + _session(b) + _session(c, far) + "</LidcReadMessage>")
+    (tmp_path / "069.xml").write_text(xml)
+    mask = lidc_mask([tmp_path / "069.xml"], SliceMap(ct))
+
+    def box(k, x0, y0, x1, y1):
+        m = np.zeros(ct.array.shape, bool)
+        m[k, y0:y1 + 1, x0:x1 + 1] = True
+        return m
+
+    reader_a = box(2, 2, 2, 6, 6) & ~box(2, 5, 5, 6, 6)
+    reader_b = box(2, 4, 4, 8, 8) | box(3, 4, 4, 8, 8)
+    reader_c = box(2, 4, 2, 8, 6)
+    votes = reader_a.astype(int) + reader_b + reader_c
+    expected = (votes >= 2) | box(5, 15, 15, 17, 17)  # 3 readers: >= 1.5 votes; the far nodule has 1 reader
+    assert mask.sum() == expected.sum() and np.array_equal(mask, expected)
+    assert mask[3].sum() == 0  # B alone on slice k = 3: 1 of 3 readers
+
+
+def test_voc_boxes_of_the_real_ct_cover_the_tumour(real_ct_dir):
+    ct = read_volume(real_ct_dir / "ct.nii.gz")
+    crude = read_volume(real_ct_dir / "layout-crude.nii.gz").array == 2
+    mask = voc_mask(real_ct_dir / "annotation", SliceMap(ct, read_dicom_headers(real_ct_dir / "dicom")))
+    assert np.unique(np.nonzero(mask)[0]).tolist() == list(range(41, 52))  # the 11 boxes on this series
+    assert (mask & crude).sum() == crude.sum()  # the crude layout's tumour = ellipses ∩ HU > −300
+    assert crude.sum() < mask.sum() < 1.5 * crude.sum()
+    assert voc_mask(real_ct_dir / "annotation", SliceMap(ct)).sum() == 0  # without headers UIDs cannot be placed
+
+
+def test_prepare_real_ct_with_tumour_boxes(real_ct_dir, tmp_path):
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--input", str(real_ct_dir), "--output", str(out), "--size", "16"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (case,) = manifest["cases"]
+    assert manifest["space"] == {"profile": "native", "size": 16, "cond_channels": 2}
+    assert case["patient_id"] == "Lung_Dx-A0001" and case["annotation"] == "voc-boxes" and case["split"] == "train"
+    assert case["nodule_count"] == 1 and 55 < case["nodule_diameters_mm"][0] < 75  # a ~6 cm tumour
+    assert case["spacing_mm"] == [0.8418, 0.8418, 5.0] and 3.0 < case["lung_volume_l"] < 8.0
+    x, cond = np.load(out / case["folder"] / "x.npy"), np.load(out / case["folder"] / "cond.npy")
+    assert x.shape == (1, 16, 16, 16) and cond.shape == (2, 16, 16, 16)
+    assert -1 <= x.min() < x.max() <= 1 and (cond[1] > 0).sum() > 0 and (cond[0] > 0).sum() > (cond[1] > 0).sum()
+    assert read_volume(out / case["folder"] / "layout.nii.gz").array.max() == 2
+    assert json.loads((out / "skipped.json").read_text()) == []
+    assert (out / "manifest.csv").read_text().splitlines()[1].startswith("lung-pet-ct-dx-A0001,Lung_Dx-A0001,train,")
+
+
+def test_missing_slices_are_skipped(real_ct_dir, tmp_path):
+    case = tmp_path / "cases" / "gap"
+    shutil.copytree(real_ct_dir / "dicom", case / "dicom")
+    files = sorted((case / "dicom").iterdir())
+    headers = read_dicom_headers(case / "dicom")
+    middle = sorted(headers.slices.items(), key=lambda kv: kv[1].position[2])[30][0]
+    for f in files:  # remove the slice in the middle of the series
+        if middle.encode() in f.read_bytes():
+            f.unlink()
+    summary = prepare_dataset([tmp_path / "cases"], tmp_path / "out", size=16)
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert summary["prepared"] == 0 and skipped[0]["case_id"] == "gap"
+    assert skipped[0]["reason"].startswith("missing slices: slice gaps range 5.00..10.00 mm")
+
+
+def _phantom_case(folder, seed, boost_hu=0):
+    ph = make_phantom(seed=seed, nodules=1)
+    ct = ph.ct.array.copy()
+    if boost_hu:
+        ct[(ct > 20) & (ct < 100)] += boost_hu  # soft tissue and blood brighter, as after contrast injection
+    folder.mkdir(parents=True)
+    write_volume(ph.ct.with_array(ct), folder / "ct.nrrd")
+    write_volume(ph.layout.with_array((ph.layout.array == 2).astype(np.uint8)), folder / "nodules.nrrd")
+    return ph
+
+
+def test_prepare_phantoms_split_and_skip_reasons(tmp_path):
+    phantoms = {f"ph{n}": _phantom_case(tmp_path / "in" / f"ph{n}", n) for n in range(4)}
+    _phantom_case(tmp_path / "in" / "contrast", 9, boost_hu=250)
+    (tmp_path / "in" / "broken").mkdir()
+    (tmp_path / "in" / "broken" / "ct.nrrd").write_bytes(b"NRRD0004\ngarbage")
+    summary = prepare_dataset([tmp_path / "in"], tmp_path / "out", size=16, val_fraction=0.25, seed=3)
+    assert summary["prepared"] == 4 and summary["skipped"] == 2
+    reasons = {s["case_id"]: s["reason"] for s in json.loads((tmp_path / "out" / "skipped.json").read_text())}
+    assert reasons["contrast"].startswith("contrast-enhanced: median soft tissue between the lungs is")
+    assert reasons["broken"].startswith("unreadable:")
+    cases = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert [c["split"] for c in cases].count("validation") == 1
+    for c in cases:  # nodule sizes: equivalent-sphere diameters of the phantom's nodule label
+        truth = (phantoms[c["case_id"]].layout.array == 2).sum() * np.prod(phantoms[c["case_id"]].layout.spacing)
+        assert c["nodule_count"] == 1 and c["nodule_diameters_mm"][0] == pytest.approx((6 * truth / np.pi) ** (1 / 3), abs=0.01)
+    again = prepare_dataset([tmp_path / "in"], tmp_path / "out2", size=16, val_fraction=0.25, seed=3)
+    assert again["prepared"] == 4
+    assert json.loads((tmp_path / "out2" / "manifest.json").read_text())["cases"] == cases  # same seed, same split
+
+
+def test_split_is_by_patient_and_seeded():
+    patients = ["p1", "p1", "p2", "p3", "p3", "p4", "p5"]
+    val = split_patients(patients, 0.4, seed=1)
+    assert len(val) == 2 and val <= set(patients)
+    assert split_patients(patients, 0.4, seed=1) == val
+    assert any(split_patients(patients, 0.4, seed=s) != val for s in range(2, 10))
+    assert split_patients(["only"], 0.5, seed=0) == set()  # one patient: it trains

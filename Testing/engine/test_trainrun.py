@@ -1,0 +1,234 @@
+"""`lungddpm train`: 2-process gloo DDP = 1 process, resume after SIGKILL, atomic checkpoints, fine-tuning, bf16, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import random_layout, small_config
+from lungddpm import LungDDPM, load_model
+from lungddpm.checkpoints import read_checkpoint
+from lungddpm.cli import main
+from lungddpm.distributed import DistContext
+from lungddpm.errors import ConfigError
+from lungddpm.phantom import make_phantom
+from lungddpm.prepare import prepare_dataset
+from lungddpm.runlog import read_log
+from lungddpm.train import loss_at
+from lungddpm.train_config import build_run_config
+from lungddpm.trainrun import TrainingRun
+from lungddpm.volume import write_volume
+
+ENGINE = Path(__file__).resolve().parents[2] / "engine"
+TINY = ["--set", "image_size=16", "--set", "channel_mult=[1,2]", "--set", "attention_resolutions=[8]",
+        "--set", "num_channels=32", "--set", "timesteps=8", "--set", "lr=1e-3", "--set", "log_every=1",
+        "--set", "ema_start=2", "--set", "ema_every=1", "--set", "preview_every=0", "--set", "tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def phantom_cases(tmp_path_factory):
+    """Three phantom case folders (CT + nodule mask)."""
+    root = tmp_path_factory.mktemp("phantoms")
+    for n in range(3):
+        ph = make_phantom(seed=n, nodules=1)
+        write_volume(ph.ct, root / f"ph{n}" / "ct.nrrd")
+        write_volume(ph.layout.with_array((ph.layout.array == 2).astype(np.uint8)), root / f"ph{n}" / "nodules.nrrd")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared16(phantom_cases, tmp_path_factory):
+    """The phantoms prepared at 16³ in the native profile, all in the train split."""
+    out = tmp_path_factory.mktemp("prepared16")
+    prepare_dataset([phantom_cases], out, size=16, val_fraction=0.0)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread (as the subprocesses do), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ENGINE), "OMP_NUM_THREADS": "1"}
+
+
+def _weights(path, which="model"):
+    return read_checkpoint(path)[which]
+
+
+def _assert_same_weights(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, worst
+
+
+def test_two_gloo_processes_match_one_process(prepared16, tmp_path, one_thread):
+    common = ["train", "--data", str(prepared16), "--steps", "3", "--threads", "1", *TINY, "--set", "grad_accum=2"]
+    assert main([*common, "--output", str(tmp_path / "one"), "--batch-size", "2", "--set", "workers=0"]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581", "-m", "lungddpm",
+           *common, "--output", str(tmp_path / "two"), "--batch-size", "1", "--set", "workers=1", "--device", "cpu"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3]  # rank 0 alone logs
+    assert np.allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=0, atol=1e-6)
+    assert len({round(r["loss"], 4) for r in one}) == 3  # the steps really differ
+    # Adam divides by sqrt(v): for weights whose gradients nearly cancel, the different summation order of the
+    # gradient all-reduce is amplified, so compare the whole update (weights after 3 steps minus the initial ones)
+    torch.manual_seed(0)
+    initial = LungDDPM(build_run_config(None, [TINY[i + 1] for i in range(0, len(TINY), 2)]).model_config()).denoise_fn.state_dict()
+    for which in ("model", "ema"):
+        a, b = _weights(tmp_path / "one" / "latest.pt", which), _weights(tmp_path / "two" / "latest.pt", which)
+        difference = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a))
+        update = torch.sqrt(sum(((a[k] - initial[k]) ** 2).sum() for k in a))
+        assert update > 0.1 and difference < 1e-3 * update, (float(difference), float(update))
+    run = read_checkpoint(tmp_path / "two" / "latest.pt")["run"]
+    assert run["world_size"] == 2 and run["global_batch"] == 4
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-0000003.pt"]
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, torch
+    from lungddpm import trainrun
+    from lungddpm.cli import main
+    original = trainrun.TrainingRun.train_step
+    def train_step(self):
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash in the middle of the run
+        return original(self)
+    trainrun.TrainingRun.train_step = train_step
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_killed_run_resumes_to_the_same_weights(prepared16, tmp_path, one_thread):
+    common = ["train", "--data", str(prepared16), "--threads", "1", "--batch-size", "1", *TINY,
+              "--set", "save_every=2", "--set", "workers=1"]
+    assert main([*common, "--output", str(tmp_path / "straight"), "--steps", "7"]) == 0
+    killed = subprocess.run([sys.executable, "-c", KILLER, *common, "--output", str(tmp_path / "run"), "--steps", "7"],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert read_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 4  # step 5 finished but was not saved
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    assert main([*common, "--output", str(tmp_path / "run"), "--steps", "7", "--resume"]) == 0
+    resumed = read_checkpoint(tmp_path / "run" / "latest.pt")
+    straight = read_checkpoint(tmp_path / "straight" / "latest.pt")
+    assert resumed["step"] == straight["step"] == 7
+    for which in ("model", "ema"):
+        _assert_same_weights(resumed[which], straight[which])
+    assert resumed["optimizer"]["state"][0]["step"] == straight["optimizer"]["state"][0]["step"] == 7
+    steps = [r["step"] for r in read_log(tmp_path / "run")]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # the unsaved step 5 of the killed run is dropped from the log
+    losses = {r["step"]: r["loss"] for r in read_log(tmp_path / "straight")}
+    assert all(abs(r["loss"] - losses[r["step"]]) < 1e-6 for r in read_log(tmp_path / "run"))
+
+
+def _run(prepared, output, **settings):
+    overrides = [TINY[i + 1] for i in range(0, len(TINY), 2)] + [f"{k}={json.dumps(v)}" for k, v in settings.items()]
+    config = build_run_config(None, overrides, data=[str(prepared)], output=str(output), workers=0)
+    return TrainingRun(config, DistContext())
+
+
+def test_crash_while_saving_leaves_latest_checkpoint_intact(prepared16, tmp_path, monkeypatch, one_thread):
+    run = _run(prepared16, tmp_path, steps=2)
+    run.train_step()
+    latest = run.save()
+    before = latest.read_bytes()
+    run.train_step()
+
+    def crash(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        run.save()
+    monkeypatch.undo()
+    assert latest.read_bytes() == before and load_model(latest).source.step == 1
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    assert leftovers == [] and not (tmp_path / "checkpoints" / "step-0000002.pt").exists()
+
+
+def test_fine_tune_from_the_released_tiny_checkpoint(phantom_cases, tiny_checkpoint, tmp_path, one_thread):
+    prepared = tmp_path / "prepared"
+    prepare_dataset([phantom_cases], prepared, profile="released", size=32, val_fraction=0.0)
+    out = tmp_path / "tuned"
+    assert main(["train", "--data", str(prepared), "--output", str(out), "--init", str(tiny_checkpoint), "--steps", "2",
+                 "--threads", "1", "--set", "lr=1e-3", "--set", "grad_accum=1", "--set", "workers=0",
+                 "--set", "preview_every=2", "--set", "preview_steps=2"]) == 0
+    released, tuned = load_model(tiny_checkpoint, weights="model"), load_model(out / "latest.pt", weights="model")
+    assert tuned.config.to_dict() == released.config.to_dict()
+    assert tuned.config.timesteps == 20 and tuned.config.profile == "released" and tuned.config.num_channels == 32
+    moved = [k for k, v in tuned.denoise_fn.state_dict().items() if not torch.equal(v, released.denoise_fn.state_dict()[k])]
+    assert len(moved) > 0.5 * len(released.denoise_fn.state_dict())
+    assert (out / "previews" / "step-0000002-synthetic.png").stat().st_size > 0
+    assert tuned.source.step == 2
+
+
+def test_fine_tune_refuses_data_of_another_profile(prepared16, tiny_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="prepared with profile = 'native' but the model needs 'released'"):
+        _run(prepared16, tmp_path, init=str(tiny_checkpoint))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(one_thread):
+    torch.manual_seed(0)
+    model = LungDDPM(small_config()).train()
+    with torch.no_grad():
+        for p in model.denoise_fn.parameters():
+            p.normal_(0.0, 0.05)
+    cond, x = random_layout(batch=2)
+    t, noise = torch.tensor([1, 6]), torch.randn_like(x)
+    results = []
+    for flag in (False, True):
+        model.denoise_fn.grad_checkpoint = flag
+        model.zero_grad()
+        loss = loss_at(model.denoise_fn, model.diffusion, x, cond, t, noise)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.denoise_fn.named_parameters()}))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-7)
+    _assert_same_weights(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_bf16_step_is_close_to_float32(prepared16, tmp_path, one_thread):
+    losses = []
+    for flag in (False, True):
+        run = _run(prepared16, tmp_path / str(flag), bf16=flag, steps=2)
+        losses.append([run.train_step(), run.train_step()])  # step 1: the zero-initialised output layer predicts 0
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
+    assert losses[0][1] != losses[1][1] and abs(losses[0][1] - losses[1][1]) < 0.02 * losses[0][1]
+
+
+def test_log_has_rate_memory_and_tensorboard(prepared16, tmp_path, one_thread):
+    pytest.importorskip("tensorboard")
+    run = _run(prepared16, tmp_path, steps=2, tensorboard=True)
+    run.fit()
+    records = read_log(tmp_path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["lr"] == 1e-3 and r["steps_per_s"] > 0 and r["peak_rss_mb"] > 50 for r in records)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_config_file_then_overrides_then_flags(tmp_path):
+    (tmp_path / "run.toml").write_text('data = ["a"]\nlr = 2e-5\nsteps = 50\nchannel_mult = [1, 2, 2]\n')
+    (tmp_path / "run.yaml").write_text("data: [a]\nlr: 2e-5\nsteps: 50\n")  # YAML 1.1 reads 2e-5 as text
+    for name in ("run.toml", "run.yaml"):
+        cfg = build_run_config(tmp_path / name, ["steps=60", "bf16=true"], steps=70)
+        assert cfg.lr == 2e-5 and cfg.steps == 70 and cfg.bf16 is True and cfg.data == ["a"]
+    assert build_run_config(tmp_path / "run.toml").model_config().channel_mult == (1, 2, 2)
+    with pytest.raises(ConfigError, match="unknown training settings \\['learning_rate'\\]"):
+        build_run_config(None, ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="must be a whole number"):
+        build_run_config(None, ["steps=1.5"])
