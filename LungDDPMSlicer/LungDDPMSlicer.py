@@ -34,7 +34,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import LungDDPMSlicerLib
-from LungDDPMSlicerLib import engine, estimates, geometry, jobs, models, mrml
+from LungDDPMSlicerLib import engine, estimates, geometry, jobs, models, mrml, panel
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
@@ -82,8 +82,10 @@ lungs conditioned on the layout while the real reference CT is kept outside them
 <b>Every output is SYNTHETIC</b>: node names say so and attributes LungDDPM.SYNTHETIC=true record it.
 Synthetic images are for research (e.g. data augmentation), never for diagnosis.
 <p>Workflow: reference CT, segmentation with a lung segment (or "Create lung segment") and nodule segments
-(Segment Editor, or "Add nodule" at a point), model, device, seed, variants, then Synthesize. The engine runs in
-the background; Cancel stops it and leaves the scene as it was.</p>
+(Segment Editor, or "Add nodule" at a point), model, device, sampler (default DPM-Solver++ 2M, 10 steps; ddpm runs
+all of the model's steps), precision, seed, variants, then Synthesize. Lung-DDPM+ (patch) models synthesise one
+64³ cube per nodule and change only the nodules. The engine runs in the background; Cancel stops it and leaves
+the scene as it was.</p>
 <p>Please cite: Jiang Y. et al., Lung-DDPM: Semantic Layout-guided Diffusion Models for Thoracic CT Image
 Synthesis, IEEE TBME 2025 (arXiv:2502.15204); and for Lung-DDPM+: Jiang Y., Shariftabrizi A., Manem V. S. K.,
 arXiv:2508.09327 (2025).</p>""")
@@ -112,9 +114,11 @@ class LungDDPMSlicerParameterNode:
     modelName: str = ""
     localModelPath: str = ""  # a str wired by hand: a Path field would show "." in the empty path widget
     device: Annotated[str, Choice(list(engine.DEVICES))] = "auto"
-    sampler: Annotated[str, Choice(["ddpm"])] = "ddpm"
-    steps: Annotated[int, WithinRange(0, 1000)] = 0
-    aasVariant: Annotated[str, Choice(["paper", "released"])] = "paper"
+    sampler: Annotated[str, Choice(list(engine.SAMPLERS))] = engine.DEFAULT_SAMPLER
+    steps: Annotated[int, WithinRange(1, 1000)] = engine.DEFAULT_SOLVER_STEPS  # solvers only; at most the model's T
+    aasVariant: Annotated[str, Choice(["paper", "released"])] = "paper"  # ddpm only
+    precision: Annotated[str, Choice(list(engine.PRECISIONS))] = "fp32"  # fp16: CUDA GPUs only
+    patchSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0  # Lung-DDPM+ cube voxel size; 0: the model's own
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     variants: Annotated[int, WithinRange(1, 50)] = 1
     keepTemporaryFiles: bool = False
@@ -174,7 +178,6 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addNoduleButton.clicked.connect(self.onAddNodule)
         self.ui.clearCacheButton.clicked.connect(self.onClearCache)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
-        self.ui.stepsSpinBox.enabled = False  # the only sampler, ddpm, runs all of the model's steps
 
         self.initializeParameterNode()
 
@@ -232,9 +235,22 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            if self._parameterNode.precision == "fp16" and not self.logic.cudaGpuDetected():
+                self._parameterNode.precision = "fp32"  # e.g. a scene saved on a GPU machine
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.describeChoices()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
             self.updateGUIFromParameterNode()
+
+    def describeChoices(self) -> None:
+        """Give each sampler and precision its tooltip; offer fp16 only with a CUDA GPU (connectGui refills the combos)."""
+        offered = panel.offered_precisions(self.logic.cudaGpuDetected())
+        for index in reversed(range(self.ui.precisionCombo.count)):
+            if self.ui.precisionCombo.itemText(index) not in offered:
+                self.ui.precisionCombo.removeItem(index)  # fp16, the last choice: the others keep their indices
+        for combo, tips in ((self.ui.samplerCombo, panel.SAMPLER_TIPS), (self.ui.precisionCombo, panel.PRECISION_TIPS)):
+            for index in range(combo.count):
+                combo.setItemData(index, tips[combo.itemText(index)], qt.Qt.ToolTipRole)
 
     # -- hand-wired widgets: segment IDs and the model list ------------------------------------------------
 
@@ -257,8 +273,18 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = self.ui.modelCombo.blockSignals(True)
         self.ui.modelCombo.setCurrentIndex(max(index, 0))
         self.ui.modelCombo.blockSignals(wasBlocked)
+        self.updateSamplingWidgets()
         self.updateModelInfo()
         self.updateButtons()
+
+    def updateSamplingWidgets(self) -> None:
+        """Steps only for the few-step solvers (1..T), AAS variant only for ddpm, patch spacing only for patch models."""
+        p = self._parameterNode
+        states = panel.widget_states(p.sampler, self.logic.modelEntry(p.modelName))
+        self.ui.stepsSpinBox.enabled = states.steps_enabled
+        self.ui.stepsSpinBox.maximum = states.max_steps
+        self.ui.aasVariantCombo.enabled = states.aas_variant_enabled
+        self.ui.patchSpacingSpinBox.enabled = states.patch_spacing_enabled
 
     def observeSegmentation(self, segmentationNode) -> None:
         """Refresh the nodule list when segments of the chosen segmentation are added, removed or renamed."""
@@ -366,7 +392,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not entry.supported:
             info += "<br><b>" + _("Not available:") + f"</b> {entry.unsupported_reason}"
         self.ui.modelInfoLabel.text = info
-        estimate = self.logic.estimate(entry.name, p.device, p.variants)
+        estimate = self.logic.estimate(entry.name, p.device, p.variants, sampler=p.sampler, steps=p.steps,
+                                       nodules=len(p.noduleSegmentIds))
         text = estimate.summary()
         if estimate.warnings:
             text += "<br><span style='color:#c05000'>" + "<br>".join(estimate.warnings) + "</span>"
@@ -384,7 +411,9 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return entry.unsupported_reason
         if entry is None and chosenPath(p.localModelPath) is None:
             return _("Choose a checkpoint file.")
-        return ""
+        if entry is not None and entry.profile == estimates.PATCH_PROFILE and not p.noduleSegmentIds:
+            return _("{model} synthesises nodules only: tick a nodule segment or add one.").format(model=entry.title)
+        return panel.precision_problem(p.precision, p.device, self.logic.cudaGpuDetected())
 
     def updateButtons(self) -> None:
         """Enable the buttons that make sense for the inputs and the job state."""
@@ -484,11 +513,12 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setUiState("idle")
             return
         model = p.modelName if p.modelName != OTHER_CHECKPOINT else chosenPath(p.localModelPath)
+        o = panel.sampling_options(p.sampler, p.steps, p.aasVariant, p.precision, p.patchSpacingMm)
         job = self.runWithErrorDisplay(_("Synthesis could not start."), lambda: self.logic.startSynthesis(
             p.referenceVolume, p.segmentation, p.lungSegmentId, list(p.noduleSegmentIds), model,
-            seed=p.seed, variants=p.variants, device=p.device, sampler=p.sampler, steps=p.steps or None,
-            aasVariant=p.aasVariant, localModelFile=chosenPath(p.localModelPath),
-            keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog))
+            seed=p.seed, variants=p.variants, device=p.device, sampler=o.sampler, steps=o.steps,
+            aasVariant=o.aas_variant, precision=o.precision, patchSpacingMm=o.patch_spacing_mm,
+            localModelFile=chosenPath(p.localModelPath), keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog))
         if job is None:
             self.setUiState("failed")
             return
@@ -593,15 +623,25 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         """The model-list entry with this name, or None."""
         return next((entry for entry in self.models if entry.name == name), None)
 
-    def estimate(self, modelName: str, device: str, variants: int) -> estimates.Estimate:
-        """Expected time and memory of a synthesis on this computer, with warnings (GPUs detected once)."""
+    def gpus(self) -> list[estimates.Gpu]:
+        """The CUDA GPUs of this computer (nvidia-smi, asked once)."""
+        if self._gpus is None:
+            self._gpus = estimates.detect_gpus()
+        return self._gpus
+
+    def cudaGpuDetected(self) -> bool:
+        """Whether nvidia-smi reports a CUDA GPU (fp16 is offered only then)."""
+        return bool(self.gpus())
+
+    def estimate(self, modelName: str, device: str, variants: int, sampler: str = engine.DEFAULT_SAMPLER,
+                 steps: int | None = None, nodules: int = 1) -> estimates.Estimate:
+        """Expected time and memory of a synthesis on this computer, with warnings (nodules: for patch models)."""
         entry = self.modelEntry(modelName)
         if entry is None:
             raise ValueError(f"{modelName!r} is not a model of the list")
-        if self._gpus is None:
-            self._gpus = estimates.detect_gpus()
         demo = next((e for e in self.models if e.source == "bundled"), None)
-        return estimates.estimate(entry, device, variants, self._gpus, estimates.system_memory_gb(), demo=demo)
+        return estimates.estimate(entry, device, variants, self.gpus(), estimates.system_memory_gb(), demo=demo,
+                                  sampler=sampler, steps=steps, nodules=nodules)
 
     def resolveModel(self, model: str | Path, localFile: Path | None = None) -> Path:
         """The checkpoint file of a model-list name (bundled, chosen, cached or downloaded) or of a path."""
@@ -675,13 +715,19 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
                                        work_dir=Path(slicer.util.tempDirectory("LungDDPM")), seed=seed)
 
     def startSynthesis(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, noduleSegmentIds: list[str],
-                       model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto", sampler: str = "ddpm",
-                       steps: int | None = None, aasVariant: str = "paper", localModelFile: Path | None = None,
+                       model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
+                       sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
+                       precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
                        keepTemporaryFiles: bool = False, log=None) -> jobs.SynthesisJob:
-        """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job."""
+        """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job.
+
+        steps: few-step solvers only (None: the engine's default 10); aasVariant: ddpm only; patchSpacingMm:
+        Lung-DDPM+ models only (None: the model's own cube voxel size).
+        """
         request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegmentId, list(noduleSegmentIds),
                                         self.resolveModel(model, localModelFile), [seed + n for n in range(variants)],
-                                        device=device, sampler=sampler, steps=steps, aas_variant=aasVariant)
+                                        device=device, sampler=sampler, steps=steps, aas_variant=aasVariant,
+                                        precision=precision, patch_spacing_mm=patchSpacingMm)
         job = jobs.SynthesisJob(self.context(), request, engine_dir=self.engineDir(),
                                 work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
                                 keep_files=keepTemporaryFiles)
@@ -689,8 +735,9 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         return job
 
     def synthesize(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, noduleSegmentIds: list[str],
-                   model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto", sampler: str = "ddpm",
-                   steps: int | None = None, aasVariant: str = "paper", localModelFile: Path | None = None,
+                   model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
+                   sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
+                   precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
                    keepTemporaryFiles: bool = False) -> list[jobs.SynthesisOutput]:
         """Synthesise and wait (batch use); the new volume and layout segmentation nodes per variant.
 
@@ -698,7 +745,8 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         """
         job = self.startSynthesis(referenceVolumeNode, segmentationNode, lungSegmentId, noduleSegmentIds, model,
                                   seed=seed, variants=variants, device=device, sampler=sampler, steps=steps,
-                                  aasVariant=aasVariant, localModelFile=localModelFile,
+                                  aasVariant=aasVariant, precision=precision, patchSpacingMm=patchSpacingMm,
+                                  localModelFile=localModelFile,
                                   keepTemporaryFiles=keepTemporaryFiles)
         while job.active:
             job.poll()

@@ -6,7 +6,8 @@
 - engine: where the bundled engine is, its command lines, its progress and error lines
 - jobs: the pollable multi-variant synthesis job and the lung-mask / add-nodule helpers
 - models: Resources/models.json, the model cache folder, downloads checked by SHA-256
-- estimates: time and memory to expect for a model and device, with warnings
+- estimates: time and memory to expect for a model, sampler and device, with warnings
+- panel: the sampling widgets' rules (enabled states, offered precisions) and the options sent to the engine
 """
 
-MODULES = ("geometry", "mrml", "process", "engine", "models", "estimates", "jobs")  # reload order (dependencies first)
+MODULES = ("geometry", "mrml", "process", "engine", "models", "estimates", "panel", "jobs")  # reload order (dependencies first)

@@ -12,6 +12,12 @@ from pathlib import Path
 
 ERROR_PREFIX = "lungddpm: error: "
 DEVICES = ("auto", "cuda", "mps", "cpu")
+# Mirrors of lungddpm.config.SAMPLERS / DEFAULT_SAMPLER / DEFAULT_SOLVER_STEPS and lungddpm.precision.PRECISIONS
+# (Slicer's process never imports the engine; Testing/slicer checks that they agree). Panel order: default first.
+SAMPLERS = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm")
+DEFAULT_SAMPLER = "dpmpp2m"
+DEFAULT_SOLVER_STEPS = 10
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class EngineNotFoundError(RuntimeError):
@@ -64,16 +70,43 @@ def engine_environment(engine_dir: Path, device: str, base: Mapping[str, str] | 
     return env
 
 
-def synthesize_command(python: str, reference: Path, layout: Path, model: Path, output: Path, *, seed: int,
-                       device: str, sampler: str = "ddpm", steps: int | None = None, variant: str = "paper") -> list[str]:
-    """The `python -m lungddpm synthesize ... --progress json` command line."""
+def check_options(device: str, sampler: str, steps: int | None, variant: str, precision: str,
+                  patch_spacing_mm: float | None) -> None:
+    """Raise ValueError naming the option and the fix when a synthesis option is one the engine would refuse."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {DEVICES}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not one of {SAMPLERS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("fp16 runs only on a CUDA GPU; on the CPU choose precision bf16 or fp32")
+    if sampler != "ddpm" and variant != "paper":
+        raise ValueError(f"the {variant!r} AAS variant exists only for the ddpm sampler; choose ddpm or variant 'paper'")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be at least 1 (got {steps}); None uses the engine's default")
+    if patch_spacing_mm is not None and not patch_spacing_mm > 0:
+        raise ValueError(f"patch spacing must be a positive voxel size in mm (got {patch_spacing_mm}); None uses the model's")
+
+
+def synthesize_command(python: str, reference: Path, layout: Path, model: Path, output: Path, *, seed: int,
+                       device: str, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, variant: str = "paper",
+                       precision: str = "fp32", patch_spacing_mm: float | None = None) -> list[str]:
+    """The `python -m lungddpm synthesize ... --progress json` command line.
+
+    `--steps` goes only with the few-step solvers (None: the engine's default) and `--variant` only with ddpm,
+    which always runs all of the model's steps; `--patch-spacing` only when given (Lung-DDPM+ models).
+    """
+    check_options(device, sampler, steps, variant, precision, patch_spacing_mm)
     command = [python, "-m", "lungddpm", "synthesize", "--reference", str(reference), "--layout", str(layout),
                "--model", str(model), "--output", str(output), "--seed", str(seed), "--device", device,
-               "--sampler", sampler, "--variant", variant, "--progress", "json"]
-    if steps:
+               "--sampler", sampler, "--precision", precision, "--progress", "json"]
+    if sampler == "ddpm":
+        command += ["--variant", variant]
+    elif steps is not None:
         command += ["--steps", str(steps)]
+    if patch_spacing_mm is not None:
+        command += ["--patch-spacing", repr(float(patch_spacing_mm))]
     return command
 
 

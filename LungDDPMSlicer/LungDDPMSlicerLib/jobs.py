@@ -54,9 +54,11 @@ class SynthesisRequest:
     model_path: Path
     seeds: Sequence[int]
     device: str = "auto"
-    sampler: str = "ddpm"
-    steps: int | None = None
-    aas_variant: str = "paper"
+    sampler: str = engine.DEFAULT_SAMPLER
+    steps: int | None = None  # solvers only; None: the engine's default
+    aas_variant: str = "paper"  # ddpm only
+    precision: str = "fp32"
+    patch_spacing_mm: float | None = None  # Lung-DDPM+ models only; None: the model's own
 
 
 @dataclass
@@ -84,6 +86,8 @@ class SynthesisJob:
                  python: str | None = None, log: Log | None = None, keep_files: bool = False) -> None:
         if not request.seeds:
             raise ValueError("a synthesis needs at least one seed")
+        engine.check_options(request.device, request.sampler, request.steps, request.aas_variant, request.precision,
+                             request.patch_spacing_mm)
         self.context, self.request = context, request
         self.engine_dir, self.work_dir = engine_dir, Path(work_dir)
         self.python = python or engine.python_executable()
@@ -134,7 +138,8 @@ class SynthesisJob:
         r, seed = self.request, self.request.seeds[self._variant]
         command = engine.synthesize_command(self.python, self._exported.reference_path, self._exported.layout_path,
                                             r.model_path, self.work_dir / f"synthetic-seed{seed}.nrrd", seed=seed,
-                                            device=r.device, sampler=r.sampler, steps=r.steps, variant=r.aas_variant)
+                                            device=r.device, sampler=r.sampler, steps=r.steps, variant=r.aas_variant,
+                                            precision=r.precision, patch_spacing_mm=r.patch_spacing_mm)
         self._process = BackgroundProcess(command, env=engine.engine_environment(self.engine_dir, r.device))
         self.step, self.total, self.eta_s, self._done = 0, 0, None, None
         self.log(f"Variant {self._variant + 1}/{len(r.seeds)} (seed {seed}): " + " ".join(command))

@@ -35,7 +35,7 @@ class ChecksumError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of the list, with the time and peak memory of sampling one variant (see estimate_basis)."""
+    """One model of the list, with the time of one network pass and the peak memory of a synthesis (see estimate_basis)."""
 
     name: str
     title: str
@@ -49,7 +49,7 @@ class ModelEntry:
     profile: str
     timesteps: int
     supported: bool
-    cpu_seconds_per_step: float
+    cpu_seconds_per_step: float  # one network pass (one sampling step of any sampler); one cube for patch models
     gpu_seconds_per_step: float | None  # None: not measured
     cpu_memory_gb: float
     gpu_memory_gb: float

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from slicer_testing import REPO  # also puts LungDDPMSlicerLib on sys.path
-from LungDDPMSlicerLib import estimates, geometry, models
+from LungDDPMSlicerLib import engine, estimates, geometry, models
 
 MODEL_LIST = REPO / "Resources" / "models.json"
 ENGINE_DIR = REPO / "engine"
@@ -41,13 +41,13 @@ def http_folder(tmp_path: Path):
 
 
 def test_model_list_is_valid_and_complete(entries):
-    """The list holds the bundled demo and both released checkpoints with sizes, memory and a basis."""
+    """The list holds the bundled demo and both released checkpoints (Lung-DDPM+ runnable) with sizes, memory, basis."""
     demo, released, plus = entries["demo-native-32"], entries["lung-ddpm-lidc-idri"], entries["lung-ddpm-plus"]
     assert demo.source == "bundled" and demo.supported
     assert (released.source, released.input_size, released.in_channels, released.timesteps) == ("local_file", 128, 3, 250)
     assert released.file_name == "Lung-DDPM-LIDC-IDRI-100000-steps.pt" and "drive.google.com" in released.download_page
-    assert (plus.file_name, plus.input_size, plus.in_channels, plus.supported) == ("best_model.pt", 64, 2, False)
-    assert plus.unsupported_reason
+    assert (plus.file_name, plus.input_size, plus.in_channels, plus.profile) == ("best_model.pt", 64, 2, "released-patch")
+    assert plus.supported and plus.unsupported_reason is None and plus.timesteps == 250
     for entry in entries.values():
         assert entry.version and entry.citation and entry.cpu_memory_gb > 0 and entry.gpu_memory_gb > 0
         assert "not measured" in entry.estimate_basis or entry.gpu_seconds_per_step is not None
@@ -145,8 +145,11 @@ def test_local_file_entries_say_where_to_get_the_file(entries, tmp_path):
     assert models.resolve_model_file(released, engine_dir=ENGINE_DIR, cache_dir=tmp_path, local_file=chosen) == chosen
     (tmp_path / released.file_name).write_bytes(b"y")
     assert models.resolve_model_file(released, engine_dir=ENGINE_DIR, cache_dir=tmp_path) == tmp_path / released.file_name
-    with pytest.raises(models.ModelUnavailableError, match="nodule-patch"):
-        models.resolve_model_file(entries["lung-ddpm-plus"], engine_dir=ENGINE_DIR, cache_dir=tmp_path, local_file=chosen)
+    plus = entries["lung-ddpm-plus"]
+    assert models.resolve_model_file(plus, engine_dir=ENGINE_DIR, cache_dir=tmp_path, local_file=chosen) == chosen
+    withdrawn = dataclasses.replace(plus, supported=False, unsupported_reason="withdrawn by its authors")
+    with pytest.raises(models.ModelUnavailableError, match="withdrawn by its authors"):
+        models.resolve_model_file(withdrawn, engine_dir=ENGINE_DIR, cache_dir=tmp_path, local_file=chosen)
 
 
 def test_cache_folder_can_be_overridden(monkeypatch, tmp_path):
@@ -160,20 +163,80 @@ def test_cache_folder_can_be_overridden(monkeypatch, tmp_path):
 def test_estimates_warn_with_the_alternative(entries):
     """No GPU, a too-small GPU and a long CPU run each give a warning that names what to do instead."""
     released, demo = entries["lung-ddpm-lidc-idri"], entries["demo-native-32"]
-    cpu = estimates.estimate(released, "auto", 1, [], 16.0, demo=demo)
-    assert cpu.device == "cpu" and cpu.seconds == pytest.approx(56.0 * 250)
-    assert any("3.9 h" in w and demo.title in w for w in cpu.warnings)
+    ddpm = estimates.estimate(released, "auto", 1, [], 16.0, demo=demo, sampler="ddpm")
+    assert ddpm.device == "cpu" and ddpm.seconds == pytest.approx(48.0 * 250)
+    assert "3.3 h" in ddpm.summary() and "250 network passes × 48 s" in ddpm.summary()
+    (long_run,) = [w for w in ddpm.warnings if "On a CPU this takes" in w]
+    assert "3.3 h" in long_run and "dpmpp2m sampler with 10 steps (about 8 min)" in long_run and demo.title in long_run
     small = estimates.estimate(released, "cuda", 1, [estimates.Gpu("T400", 2.0)], 16.0, demo=demo)
     assert small.device == "cuda" and small.seconds is None and "not measured" in small.summary()
-    assert any("T400 has 2 GB" in w and "'cpu'" in w for w in small.warnings)
+    assert any("T400 has 2 GB" in w and "'cpu' (about 8 min)" in w for w in small.warnings)
     missing = estimates.estimate(demo, "cuda", 1, [], 16.0, demo=demo)
     assert any("No CUDA GPU" in w for w in missing.warnings)
     tight = estimates.estimate(released, "cpu", 1, [], 4.0, demo=demo)
     assert any("4 GB of RAM" in w for w in tight.warnings)
-    assert estimates.estimate(demo, "cpu", 2, [], 16.0, demo=demo).seconds == pytest.approx(0.5 * 250 * 2)
+    assert estimates.estimate(demo, "cpu", 2, [], 16.0, demo=demo, sampler="ddpm").seconds == pytest.approx(0.5 * 250 * 2)
     assert estimates.parse_nvidia_smi("NVIDIA H200, 143771\nbad line\nTesla T4, 15360\n") == \
         [estimates.Gpu("NVIDIA H200", 143771 / 1024), estimates.Gpu("Tesla T4", 15.0)]
     assert [estimates.format_duration(s) for s in (40, 600, 14000)] == ["40 s", "10 min", "3.9 h"]
+
+
+def test_estimates_for_solvers_ddpm_and_patch_models(entries):
+    """Passes are T for ddpm and `steps` (default 10, at most T) for solvers; patch models pay per cube or batch."""
+    released, plus, demo = entries["lung-ddpm-lidc-idri"], entries["lung-ddpm-plus"], entries["demo-native-32"]
+    default = estimates.estimate(released, "cpu", 1, [], 64.0, demo=demo)  # the panel's default: dpmpp2m, 10 steps
+    assert default.seconds == pytest.approx(480.0) and default.warnings == []
+    assert default.summary() == "CPU: about 8 min (10 network passes × 48 s), peak RAM about 6.5 GB"
+    for sampler in ("dpmpp3m", "ddim"):
+        assert estimates.estimate(released, "cpu", 3, [], 64.0, sampler=sampler, steps=25).seconds == \
+            pytest.approx(48.0 * 25 * 3)
+    assert estimates.estimate(demo, "cpu", 1, [], 64.0, sampler="ddpm", steps=7).seconds == pytest.approx(0.5 * 250)
+    assert estimates.estimate(demo, "cpu", 1, [], 64.0, steps=900).seconds == pytest.approx(0.5 * 250)  # at most T
+    # Lung-DDPM+ on a CPU: a batch of k cubes costs k passes, so 6 nodules cost 6 passes per step.
+    cpu = estimates.estimate(plus, "cpu", 2, [], 64.0, nodules=6)
+    assert cpu.seconds == pytest.approx(7.8 * 10 * 6 * 2)
+    assert "10 network passes × 6 cube(s) × 7.8 s, × 2 variants" in cpu.summary()
+    assert estimates.estimate(plus, "cpu", 1, [], 64.0, nodules=0).seconds == pytest.approx(7.8 * 10)  # unknown: 1
+    assert estimates.estimate(plus, "cpu", 1, [], 64.0, sampler="ddpm", nodules=1).seconds == pytest.approx(7.8 * 250)
+    # On a GPU a batch of up to 4 cubes counts as one pass: 6 nodules are 2 batches; unmeasured time stays unknown.
+    h200 = [estimates.Gpu("NVIDIA H200", 140.0)]
+    gpu = estimates.estimate(plus, "auto", 1, h200, 64.0, nodules=6)
+    assert gpu.seconds is None and "10 network passes × 2 batch(es) of up to 4 cubes" in gpu.summary()
+    timed = dataclasses.replace(plus, gpu_seconds_per_step=0.5)
+    assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=6).seconds == pytest.approx(0.5 * 10 * 2)
+    assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=4).seconds == pytest.approx(0.5 * 10 * 1)
+    assert [estimates.cube_batches(n) for n in (0, 1, 4, 5, 8, 9)] == [1, 1, 1, 2, 2, 3]
+
+
+def test_panel_rules_for_samplers_precisions_and_patch_models(entries):
+    """Steps only for solvers (1..T), AAS variant only for ddpm, patch spacing for patch models, fp16 only with CUDA."""
+    from LungDDPMSlicerLib import panel
+
+    released, plus = entries["lung-ddpm-lidc-idri"], entries["lung-ddpm-plus"]
+    assert panel.widget_states("dpmpp2m", released) == panel.WidgetStates(True, 250, False, False)
+    assert panel.widget_states("ddpm", released) == panel.WidgetStates(False, 250, True, False)
+    assert panel.widget_states("ddim", plus).patch_spacing_enabled
+    assert panel.widget_states("dpmpp3m", None) == panel.WidgetStates(True, panel.UNKNOWN_MAX_STEPS, False, True)
+    assert panel.sampling_options("dpmpp2m", 12, "released", "bf16", 0.0) == \
+        panel.SamplingOptions("dpmpp2m", 12, "paper", "bf16", None)
+    assert panel.sampling_options("ddpm", 12, "released", "fp32", 1.5) == \
+        panel.SamplingOptions("ddpm", None, "released", "fp32", 1.5)
+    assert panel.offered_precisions(False) == ("fp32", "bf16") and panel.offered_precisions(True)[-1] == "fp16"
+    assert "CUDA GPU" in panel.precision_problem("fp16", "cpu", True)
+    assert "CUDA GPU" in panel.precision_problem("fp16", "auto", False)
+    assert panel.precision_problem("fp16", "cuda", True) == panel.precision_problem("bf16", "cpu", False) == ""
+    assert set(panel.SAMPLER_TIPS) == set(engine.SAMPLERS) and set(panel.PRECISION_TIPS) == set(engine.PRECISIONS)
+
+
+def test_mirrored_engine_constants_agree_with_the_engine():
+    """The module's copies of the engine's samplers, defaults, precisions and cube batch equal the engine's own."""
+    from lungddpm import config, patches, precision
+
+    assert set(engine.SAMPLERS) == set(config.SAMPLERS) and engine.SAMPLERS[0] == config.DEFAULT_SAMPLER
+    assert (engine.DEFAULT_SAMPLER, engine.DEFAULT_SOLVER_STEPS) == (config.DEFAULT_SAMPLER, config.DEFAULT_SOLVER_STEPS)
+    assert engine.PRECISIONS == precision.PRECISIONS
+    assert estimates.PATCH_BATCH == patches.PATCH_BATCH
+    assert estimates.PATCH_PROFILE == config.released_lung_ddpm_plus().profile
 
 
 def test_geometry_round_trip_and_sheared_matrices():

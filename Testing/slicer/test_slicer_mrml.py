@@ -21,6 +21,7 @@ import vtk  # noqa: E402  (the VTK that slicer-core brings)
 from vtk.util import numpy_support  # noqa: E402
 
 NODULE_RADIUS_MM = 9.0
+SECOND_NODULE_RADIUS_MM = 4.0
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
@@ -94,8 +95,12 @@ def case(real_ct_dir: Path) -> dict:
     nodule = distance <= NODULE_RADIUS_MM
     lung_only = lung & (distance > NODULE_RADIUS_MM + 15)
     lung_probe = np.array(ct.TransformIndexToPhysicalPoint(tuple(int(v) for v in np.argwhere(lung_only)[0][::-1])))
+    # A second, smaller nodule: the deepest lung voxel at least 40 mm from the first one.
+    k2, j2, i2 = np.unravel_index(np.argmax(np.where(lung & (distance > 40), depth, -1)), lung.shape)
+    centre_b = np.array(ct.TransformIndexToPhysicalPoint((int(i2), int(j2), int(k2))))
+    nodule_b = np.linalg.norm(_physical_points(ct, physical) - centre_b, axis=-1) <= SECOND_NODULE_RADIUS_MM
     return {"image": ct, "array": sitk.GetArrayFromImage(ct), "matrix": ijk_to_ras_of(ct), "lung": lung,
-            "nodule": nodule, "centre_lps": centre, "lung_probe_lps": lung_probe,
+            "nodule": nodule, "nodule_b": nodule_b, "centre_lps": centre, "lung_probe_lps": lung_probe,
             "background_probe_lps": np.array(ct.TransformIndexToPhysicalPoint((0, 0, 0)))}
 
 
@@ -189,10 +194,11 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     sh.CreateItem(study, scene_case["ct"])  # inside Slicer the item exists already; headless it is made here
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
-                                    [scene_case["nodule_id"]], tiny_checkpoint, seeds=[7], device="cpu")
+                                    [scene_case["nodule_id"]], tiny_checkpoint, seeds=[7], device="cpu", steps=4)
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
                             work_dir=tmp_path / "work", log=lambda line: None)
     (output,) = jobs.run_to_end(job)
+    assert (job.step, job.total) == (4, 4)  # the default sampler (dpmpp2m) with 4 steps: 4 network passes
 
     volume, layout = output.volume_node, output.segmentation_node
     assert volume.GetName() == "A0001 CT synthetic (seed 7)"
@@ -203,8 +209,9 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     assert attributes["SYNTHETIC"] == "true"
     assert attributes["model_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert (attributes["model"], attributes["seed"], attributes["sampler"], attributes["steps"]) == \
-           (tiny_checkpoint.name, "7", "ddpm", "20")
+           (tiny_checkpoint.name, "7", "dpmpp2m", "4")
     assert attributes["device"] == "cpu" and attributes["profile"] == "released" and attributes["lungddpm_version"]
+    assert attributes["precision"] == "fp32" and float(attributes["blend_margin_mm"]) > 0 and "patches" not in attributes
     # Outside the lungs the engine returns the reference voxel for voxel: proves the import's voxel order.
     synthetic = mrml.volume_array(volume)
     far = ~(case["lung"] | case["nodule"])
@@ -231,7 +238,8 @@ def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, s
 
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
-                                    [scene_case["nodule_id"]], tiny_checkpoint, seeds=[1, 2], device="cpu")
+                                    [scene_case["nodule_id"]], tiny_checkpoint, seeds=[1, 2], device="cpu",
+                                    sampler="ddpm")  # all 20 steps: time to cancel after the first
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
                             work_dir=tmp_path / "work", log=lambda line: None)
     job.start()
@@ -268,6 +276,71 @@ def test_engine_error_is_shown_as_its_one_line_message(mrml_context, case, scene
     assert not message.startswith("lungddpm: error:")
     assert job.state is jobs.JobState.FAILED and not (tmp_path / "work").exists()
     assert_unchanged(mrml_context, scene_case, before)
+
+
+@pytest.fixture(scope="module")
+def tiny_patch_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random Lung-DDPM+-shaped checkpoint: 16³ cubes, 2 input channels, T = 20, released-patch profile."""
+    import torch
+    from lungddpm.checkpoints import save_checkpoint
+    from lungddpm.config import ModelConfig
+    from lungddpm.model import LungDDPM
+
+    torch.manual_seed(0)
+    model = LungDDPM(ModelConfig(image_size=16, num_channels=32, channel_mult=(1, 2), attention_resolutions=(8,),
+                                 in_channels=2, timesteps=20, profile="released-patch"))
+    return save_checkpoint(tmp_path_factory.mktemp("plus") / "tiny-plus.pt", model)
+
+
+def test_patch_model_output_is_a_volume_and_a_nodule_segmentation(mrml_context, case, scene_case,
+                                                                   tiny_patch_checkpoint, tmp_path):
+    """A Lung-DDPM+ model through the job: only the two nodules change; volume + layout segments come back."""
+    from LungDDPMSlicerLib import engine, jobs, mrml
+
+    second_id = import_segment(mrml_context, scene_case["segmentation"], "nodule B", case["nodule_b"], case["matrix"])
+    before = snapshot(mrml_context, scene_case)
+    request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                    [scene_case["nodule_id"], second_id], tiny_patch_checkpoint, seeds=[3],
+                                    device="cpu", steps=3)
+    job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                            work_dir=tmp_path / "work", log=lambda line: None)
+    (output,) = jobs.run_to_end(job)
+    assert (job.step, job.total) == (3, 3)  # two cubes, one batch: 3 steps × 1 batch
+
+    volume, layout = output.volume_node, output.segmentation_node
+    assert volume.GetName() == "A0001 CT synthetic (seed 3)" and np.array_equal(mrml.ijk_to_ras(volume), case["matrix"])
+    attributes = mrml.provenance(volume)
+    assert (attributes["profile"], attributes["patches"], attributes["patch_spacing_mm"]) == \
+           ("released-patch", "2", "reference voxels")
+    assert (attributes["sampler"], attributes["steps"], attributes["precision"], attributes["SYNTHETIC"]) == \
+           ("dpmpp2m", "3", "fp32", "true")
+    # Cubes on the CT's own voxels paste back exactly the nodules: every other voxel is the reference's.
+    synthetic, nodules = mrml.volume_array(volume), case["nodule"] | case["nodule_b"]
+    assert np.array_equal(synthetic[~nodules], case["array"][~nodules])
+    for mask in (case["nodule"], case["nodule_b"]):
+        assert not np.array_equal(synthetic[mask], case["array"][mask])
+    names = [layout.GetSegmentation().GetSegment(sid).GetName() for sid in segment_ids(layout)]
+    assert names == ["lungs", "nodule A", "nodule B"]
+    masks = [mrml.segment_mask(mrml_context, layout, sid, scene_case["ct"]) for sid in segment_ids(layout)]
+    assert np.array_equal(masks[0], case["lung"] & ~nodules)
+    assert np.array_equal(masks[1], case["nodule"]) and np.array_equal(masks[2], case["nodule_b"])
+    new_nodes = {volume.GetID(), volume.GetDisplayNode().GetID(), layout.GetID(), layout.GetDisplayNode().GetID()}
+    assert_unchanged(mrml_context, scene_case, before, allowed_new=new_nodes)
+    assert not (tmp_path / "work").exists()
+
+
+def test_sampling_options_the_engine_would_refuse_stop_the_job_before_any_export(mrml_context, scene_case, tmp_path):
+    """The released AAS variant with a solver, or fp16 on the CPU, is refused when the job is made, with the fix."""
+    from LungDDPMSlicerLib import engine, jobs
+
+    for options, message in (({"aas_variant": "released"}, "only for the ddpm sampler"),
+                             ({"device": "cpu", "precision": "fp16"}, "bf16 or fp32")):
+        request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                        [scene_case["nodule_id"]], Path("unused.pt"), seeds=[0], **options)
+        with pytest.raises(ValueError, match=message):
+            jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                              work_dir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()
 
 
 def test_segments_from_masks_and_nodule_names(mrml_context, case, scene_case):

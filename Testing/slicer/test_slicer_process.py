@@ -118,13 +118,17 @@ def test_psutil_also_kills_a_grandchild_that_left_the_process_group():
     assert not alive(runner.pid) and not alive(grandchild)
 
 
+def option(command: list[str], flag: str) -> str | None:
+    """The value after a flag of a command line, or None when the flag is absent."""
+    return command[command.index(flag) + 1] if flag in command else None
+
+
 def test_engine_command_and_environment(tmp_path):
     """The subprocess command and environment: engine on PYTHONPATH first, CPU forced by hiding CUDA GPUs."""
     command = engine.synthesize_command("PythonSlicer", Path("r.nrrd"), Path("l.nrrd"), Path("m.pt"), Path("o.nrrd"),
                                         seed=4, device="cpu", steps=None)
     assert command[:4] == ["PythonSlicer", "-m", "lungddpm", "synthesize"]
-    assert command[command.index("--progress") + 1] == "json" and "--steps" not in command
-    assert command[command.index("--seed") + 1] == "4"
+    assert option(command, "--progress") == "json" and option(command, "--seed") == "4"
     with pytest.raises(ValueError, match="device"):
         engine.synthesize_command("p", Path("r"), Path("l"), Path("m"), Path("o"), seed=0, device="gpu")
     env = engine.engine_environment(tmp_path, "cpu", {"PYTHONPATH": "/other"})
@@ -135,6 +139,33 @@ def test_engine_command_and_environment(tmp_path):
     with pytest.raises(engine.EngineNotFoundError, match="rebuild or reinstall"):
         engine.find_engine_dir(tmp_path / "module")
     assert engine.find_engine_dir(MODULE_DIR) == MODULE_DIR.parent / "engine"
+
+
+def test_sampler_steps_precision_and_patch_spacing_reach_the_command_line():
+    """Solvers get --steps (engine default when None) and no --variant; ddpm gets --variant, never --steps."""
+    def command(**options) -> list[str]:
+        """A synthesize command line with these options."""
+        return engine.synthesize_command("p", Path("r"), Path("l"), Path("m"), Path("o"), seed=0,
+                                         **{"device": "auto", **options})
+
+    default = command()
+    assert (option(default, "--sampler"), option(default, "--precision")) == ("dpmpp2m", "fp32")
+    assert option(default, "--steps") is None and option(default, "--variant") is None
+    assert option(default, "--patch-spacing") is None
+    for sampler in ("dpmpp2m", "dpmpp3m", "ddim"):
+        solver = command(sampler=sampler, steps=25, precision="bf16")
+        assert (option(solver, "--sampler"), option(solver, "--steps"), option(solver, "--precision")) == \
+            (sampler, "25", "bf16")
+    ddpm = command(sampler="ddpm", steps=25, variant="released")
+    assert (option(ddpm, "--sampler"), option(ddpm, "--variant"), option(ddpm, "--steps")) == ("ddpm", "released", None)
+    assert option(command(patch_spacing_mm=1.25), "--patch-spacing") == "1.25"
+    assert option(command(device="cuda", precision="fp16"), "--precision") == "fp16"
+    refused = [({"sampler": "euler"}, "sampler 'euler'"), ({"precision": "fp8"}, "precision 'fp8'"),
+               ({"variant": "released"}, "only for the ddpm sampler"), ({"steps": 0}, "at least 1"),
+               ({"patch_spacing_mm": 0.0}, "positive voxel size"), ({"device": "cpu", "precision": "fp16"}, "bf16 or fp32")]
+    for options, message in refused:
+        with pytest.raises(ValueError, match=message):
+            command(**options)
 
 
 def test_run_engine_reports_the_engine_error(tmp_path):

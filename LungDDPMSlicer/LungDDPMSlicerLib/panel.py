@@ -1,0 +1,76 @@
+"""Qt-free rules of the panel's sampling widgets: what is enabled and offered, and the options sent to the engine.
+
+The widget applies these to its combo boxes and spin boxes; keeping them here lets them be tested headless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .engine import PRECISIONS
+from .estimates import PATCH_PROFILE
+from .models import ModelEntry
+
+UNKNOWN_MAX_STEPS = 1000  # steps range for a checkpoint outside the model list (its T is read by the engine)
+SAMPLER_TIPS = {
+    "dpmpp2m": "DPM-Solver++ 2M: second-order few-step solver, the default (10 steps).",
+    "dpmpp3m": "DPM-Solver++ 3M: third-order few-step solver (the Lung-DDPM+ paper's choice, there with 50 steps).",
+    "ddim": "DDIM: first-order few-step solver; usually needs more steps than DPM-Solver++ for the same quality.",
+    "ddpm": "DDPM: the paper's ancestral sampler; runs all of the model's steps (hours on a CPU at 128³).",
+}
+PRECISION_TIPS = {
+    "fp32": "Full precision: the reference setting, reproducible bit for bit on the same CPU.",
+    "bf16": "bfloat16 autocast of the network: faster on recent CPUs and GPUs, with small differences to fp32.",
+    "fp16": "float16 autocast of the network: CUDA GPUs only.",
+}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """What the engine gets from the panel's sampling widgets (None: the engine's own default)."""
+
+    sampler: str
+    steps: int | None
+    aas_variant: str
+    precision: str
+    patch_spacing_mm: float | None
+
+
+@dataclass(frozen=True)
+class WidgetStates:
+    """Which sampling widgets are enabled, and the steps range, for a sampler and model."""
+
+    steps_enabled: bool
+    max_steps: int
+    aas_variant_enabled: bool
+    patch_spacing_enabled: bool
+
+
+def sampling_options(sampler: str, steps: int, aas_variant: str, precision: str,
+                     patch_spacing_mm: float) -> SamplingOptions:
+    """The panel's values as engine options: steps only for solvers, the AAS variant only for ddpm, 0 mm = model's own."""
+    ddpm = sampler == "ddpm"
+    return SamplingOptions(sampler, None if ddpm else int(steps), aas_variant if ddpm else "paper", precision,
+                           float(patch_spacing_mm) if patch_spacing_mm > 0 else None)
+
+
+def widget_states(sampler: str, entry: ModelEntry | None) -> WidgetStates:
+    """Steps (1..T) for the solvers only, the AAS variant for ddpm only, patch spacing for patch models (or unknown)."""
+    solver = sampler != "ddpm"
+    return WidgetStates(steps_enabled=solver, max_steps=entry.timesteps if entry is not None else UNKNOWN_MAX_STEPS,
+                        aas_variant_enabled=not solver,
+                        patch_spacing_enabled=entry is None or entry.profile == PATCH_PROFILE)
+
+
+def offered_precisions(cuda_gpu: bool) -> tuple[str, ...]:
+    """The precisions to offer: fp16 only when a CUDA GPU was detected."""
+    return PRECISIONS if cuda_gpu else tuple(p for p in PRECISIONS if p != "fp16")
+
+
+def precision_problem(precision: str, device: str, cuda_gpu: bool) -> str:
+    """Why a precision cannot run on the chosen device, with the fix; empty when it can."""
+    if precision == "fp16" and (device not in ("auto", "cuda") or not cuda_gpu):
+        return ("fp16 runs only on a CUDA GPU: choose device 'auto' or 'cuda' on a computer with one, "
+                "or precision bf16 or fp32")
+    return ""
+
