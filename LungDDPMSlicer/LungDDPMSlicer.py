@@ -82,7 +82,7 @@ lungs conditioned on the layout while the real reference CT is kept outside them
 <b>Every output is SYNTHETIC</b>: node names say so and attributes LungDDPM.SYNTHETIC=true record it.
 Synthetic images are for research (e.g. data augmentation), never for diagnosis.
 <p>Workflow: reference CT, segmentation with a lung segment (or "Create lung segment") and nodule segments
-(Segment Editor, or "Add nodule" at a point), model, device, sampler (default DPM-Solver++ 2M, 10 steps; ddpm runs
+(Segment Editor, or "Add nodule" at a point), model, device, sampler (default DPM-Solver++ 2M, 3 steps; ddpm runs
 all of the model's steps), precision, seed, variants, then Synthesize. Lung-DDPM+ (patch) models synthesise one
 64³ cube per nodule and change only the nodules. The engine runs in the background; Cancel stops it and leaves
 the scene as it was.</p>
@@ -721,7 +721,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
                        keepTemporaryFiles: bool = False, log=None) -> jobs.SynthesisJob:
         """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job.
 
-        steps: few-step solvers only (None: the engine's default 10); aasVariant: ddpm only; patchSpacingMm:
+        steps: few-step solvers only (None: the engine's default 3); aasVariant: ddpm only; patchSpacingMm:
         Lung-DDPM+ models only (None: the model's own cube voxel size).
         """
         request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegmentId, list(noduleSegmentIds),

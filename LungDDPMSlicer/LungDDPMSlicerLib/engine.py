@@ -16,7 +16,7 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 # (Slicer's process never imports the engine; Testing/slicer checks that they agree). Panel order: default first.
 SAMPLERS = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm")
 DEFAULT_SAMPLER = "dpmpp2m"
-DEFAULT_SOLVER_STEPS = 10
+DEFAULT_SOLVER_STEPS = 3
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

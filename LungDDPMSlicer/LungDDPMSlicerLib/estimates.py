@@ -1,6 +1,6 @@
 """Time and memory to expect for a model, device and number of variants, with warnings and the alternative.
 
-Time = seconds per network pass x passes: all T of the model for ddpm, `steps` (default 10) for the
+Time = seconds per network pass x passes: all T of the model for ddpm, `steps` (default 3) for the
 few-step solvers; a Lung-DDPM+ patch model runs those passes for every batch of up to 4 nodule cubes (on a
 CPU a batch of k cubes costs k passes). The per-pass seconds and peak memory are in Resources/models.json
 per model, measured on a 2-core x86 CPU (float32, `python bench/engine_cpu.py`; see each entry's
@@ -97,7 +97,7 @@ def system_memory_gb() -> float | None:
 
 
 def network_passes(timesteps: int, sampler: str, steps: int | None) -> int:
-    """Network passes of one sample: all T for ddpm; `steps` (None: the engine's default 10), at most T, for solvers."""
+    """Network passes of one sample: all T for ddpm; `steps` (None: the engine's default 3), at most T, for solvers."""
     if sampler == "ddpm":
         return timesteps
     return min(steps or DEFAULT_SOLVER_STEPS, timesteps)

@@ -13,7 +13,7 @@ from .models import ModelEntry
 
 UNKNOWN_MAX_STEPS = 1000  # steps range for a checkpoint outside the model list (its T is read by the engine)
 SAMPLER_TIPS = {
-    "dpmpp2m": "DPM-Solver++ 2M: second-order few-step solver, the default (10 steps).",
+    "dpmpp2m": "DPM-Solver++ 2M: second-order few-step solver, the default (3 steps; more steps: closer to ddpm, slower).",
     "dpmpp3m": "DPM-Solver++ 3M: third-order few-step solver (the Lung-DDPM+ paper's choice, there with 50 steps).",
     "ddim": "DDIM: first-order few-step solver; usually needs more steps than DPM-Solver++ for the same quality.",
     "ddpm": "DDPM: the paper's ancestral sampler; runs all of the model's steps (hours on a CPU at 128³).",

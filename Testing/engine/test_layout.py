@@ -191,6 +191,13 @@ def test_validate_layout_accepts_nodule_touching_lung() -> None:
     touching = layout.array.copy()
     touching[k][lung[k - 1]] = NODULE
     validate_layout(ct, layout.with_array(touching))
+    coarse = dict(origin=layout.origin, spacing=(5.6, 5.6, 6.0), direction=layout.direction)  # voxels above 5 mm
+    validate_layout(Volume(ct.array, **coarse), Volume(touching, **coarse))
+    gap = touching.copy()
+    gap[k] = np.where(gap[k] == NODULE, 0, gap[k])
+    gap[k + 1][lung[k - 1]] = NODULE  # one empty slice between lung and nodule: 12 mm away
+    with pytest.raises(InputError, match="outside the lung"):
+        validate_layout(Volume(ct.array, **coarse), Volume(gap, **coarse))
 
 
 # ----------------------------------------------------------------------------------------------------------

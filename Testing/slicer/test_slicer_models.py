@@ -167,10 +167,10 @@ def test_estimates_warn_with_the_alternative(entries):
     assert ddpm.device == "cpu" and ddpm.seconds == pytest.approx(48.0 * 250)
     assert "3.3 h" in ddpm.summary() and "250 network passes × 48 s" in ddpm.summary()
     (long_run,) = [w for w in ddpm.warnings if "On a CPU this takes" in w]
-    assert "3.3 h" in long_run and "dpmpp2m sampler with 10 steps (about 8 min)" in long_run and demo.title in long_run
+    assert "3.3 h" in long_run and "dpmpp2m sampler with 3 steps (about 2 min)" in long_run and demo.title in long_run
     small = estimates.estimate(released, "cuda", 1, [estimates.Gpu("T400", 2.0)], 16.0, demo=demo)
     assert small.device == "cuda" and small.seconds is None and "not measured" in small.summary()
-    assert any("T400 has 2 GB" in w and "'cpu' (about 8 min)" in w for w in small.warnings)
+    assert any("T400 has 2 GB" in w and "'cpu' (about 2 min)" in w for w in small.warnings)
     missing = estimates.estimate(demo, "cuda", 1, [], 16.0, demo=demo)
     assert any("No CUDA GPU" in w for w in missing.warnings)
     tight = estimates.estimate(released, "cpu", 1, [], 4.0, demo=demo)
@@ -182,11 +182,11 @@ def test_estimates_warn_with_the_alternative(entries):
 
 
 def test_estimates_for_solvers_ddpm_and_patch_models(entries):
-    """Passes are T for ddpm and `steps` (default 10, at most T) for solvers; patch models pay per cube or batch."""
+    """Passes are T for ddpm and `steps` (default 3, at most T) for solvers; patch models pay per cube or batch."""
     released, plus, demo = entries["lung-ddpm-lidc-idri"], entries["lung-ddpm-plus"], entries["demo-native-32"]
-    default = estimates.estimate(released, "cpu", 1, [], 64.0, demo=demo)  # the panel's default: dpmpp2m, 10 steps
-    assert default.seconds == pytest.approx(480.0) and default.warnings == []
-    assert default.summary() == "CPU: about 8 min (10 network passes × 48 s), peak RAM about 6.5 GB"
+    default = estimates.estimate(released, "cpu", 1, [], 64.0, demo=demo)  # the panel's default: dpmpp2m, 3 steps
+    assert default.seconds == pytest.approx(144.0) and default.warnings == []
+    assert default.summary() == "CPU: about 2 min (3 network passes × 48 s), peak RAM about 6.5 GB"
     for sampler in ("dpmpp3m", "ddim"):
         assert estimates.estimate(released, "cpu", 3, [], 64.0, sampler=sampler, steps=25).seconds == \
             pytest.approx(48.0 * 25 * 3)
@@ -194,14 +194,14 @@ def test_estimates_for_solvers_ddpm_and_patch_models(entries):
     assert estimates.estimate(demo, "cpu", 1, [], 64.0, steps=900).seconds == pytest.approx(0.5 * 250)  # at most T
     # Lung-DDPM+ on a CPU: a batch of k cubes costs k passes, so 6 nodules cost 6 passes per step.
     cpu = estimates.estimate(plus, "cpu", 2, [], 64.0, nodules=6)
-    assert cpu.seconds == pytest.approx(7.8 * 10 * 6 * 2)
-    assert "10 network passes × 6 cube(s) × 7.8 s, × 2 variants" in cpu.summary()
-    assert estimates.estimate(plus, "cpu", 1, [], 64.0, nodules=0).seconds == pytest.approx(7.8 * 10)  # unknown: 1
+    assert cpu.seconds == pytest.approx(7.8 * 3 * 6 * 2)
+    assert "3 network passes × 6 cube(s) × 7.8 s, × 2 variants" in cpu.summary()
+    assert estimates.estimate(plus, "cpu", 1, [], 64.0, nodules=0).seconds == pytest.approx(7.8 * 3)  # unknown: 1
     assert estimates.estimate(plus, "cpu", 1, [], 64.0, sampler="ddpm", nodules=1).seconds == pytest.approx(7.8 * 250)
     # On a GPU a batch of up to 4 cubes counts as one pass: 6 nodules are 2 batches; unmeasured time stays unknown.
     h200 = [estimates.Gpu("NVIDIA H200", 140.0)]
     gpu = estimates.estimate(plus, "auto", 1, h200, 64.0, nodules=6)
-    assert gpu.seconds is None and "10 network passes × 2 batch(es) of up to 4 cubes" in gpu.summary()
+    assert gpu.seconds is None and "3 network passes × 2 batch(es) of up to 4 cubes" in gpu.summary()
     timed = dataclasses.replace(plus, gpu_seconds_per_step=0.5)
     assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=6).seconds == pytest.approx(0.5 * 10 * 2)
     assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=4).seconds == pytest.approx(0.5 * 10 * 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LungDDPMError
-from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS
+from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS
 
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo-native-32.pt"
 
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="base seed; each case's seed derives from it, the reference id and the variant")
     gen.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"])
     gen.add_argument("--steps", type=int, default=None,
-                     help=f"solver steps (default {DEFAULT_SOLVER_STEPS}); ddpm always runs the model's T")
+                     help=f"solver steps (default {GENERATE_SOLVER_STEPS}); ddpm always runs the model's T")
     gen.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (ddpm only)")
     gen.add_argument("--nodules", type=int, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
     gen.add_argument("--diameter-range", type=float, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"))

@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError, InputError
 from .jobs import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
 from .layout import lung_mask, random_nodules
 from .progress import BatchProgress
-from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, SAMPLERS
+from .config import DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, SAMPLERS
 from .synthesis import synthesize
 from .volume import READABLE_SUFFIXES, Volume, read_volume
 
@@ -195,7 +195,7 @@ def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sh
             "layout_source": ("file" if ref.layout else "lung_mask") + ("+random_nodules" if adds else ""),
             "nodule_request": settings.nodules.as_dict() if settings.nodules else None}
     if settings.sampler != "ddpm":  # ddpm runs the model's T steps, known once the model is loaded
-        want["steps"] = int(settings.steps or DEFAULT_SOLVER_STEPS)
+        want["steps"] = int(settings.steps or GENERATE_SOLVER_STEPS)
     return want
 
 
@@ -226,7 +226,8 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             if model is None:
                 model = load_model(model_path, device=shard_device(settings.device, shard))
             image, layout, info = maker.inputs(item)
-            result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler, steps=settings.steps,
+            result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
+                                steps=settings.steps if settings.sampler == "ddpm" else settings.steps or GENERATE_SOLVER_STEPS,
                                 device=str(model.device), variant=settings.aas_variant)
             record = _record(item, ref, paths, settings, info, result.metadata, shard)
             result.metadata.update({"case": item.case, "reference": ref.image.name})

@@ -100,11 +100,15 @@ def validate_layout(ct: Volume, layout: Volume, *, ct_name: str = "reference", l
 
 
 def _require_nodules_at_lung(layout: Volume, layout_name: str) -> None:
-    """Raise InputError when a nodule (26-connected) has no voxel within NODULE_LUNG_TOLERANCE_MM of the lung."""
+    """Raise InputError when a nodule (26-connected) has no voxel within NODULE_LUNG_TOLERANCE_MM of the lung.
+
+    On grids coarser than that, a nodule voxel that touches a lung voxel (up to the voxel diagonal) counts as at
+    the lung: distances are measured between voxel centres.
+    """
     lung = _image_like(layout.array == LUNG, layout)
     distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(lung, insideIsPositive=False, squaredDistance=False,
                                                                    useImageSpacing=True))
-    near_lung = distance <= NODULE_LUNG_TOLERANCE_MM
+    near_lung = distance <= max(NODULE_LUNG_TOLERANCE_MM, float(np.linalg.norm(layout.spacing)) + 1e-6)
     nodule_image = _image_like(layout.array == NODULE, layout)
     nodules = sitk.GetArrayFromImage(sitk.ConnectedComponent(nodule_image, True))
     touching = np.unique(nodules[near_lung & (nodules > 0)])
