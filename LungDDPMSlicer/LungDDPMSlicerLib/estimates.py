@@ -40,10 +40,10 @@ class Estimate:
     seconds: float | None
     memory_gb: float
     warnings: list[str] = field(default_factory=list)
-    basis: str = ""  # how the time was computed, e.g. "10 network passes × 48 s"
+    basis: str = ""  # how the time was computed, e.g. "3 network passes × 48 s"
 
     def summary(self) -> str:
-        """One line for the panel, e.g. "CPU: about 8 min (10 network passes × 48 s), peak RAM about 6.5 GB"."""
+        """One line for the panel, e.g. "CPU: about 2 min (3 network passes × 48 s), peak RAM about 6.5 GB"."""
         where, memory = ("GPU", "GPU memory") if self.device == "cuda" else ("CPU", "RAM")
         time = "time not measured on GPUs" if self.seconds is None else f"about {format_duration(self.seconds)}"
         basis = f" ({self.basis})" if self.basis else ""
