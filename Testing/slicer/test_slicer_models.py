@@ -203,8 +203,8 @@ def test_estimates_for_solvers_ddpm_and_patch_models(entries):
     gpu = estimates.estimate(plus, "auto", 1, h200, 64.0, nodules=6)
     assert gpu.seconds is None and "3 network passes × 2 batch(es) of up to 4 cubes" in gpu.summary()
     timed = dataclasses.replace(plus, gpu_seconds_per_step=0.5)
-    assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=6).seconds == pytest.approx(0.5 * 10 * 2)
-    assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=4).seconds == pytest.approx(0.5 * 10 * 1)
+    assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=6).seconds == pytest.approx(0.5 * 3 * 2)
+    assert estimates.estimate(timed, "auto", 1, h200, 64.0, nodules=4).seconds == pytest.approx(0.5 * 3 * 1)
     assert [estimates.cube_batches(n) for n in (0, 1, 4, 5, 8, 9)] == [1, 1, 1, 2, 2, 3]
 
 
