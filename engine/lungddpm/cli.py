@@ -186,7 +186,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     progress = (lambda r: print(json.dumps(r), flush=True)) if args.progress == "json" else None
     summary = prepare_dataset(args.input, args.output, profile=args.profile, size=args.size,
                               cond_channels=args.cond_channels, val_fraction=args.val_fraction, seed=args.seed,
-                              progress=progress)
+                              patch_spacing_mm=args.patch_spacing, progress=progress)
     print(json.dumps(summary))
     return 0
 
@@ -317,9 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="CT folders + nodule masks / LIDC XML / VOC boxes -> prepared training set")
     pr.add_argument("--input", nargs="+", required=True, help="case folders or folders of case folders")
     pr.add_argument("--output", required=True, help="prepared folder (manifest.json, manifest.csv, skipped.json, cases/)")
-    pr.add_argument("--profile", default="native", choices=["native", "released"])
+    pr.add_argument("--profile", default="native", choices=["native", "released", "released-patch"],
+                    help="released-patch: Lung-DDPM+ nodule cubes, one sample per cube (use --size 64 for the released model)")
     pr.add_argument("--size", type=int, default=128, help="model cube size")
-    pr.add_argument("--cond-channels", type=int, default=2, choices=[1, 2], help="2: lung + nodule; 1: nodule only")
+    pr.add_argument("--cond-channels", type=int, default=None, choices=[1, 2],
+                    help="2: lung + nodule (default); 1: nodule only (always for released-patch)")
+    pr.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
+                    help="released-patch: isotropic cube voxel size in mm (default: the CT's own voxels, as released)")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients in the validation split")
     pr.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     pr.add_argument("--progress", default="none", choices=["json", "none"])

@@ -81,6 +81,9 @@ class ModelConfig:
             raise ConfigError(f"schedule {self.schedule!r} is not supported; use 'cosine' (the released schedule)")
         if self.patch_spacing_mm is not None and not self.patch_spacing_mm > 0:
             raise ConfigError(f"patch_spacing_mm {self.patch_spacing_mm} must be a positive voxel size in mm, or None")
+        if self.profile == "released-patch" and self.cond_channels != 1:
+            raise ConfigError(f"profile released-patch (Lung-DDPM+) has one layout channel (the nodule): in_channels must "
+                              f"be out_channels + 1 = {self.out_channels + 1}, not {self.in_channels}")
         if self.attention not in ("sdpa", "legacy"):
             raise ConfigError(f"attention {self.attention!r} must be 'sdpa' or 'legacy'")
 

@@ -65,13 +65,15 @@ def load_cases(sources: list[str], split: str = "train") -> tuple[list[CaseRecor
 
 
 def check_space(space: dict, config: ModelConfig) -> None:
-    """Raise ConfigError unless prepared data fit the model (profile, size, layout channels)."""
-    want = {"profile": config.profile, "size": config.image_size, "cond_channels": config.cond_channels}
+    """Raise ConfigError unless prepared data fit the model (profile, size, layout channels, patch spacing)."""
+    want = {"profile": config.profile, "size": config.image_size, "cond_channels": config.cond_channels,
+            "patch_spacing_mm": config.patch_spacing_mm}
+    spacing = "" if config.patch_spacing_mm is None else f" --patch-spacing {config.patch_spacing_mm:g}"
     for key, value in want.items():
         if space.get(key) != value:
             raise ConfigError(f"the data were prepared with {key} = {space.get(key)!r} but the model needs {value!r}; "
                               f"run `lungddpm prepare --profile {config.profile} --size {config.image_size} "
-                              f"--cond-channels {config.cond_channels}` again")
+                              f"--cond-channels {config.cond_channels}{spacing}` again")
 
 
 class PreparedCases(Dataset):

@@ -13,6 +13,10 @@ and ``cond.npy`` (C, D, H, W) for training, plus ``ct.nii.gz`` (HU) and ``layout
 channel > 0) on the model grid for inspection. Then ``manifest.json`` / ``manifest.csv`` (case id,
 patient id, split, spacing, nodule count and sizes) and ``skipped.json`` (case, reason). The split into
 train and validation is by patient, with a seed.
+
+Profile ``released-patch`` (Lung-DDPM+): one sample per nodule cube instead of one per case, in
+``cases/<id>/cube-<n>/``, cut and pre-processed by ``patches.plan_patches`` / ``patches.encode_patch``
+(the functions sampling uses) with the nodule channel only; cases without a nodule are skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +34,8 @@ import SimpleITK as sitk
 from .annotations import DicomHeaders, SliceMap, is_lidc_xml, lidc_mask, read_dicom_headers, voc_mask
 from .errors import InputError, LungDDPMError
 from .layout import LUNG, NODULE, compose_layout, lung_mask, validate_layout
-from .profiles import get_profile
+from .patches import encode_patch, nodule_components, plan_patches
+from .profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
 from .volume import Volume, read_volume, refuse_protected, resample_like, write_volume
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha")
@@ -40,6 +45,7 @@ SLICE_GAP_TOLERANCE = 0.1  # relative deviation of a slice gap from the median t
 # blood is 30-60 HU, enhanced blood 150-400 HU.
 CONTRAST_HU = 150.0
 MEDIASTINUM_HU = (-50.0, 600.0)
+PATCH_PROFILE = "released-patch"  # Lung-DDPM+: one nodule-centred cube per sample, nodule channel only
 
 
 class SkipCase(Exception):
@@ -130,11 +136,16 @@ def mediastinum_hu(ct: Volume, lung: Volume) -> float | None:
 
 def nodule_diameters_mm(layout: Volume) -> list[float]:
     """Equivalent-sphere diameter (mm) of each 26-connected nodule of a layout, largest first."""
-    image = sitk.GetImageFromArray((layout.array == NODULE).astype(np.uint8))
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True))
-    counts = np.bincount(labels.ravel())[1:]
-    voxel_mm3 = float(np.prod(layout.spacing))
-    return sorted((round(float((6 * c * voxel_mm3 / np.pi) ** (1 / 3)), 2) for c in counts if c), reverse=True)
+    components, count = nodule_components(layout)
+    return component_diameters_mm(components, range(1, count + 1), layout.spacing)
+
+
+def component_diameters_mm(components: np.ndarray, labels: Iterable[int], spacing: Sequence[float]) -> list[float]:
+    """Equivalent-sphere diameter (mm) of the given labels of a component array, largest first."""
+    counts = np.bincount(components.ravel())
+    voxel_mm3 = float(np.prod(spacing))
+    sizes = (counts[label] for label in labels if label < counts.size and counts[label])
+    return sorted((round(float((6 * c * voxel_mm3 / np.pi) ** (1 / 3)), 2) for c in sizes), reverse=True)
 
 
 def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[Volume, str]:
@@ -162,8 +173,8 @@ def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[
     return layout, kind
 
 
-def prepare_case(source: CaseSource, out_dir: Path, profile: str, size: int, cond_channels: int) -> dict:
-    """Prepare one case into out_dir; returns its manifest record or raises SkipCase."""
+def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders]:
+    """A case's CT, layout, annotation kind and DICOM headers, after the checks that may skip it."""
     headers = read_dicom_headers(source.dicom) if source.dicom else DicomHeaders()
     if source.dicom:
         check_slice_gaps(headers)
@@ -177,28 +188,77 @@ def prepare_case(source: CaseSource, out_dir: Path, profile: str, size: int, con
     blood = mediastinum_hu(ct, layout)
     if blood is not None and blood > CONTRAST_HU:
         raise SkipCase(f"contrast-enhanced: median soft tissue between the lungs is {blood:.0f} HU (> {CONTRAST_HU:.0f})")
-    prof = get_profile(profile)
-    space = prof.encode(ct, layout, size, cond_channels)
+    return ct, layout, kind, headers
+
+
+def write_sample(out_dir: Path, space: ModelSpace, prof: ReleasedProfile | NativeProfile, description: str) -> None:
+    """x.npy and cond.npy (model space) plus ct.nii.gz (HU) and layout.nii.gz (labels) on the model grid."""
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "x.npy", space.x_ref[0].numpy().astype(np.float32))
     np.save(out_dir / "cond.npy", space.cond[0].numpy().astype(np.float16))
     grid = Volume.from_sitk(space.grid)
     write_volume(grid.with_array(prof.decode(space.x_ref, space).astype(np.float32)), out_dir / "ct.nii.gz",
-                 metadata={"descrip": f"{source.case_id} in {profile} model space (HU)"})
+                 metadata={"descrip": f"{description} (HU)"})
     channels = np.transpose(space.cond[0].numpy(), (0, *(1 + a for a in prof.inverse_axes))) > 0
     labels = np.zeros(channels.shape[1:], np.uint8)
-    if cond_channels == 2:
+    if channels.shape[0] == 2:
         labels[channels[0]] = LUNG
     labels[channels[-1]] = NODULE
     write_volume(grid.with_array(labels), out_dir / "layout.nii.gz", metadata={"descrip": "layout in model space"})
-    diameters = nodule_diameters_mm(layout)
+
+
+def _case_record(source: CaseSource, ct: Volume, layout: Volume, kind: str, headers: DicomHeaders) -> dict:
+    """The manifest fields every sample of a case shares."""
     return {
         "case_id": source.case_id, "patient_id": headers.patient_id or source.case_id, "source": str(source.ct),
         "annotation": kind, "shape_ijk": list(ct.array.shape[::-1]), "spacing_mm": [round(s, 4) for s in ct.spacing],
-        "model_spacing_mm": [round(s, 4) for s in space.grid.GetSpacing()],
         "lung_volume_l": round(float((layout.array >= LUNG).sum()) * float(np.prod(ct.spacing)) / 1e6, 3),
-        "nodule_count": len(diameters), "nodule_diameters_mm": diameters,
     }
+
+
+def prepare_case(source: CaseSource, out_dir: Path, profile: str, size: int, cond_channels: int) -> dict:
+    """Prepare one case into out_dir; returns its manifest record or raises SkipCase."""
+    ct, layout, kind, headers = read_case(source)
+    prof = get_profile(profile)
+    space = prof.encode(ct, layout, size, cond_channels)
+    write_sample(out_dir, space, prof, f"{source.case_id} in {profile} model space")
+    diameters = nodule_diameters_mm(layout)
+    return {**_case_record(source, ct, layout, kind, headers),
+            "model_spacing_mm": [round(s, 4) for s in space.grid.GetSpacing()],
+            "nodule_count": len(diameters), "nodule_diameters_mm": diameters}
+
+
+def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spacing_mm: float | None) -> list[dict]:
+    """Prepare one case as Lung-DDPM+ nodule cubes in out_dir/cube-<n>; returns one record per cube or raises SkipCase."""
+    ct, layout, kind, headers = read_case(source)
+    if not (layout.array == NODULE).any():
+        raise SkipCase("no nodule: Lung-DDPM+ trains on nodule cubes; annotate the nodules or leave the case out")
+    try:
+        patches, components = plan_patches(layout, size, patch_spacing_mm)
+    except InputError as exc:
+        raise SkipCase(f"nodule too large for the patch: {exc}") from None
+    shared = {**_case_record(source, ct, layout, kind, headers), "case_nodule_count": int(components.max())}
+    records = []
+    for index, patch in enumerate(patches):
+        space = encode_patch(ct, layout, patch)
+        write_sample(out_dir / f"cube-{index:02d}", space, ReleasedProfile(),
+                     f"{source.case_id} nodule cube {index} in {PATCH_PROFILE} model space")
+        diameters = component_diameters_mm(components, patch.components, ct.spacing)
+        records.append({**shared, "cube": index, "cube_start_ijk": [round(float(v), 3) for v in patch.start],
+                        "model_spacing_mm": [round(s, 4) for s in patch.grid.GetSpacing()],
+                        "nodule_count": len(diameters), "nodule_diameters_mm": diameters,
+                        "folder": f"cases/{source.case_id}/cube-{index:02d}"})
+    return records
+
+
+def default_cond_channels(profile: str, cond_channels: int | None) -> int:
+    """The layout channels of a profile (2 = lung + nodule, 1 = nodule only), checked against a requested count."""
+    if profile == PATCH_PROFILE:
+        if cond_channels not in (None, 1):
+            raise InputError(f"the {PATCH_PROFILE} profile (Lung-DDPM+) has one layout channel (the nodule), not "
+                             f"{cond_channels}; omit --cond-channels or pass --cond-channels 1")
+        return 1
+    return 2 if cond_channels is None else cond_channels
 
 
 def split_patients(patients: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -212,42 +272,63 @@ def split_patients(patients: list[str], val_fraction: float, seed: int) -> set[s
 
 
 def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: str = "native", size: int = 128,
-                    cond_channels: int = 2, val_fraction: float = 0.1, seed: int = 0,
+                    cond_channels: int | None = None, val_fraction: float = 0.1, seed: int = 0,
+                    patch_spacing_mm: float | None = None,
                     progress: Callable[[dict], None] | None = None) -> dict:
-    """Prepare every case found in inputs into output; returns {'prepared', 'skipped', 'manifest'}."""
+    """Prepare every case found in inputs into output; returns {'prepared', 'samples', 'skipped', 'manifest'}.
+
+    cond_channels None: the profile's (2, or 1 for released-patch). patch_spacing_mm: released-patch only,
+    the cube's isotropic voxel size (None: the CT's own voxels, the released Lung-DDPM+ geometry).
+    """
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction {val_fraction} must lie in [0, 1)")
+    patch = profile == PATCH_PROFILE
+    if not patch:
+        get_profile(profile)
+    if patch_spacing_mm is not None and not (patch and patch_spacing_mm > 0):
+        raise InputError(f"patch spacing {patch_spacing_mm} mm: a positive cube voxel size, for --profile {PATCH_PROFILE} "
+                         "only; omit --patch-spacing for full-volume profiles")
+    cond_channels = default_cond_channels(profile, cond_channels)
     output = Path(output)
     refuse_protected(output, inputs)
-    get_profile(profile)
-    cases, skipped = [], []
-    for source in discover_cases(inputs):
+    samples, skipped, prepared = [], [], 0
+    sources = discover_cases(inputs)
+    for done, source in enumerate(sources, start=1):
+        folder = output / "cases" / source.case_id
         try:
-            record = prepare_case(source, output / "cases" / source.case_id, profile, size, cond_channels)
+            if patch:
+                records = prepare_patch_case(source, folder, size, patch_spacing_mm)
+            else:
+                records = [{**prepare_case(source, folder, profile, size, cond_channels), "folder": f"cases/{source.case_id}"}]
         except SkipCase as exc:
             skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": str(exc)})
         except (LungDDPMError, RuntimeError, OSError, ValueError) as exc:
             skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": f"unreadable: {exc}"})
         else:
-            cases.append({**record, "folder": f"cases/{source.case_id}"})
+            samples += records
+            prepared += 1
         if progress is not None:
-            progress({"case": source.case_id, "done": len(cases) + len(skipped), "skipped": len(skipped)})
-    validation = split_patients([c["patient_id"] for c in cases], val_fraction, seed)
-    for c in cases:
+            progress({"case": source.case_id, "done": done, "skipped": len(skipped)})
+    validation = split_patients([c["patient_id"] for c in samples], val_fraction, seed)
+    for c in samples:
         c["split"] = "validation" if c["patient_id"] in validation else "train"
-    manifest = {"space": {"profile": profile, "size": size, "cond_channels": cond_channels},
-                "split": {"val_fraction": val_fraction, "seed": seed}, "cases": cases}
+    space = {"profile": profile, "size": size, "cond_channels": cond_channels}
+    if patch:
+        space["patch_spacing_mm"] = patch_spacing_mm
+    manifest = {"space": space, "split": {"val_fraction": val_fraction, "seed": seed}, "cases": samples}
     output.mkdir(parents=True, exist_ok=True)
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (output / "skipped.json").write_text(json.dumps(skipped, indent=2))
-    _write_csv(output / "manifest.csv", cases)
-    return {"prepared": len(cases), "skipped": len(skipped), "manifest": str(output / "manifest.json")}
+    _write_csv(output / "manifest.csv", samples, patch)
+    return {"prepared": prepared, "samples": len(samples), "skipped": len(skipped), "manifest": str(output / "manifest.json")}
 
 
-def _write_csv(path: Path, cases: list[dict]) -> None:
-    """The manifest as CSV (lists joined with ';')."""
+def _write_csv(path: Path, cases: list[dict], patch: bool = False) -> None:
+    """The manifest as CSV (lists joined with ';'); patch sets add the cube columns."""
     columns = ["case_id", "patient_id", "split", "folder", "annotation", "nodule_count", "nodule_diameters_mm",
                "spacing_mm", "model_spacing_mm", "shape_ijk", "lung_volume_l", "source"]
+    if patch:
+        columns[4:4] = ["cube", "cube_start_ijk", "case_nodule_count"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()

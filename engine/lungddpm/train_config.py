@@ -36,7 +36,8 @@ class RunConfig:
     num_res_blocks: int = 1
     channel_mult: list[int] | None = None  # None: the released choice for image_size
     attention_resolutions: list[int] = field(default_factory=lambda: [16])
-    in_channels: int = 3
+    in_channels: int | None = None  # None: 3 (noisy CT + lung + nodule), or 2 (+ nodule) for profile released-patch
+    patch_spacing_mm: float | None = None  # released-patch: the cube's voxel size in mm; None = the CT's own voxels
     timesteps: int = 250
     init: str | None = None  # fine-tune from this checkpoint (released or lungddpm format)
     init_weights: str = "ema"
@@ -83,7 +84,8 @@ class RunConfig:
         return ModelConfig(
             image_size=self.image_size, num_channels=self.num_channels, num_res_blocks=self.num_res_blocks,
             channel_mult=tuple(mult), attention_resolutions=tuple(self.attention_resolutions),
-            in_channels=self.in_channels, timesteps=self.timesteps, profile=self.profile,
+            in_channels=(2 if self.profile == "released-patch" else 3) if self.in_channels is None else self.in_channels,
+            timesteps=self.timesteps, profile=self.profile, patch_spacing_mm=self.patch_spacing_mm,
         )
 
     def optim(self) -> TrainConfig:
@@ -152,12 +154,13 @@ def build_run_config(file: str | Path | None = None, overrides: list[str] = (), 
 
 
 _NUMERIC = {f.name: type(f.default) for f in fields(RunConfig) if type(f.default) in (int, float)}
+_NUMERIC.update(in_channels=int, patch_spacing_mm=float)  # numbers whose default is None
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Numbers given as text (YAML reads 1e-5 as a string) converted to the setting's type."""
     kind = _NUMERIC.get(key)
-    if kind is None or isinstance(value, bool):
+    if kind is None or isinstance(value, bool) or value is None:
         return value
     try:
         number = float(value)
