@@ -41,16 +41,17 @@ class RunConfig:
     timesteps: int = 250
     init: str | None = None  # fine-tune from this checkpoint (released or lungddpm format)
     init_weights: str = "ema"
-    # optimisation (per-process batch; global batch = processes x batch_size x grad_accum)
-    lr: float = 1e-5
+    # optimisation (per-process batch; global batch = processes x batch_size x grad_accum); defaults: the
+    # released trainer's, defined once in TrainConfig
+    lr: float = TrainConfig.lr
     batch_size: int = 1
-    grad_accum: int = 2
-    ema_decay: float = 0.995
-    ema_every: int = 10
-    ema_start: int = 2000
-    steps: int = 100_000
-    save_every: int = 1000
-    seed: int = 0
+    grad_accum: int = TrainConfig.grad_accum
+    ema_decay: float = TrainConfig.ema_decay
+    ema_every: int = TrainConfig.ema_every
+    ema_start: int = TrainConfig.ema_start
+    steps: int = TrainConfig.steps
+    save_every: int = TrainConfig.save_every
+    seed: int = TrainConfig.seed
     # compute
     device: str = "auto"
     bf16: bool = False
