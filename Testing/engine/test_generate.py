@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from lungddpm.cli import DEMO_MODEL
 from lungddpm.datasets_out import dataset_folder, finalize
@@ -27,13 +26,7 @@ FAST = dict(sampler="dpmpp2m", steps=2, device="cpu")
 NODULES = NoduleRequest(1, (20.0, 25.0))  # the demo model sees ~10 mm voxels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers import rotation
-from lungddpm import InputError, LungDDPM, ModelConfig, Volume, load_model, read_volume, save_checkpoint, synthesize
+from helpers import random_model, rotation
+from lungddpm import InputError, LungDDPM, Volume, load_model, read_volume, save_checkpoint, synthesize
 from lungddpm.checkpoints import released_state_dict
 from lungddpm.cli import main
 from lungddpm.layout import LUNG, NODULE
@@ -19,16 +19,8 @@ from lungddpm.patches import nodule_components, plan_patches
 
 def patch_model(size: int = 16, seed: int = 0, **overrides) -> LungDDPM:
     """A small random Lung-DDPM+-shaped model (2 input channels, released-patch profile)."""
-    mult = (1, 2) if size == 16 else (1, 2, 3, 4)
-    cfg = dict(image_size=size, num_channels=32, channel_mult=mult, attention_resolutions=(8,) if size == 16 else (16,), in_channels=2,
-               timesteps=20, profile="released-patch")
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    model = LungDDPM(ModelConfig(**cfg))
-    with torch.no_grad():
-        for p in model.denoise_fn.parameters():
-            p.normal_(0.0, 0.05)
-    return model.eval()
+    shape = {} if size == 16 else dict(image_size=size, channel_mult=(1, 2, 3, 4), attention_resolutions=(16,))
+    return random_model(seed, **{"in_channels": 2, "timesteps": 20, "profile": "released-patch", **shape, **overrides})
 
 
 def case(shape=(40, 48, 56), spacing=(0.8, 0.9, 1.5), direction=np.eye(3), centres=((10, 12, 14),), radius=2.5,
