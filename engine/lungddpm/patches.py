@@ -111,7 +111,7 @@ def _cube_start(centre: np.ndarray, step: np.ndarray, size: int, n: np.ndarray, 
 
 def _cube_grid(layout: Volume, start: np.ndarray, step: np.ndarray, size: int) -> sitk.Image:
     """The size³ cube geometry: the reference's direction, spacing × step, first voxel at `start`."""
-    ref = layout.to_sitk()
+    ref = layout.to_sitk_geometry()
     grid = sitk.Image([size] * 3, sitk.sitkUInt8)
     grid.SetDirection(ref.GetDirection())
     grid.SetSpacing((np.array(ref.GetSpacing()) * step).tolist())
@@ -119,31 +119,43 @@ def _cube_grid(layout: Volume, start: np.ndarray, step: np.ndarray, size: int) -
     return grid
 
 
+def _footprint(patch: NodulePatch, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """(k, j, i) slices of the reference voxels a cube's samples fall among (interpolation neighbours included)."""
+    size = np.array(patch.grid.GetSize(), float)
+    n = np.array(shape[::-1])
+    lo = np.clip(np.floor(patch.start - 0.5 * patch.step), 0, n - 1).astype(int)
+    hi = np.clip(np.ceil(patch.start + (size - 0.5) * patch.step), 0, n - 1).astype(int)
+    return tuple(slice(a, b + 1) for a, b in zip(lo[::-1], hi[::-1]))
+
+
+def _crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """The sub-volume at box (a view of the array) with its own origin; the geometry is otherwise the volume's."""
+    corner = [int(box[2].start), int(box[1].start), int(box[0].start)]
+    origin = volume.to_sitk_geometry().TransformIndexToPhysicalPoint(corner)
+    return Volume(volume.array[box], origin, volume.spacing, volume.direction)
+
+
 def encode_patch(reference: Volume, layout: Volume, patch: NodulePatch) -> ModelSpace:
     """Model-space tensors of one cube: the released pre-processing with the nodule channel only."""
-    return ReleasedProfile().encode_on_grid(reference, layout, patch.grid, cond_channels=1)
+    box = _footprint(patch, reference.array.shape)  # resample from the cube's surroundings, not the whole CT
+    return ReleasedProfile().encode_on_grid(_crop(reference, box), _crop(layout, box), patch.grid, cond_channels=1)
 
 
 def paste_patch(image: np.ndarray, hu_patch: np.ndarray, patch: NodulePatch, components: np.ndarray,
-                reference: Volume) -> np.ndarray:
-    """`image` (float, k j i) with the cube's synthetic HU blended in at its own nodules (and a feather)."""
-    lo = np.maximum(np.floor(patch.start - 0.5 * patch.step), 0).astype(int)
-    n = np.array(image.shape[::-1])
-    hi = np.minimum(np.ceil(patch.start + (np.array(hu_patch.shape[::-1]) - 1 + 0.5) * patch.step), n - 1).astype(int)
-    box = tuple(slice(a, b + 1) for a, b in zip(lo[::-1], hi[::-1]))  # (k, j, i) slices of the cube's footprint
+                reference: Volume) -> None:
+    """Blend the cube's synthetic HU into `image` (float, k j i, in place) at its own nodules (and a feather)."""
+    box = _footprint(patch, image.shape)
     own = np.isin(components[box], patch.components)
     # resampled cubes: the synthetic texture reaches about one cube voxel past the nodule; feather over that
     # plus one reference voxel, so that the nearest reference voxels outside the nodule blend half-way
     feather_mm = 0.0 if np.allclose(patch.step, 1) else float(min(patch.grid.GetSpacing()) + min(reference.spacing))
     weight = _feather(own, reference, feather_mm)
-    region = sitk.RegionOfInterest(reference.to_sitk(), (hi - lo + 1).tolist(), lo.tolist())
     cube = sitk.GetImageFromArray(hu_patch.astype(np.float32))
     cube.CopyInformation(patch.grid)
+    region = _crop(reference, box).to_sitk_geometry()
     synthetic = sitk.GetArrayFromImage(sitk.Resample(cube, region, sitk.Transform(), sitk.sitkLinear, np.nan, sitk.sitkFloat32))
     weight = np.where(np.isfinite(synthetic), weight, 0.0)
-    out = image.copy()
-    out[box] = image[box] + weight * (np.nan_to_num(synthetic) - image[box])
-    return out
+    image[box] += weight * (np.nan_to_num(synthetic) - image[box])
 
 
 def _feather(mask: np.ndarray, reference: Volume, width_mm: float) -> np.ndarray:
@@ -174,7 +186,7 @@ def synthesize_patches(reference: Volume, layout: Volume, model: LungDDPM, *, se
     total = steps * len(groups)
     if progress is not None:
         progress(0, total)
-    image = reference.array.astype(np.float64)
+    image = reference.array.astype(np.float64)  # a working copy: the reference itself is never modified
     profile = ReleasedProfile()
     for g, members in enumerate(groups):
         cond = torch.cat([spaces[i].cond for i in members])
@@ -188,5 +200,5 @@ def synthesize_patches(reference: Volume, layout: Volume, model: LungDDPM, *, se
                                    x0_correction=x0_correction, precision=precision)
         for b, i in enumerate(members):
             hu = profile.decode(x0[b : b + 1], spaces[i])
-            image = paste_patch(image, hu, patches[i], components, reference)
+            paste_patch(image, hu, patches[i], components, reference)
     return image, len(patches)

@@ -25,7 +25,7 @@ import torch
 
 from .errors import ConfigError, InputError
 from .layout import LUNG, NODULE
-from .volume import Volume, index_to_physical
+from .volume import Volume, index_to_physical, to_pixel_type
 
 NATIVE_HU_WINDOW = (-1000.0, 500.0)  # HU mapped to −1 and +1 by the native profile
 NATIVE_MARGIN_MM = 10.0  # margin around the lungs' bounding box in the native model grid
@@ -186,12 +186,8 @@ def to_reference_grid(hu_model: np.ndarray, space: ModelSpace, reference: Volume
     """
     img = sitk.GetImageFromArray(hu_model.astype(np.float32))
     img.CopyInformation(space.grid)
-    syn = _resample(img, reference.to_sitk(), default=PAD_HU)
+    syn = _resample(img, reference.to_sitk_geometry(), default=PAD_HU)
     w = synthesis_weight(layout, margin_mm)
     ref = reference.array
-    blended = ref.astype(np.float64) + w * (syn - ref)
-    out = np.where(w > 0, blended, ref)
-    if np.issubdtype(ref.dtype, np.integer):
-        info = np.iinfo(ref.dtype)
-        out = np.where(w > 0, np.clip(np.rint(blended), info.min, info.max), ref)
-    return reference.with_array(out.astype(ref.dtype))
+    out = np.where(w > 0, ref.astype(np.float64) + w * (syn - ref), ref)
+    return reference.with_array(to_pixel_type(out, ref.dtype))

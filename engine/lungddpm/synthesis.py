@@ -23,7 +23,7 @@ from .patches import synthesize_patches
 from .profiles import get_profile, to_reference_grid
 from .sampling import ProgressCallback, make_generator, sample_aas
 from .solvers import sample_aas_solver
-from .volume import Volume, read_volume, refuse_protected, write_volume
+from .volume import Volume, read_volume, refuse_protected, to_pixel_type, write_volume
 
 SYNTHETIC_DESCRIPTION = "SYNTHETIC CT made by lungddpm - not a patient scan"
 
@@ -97,7 +97,7 @@ def synthesize(
         spacing = net.config.patch_spacing_mm if patch_spacing_mm is None else float(patch_spacing_mm)
         hu, cubes = synthesize_patches(ref, lay, net, seed=seed, sampler=sampler, steps=n_steps, progress=progress,
                                        variant=variant, precision=precision, patch_spacing_mm=spacing)
-        image = ref.with_array(_to_pixel_type(hu, ref.array.dtype))
+        image = ref.with_array(to_pixel_type(hu, ref.array.dtype))
         extra = {"patches": str(cubes), "patch_spacing_mm": "reference voxels" if spacing is None else f"{spacing:g}"}
     else:
         image, margin = _synthesize_volume(ref, lay, net, seed, sampler, n_steps, progress, variant, margin_mm, precision)
@@ -129,14 +129,6 @@ def _synthesize_volume(ref: Volume, lay: Volume, net: LungDDPM, seed: int, sampl
     hu = profile.decode(x0, space)
     margin = float(min(space.grid.GetSpacing())) if margin_mm is None else float(margin_mm)
     return to_reference_grid(hu, space, ref, lay, margin), margin
-
-
-def _to_pixel_type(hu: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """HU values cast to the reference's pixel type (rounded and clipped for integer types)."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(hu), info.min, info.max).astype(dtype)
-    return hu.astype(dtype)
 
 
 def provenance(model: LungDDPM, *, sampler: str, steps: int, seed: int, device: torch.device, variant: str) -> dict[str, str]:

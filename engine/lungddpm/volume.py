@@ -45,6 +45,14 @@ class Volume:
         image.SetDirection(self.direction)
         return image
 
+    def to_sitk_geometry(self) -> sitk.Image:
+        """An empty (uint8) SimpleITK image on this grid: a resampling target or index maths, without the voxels."""
+        image = sitk.Image([int(n) for n in self.array.shape[::-1]], sitk.sitkUInt8)
+        image.SetOrigin(self.origin)
+        image.SetSpacing(self.spacing)
+        image.SetDirection(self.direction)
+        return image
+
     def with_array(self, array: np.ndarray) -> "Volume":
         """A new Volume on the same grid holding another array of the same shape."""
         if array.shape != self.array.shape:
@@ -58,6 +66,14 @@ INTERPOLATORS = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear,
 NIFTI_DESCRIP_LENGTH = 79  # the NIfTI-1 descrip field holds 80 bytes including the terminating NUL
 
 _ACCEPTED = "a 3-D scalar image: NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), MHA/MHD, or a folder holding a DICOM series"
+
+
+def to_pixel_type(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values (e.g. HU) cast to a pixel type: rounded and clipped to its range for integer types."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
 
 
 def _suffix(path: Path) -> str:
