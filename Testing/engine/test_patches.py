@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from helpers import random_model, rotation
-from lungddpm import InputError, LungDDPM, Volume, load_model, read_volume, save_checkpoint, synthesize
+from lungddpm import ConfigError, InputError, LungDDPM, Volume, load_model, read_volume, save_checkpoint, synthesize
 from lungddpm.checkpoints import released_state_dict
 from lungddpm.cli import main
 from lungddpm.layout import LUNG, NODULE
@@ -59,6 +59,14 @@ def test_plan_refuses_no_nodule_and_a_nodule_larger_than_the_cube():
     with pytest.raises(InputError, match="full-volume"):
         plan_patches(big, 16, None)
     assert len(plan_patches(big, 16, 2.0)[0]) == 1  # 2-mm cube voxels: 32 mm of cube leave room for it
+
+
+def test_patch_spacing_is_refused_where_it_means_nothing():
+    reference, layout = case()
+    with pytest.raises(ConfigError, match="Lung-DDPM\\+ patch models only"):
+        synthesize(reference, layout, random_model(profile="native"), steps=1, device="cpu", patch_spacing_mm=1.0)
+    with pytest.raises(ConfigError, match="positive voxel size"):
+        synthesize(reference, layout, patch_model(), steps=1, device="cpu", patch_spacing_mm=-2.0)
 
 
 @pytest.mark.parametrize("spacing_mm", [None, 0.7])

@@ -91,6 +91,12 @@ def synthesize(
     if sampler != "ddpm" and variant != "paper":
         raise ConfigError(f"the {variant!r} AAS variant exists only for the ddpm sampler; fast samplers paste the "
                           "reference at each step's own noise level (as the paper does)")
+    if patch_spacing_mm is not None:
+        if net.config.profile != "released-patch":
+            raise ConfigError(f"patch_spacing_mm (--patch-spacing) applies to Lung-DDPM+ patch models only; this model's "
+                              f"profile is {net.config.profile!r}: leave it out")
+        if not patch_spacing_mm > 0:
+            raise ConfigError(f"patch_spacing_mm (--patch-spacing) must be a positive voxel size in mm; got {patch_spacing_mm}")
     n_steps = T if sampler == "ddpm" else int(steps or min(DEFAULT_SOLVER_STEPS, T))
     start = time.perf_counter()
     if net.config.profile == "released-patch":
