@@ -30,9 +30,10 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     import torch
 
     from lungddpm import LungDDPM, read_volume, write_volume
-    from lungddpm.checkpoints import released_state_dict
-    from lungddpm.config import released_lung_ddpm, released_lung_ddpm_plus
-    from lungddpm.layout import LUNG, NODULE, add_nodule
+    from lungddpm.model.checkpoints import released_state_dict
+    from lungddpm.model.config import released_lung_ddpm, released_lung_ddpm_plus
+    from lungddpm.layout.labels import LUNG, NODULE
+    from lungddpm.layout.nodules import add_nodule
 
     paths = {}
     for name, config in (("lung-ddpm-128.pt", released_lung_ddpm(128)), ("lung-ddpm-plus-64.pt", released_lung_ddpm_plus())):
@@ -44,7 +45,7 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     lung_only = layout.with_array(np.where(layout.array == NODULE, LUNG, layout.array).astype(layout.array.dtype))
     lung_voxels = np.argwhere(lung_only.array == LUNG)
     k, j, i = lung_voxels[len(lung_voxels) // 3]
-    from lungddpm.volume import index_to_physical
+    from lungddpm.io.volume import index_to_physical
 
     centre = index_to_physical(lung_only, np.array([[i, j, k]], float))[0]
     paths["patch-layout"] = write_volume(add_nodule(lung_only, centre, 20.0), folder / "layout-20mm-nodule.nii.gz")

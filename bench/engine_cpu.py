@@ -31,7 +31,7 @@ def run_case(kind: str, size: int, threads: int, attention: str, aas_steps: int,
     import torch
 
     from lungddpm import LungDDPM, make_generator, sample_aas
-    from lungddpm.config import released_lung_ddpm
+    from lungddpm.model.config import released_lung_ddpm
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungddpm.layout import LUNG, lung_mask
-from lungddpm.volume import Volume, read_volume
+from lungddpm.layout.labels import LUNG
+from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.io.volume import Volume, read_volume
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx-A0001"
 PNG_NAME = "lung-mask-A0001.png"

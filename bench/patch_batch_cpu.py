@@ -22,7 +22,7 @@ def run_case(batch: int, threads: int) -> dict:
     import torch
 
     from lungddpm import LungDDPM
-    from lungddpm.config import released_lung_ddpm_plus
+    from lungddpm.model.config import released_lung_ddpm_plus
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungddpm.phantom import NODULE_LABEL, make_phantom, phantom_grid
+from lungddpm.demo.phantom import NODULE_LABEL, make_phantom, phantom_grid
 
 LUNG_WINDOW_HU = (-1350.0, 150.0)  # level -600, width 1500
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400

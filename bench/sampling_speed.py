@@ -62,8 +62,8 @@ def run_setting(setting: dict, size: int, device: str, threads: int, max_passes:
     import torch
 
     from lungddpm import LungDDPM, make_generator, sample_aas
-    from lungddpm.config import released_lung_ddpm
-    from lungddpm.solvers import sample_aas_solver
+    from lungddpm.model.config import released_lung_ddpm
+    from lungddpm.sampling.solvers import sample_aas_solver
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

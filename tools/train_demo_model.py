@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from lungddpm import LungDDPM, ModelConfig, save_checkpoint
-from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.profiles import NativeProfile
-from lungddpm.train import TrainConfig, Trainer
+from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.synthesis.profiles import NativeProfile
+from lungddpm.training.objective import TrainConfig, Trainer
 
 DEMO_CONFIG = dict(
     image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2), attention_resolutions=(8,),

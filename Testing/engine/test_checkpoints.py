@@ -9,8 +9,8 @@ import torch
 
 from helpers import random_layout, random_model
 from lungddpm import CheckpointError, DeviceError, load_model, save_checkpoint
-from lungddpm.checkpoints import file_sha256, released_state_dict
-from lungddpm.device import resolve_device
+from lungddpm.model.checkpoints import file_sha256, released_state_dict
+from lungddpm.runtime.device import resolve_device
 
 
 def _released_file(tmp_path, model, name="released.pt", **edits):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lungddpm.layout import NODULE
-from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.volume import Volume, index_to_physical, read_volume, same_grid, write_volume
+from lungddpm.layout.labels import NODULE
+from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.io.volume import Volume, index_to_physical, read_volume, same_grid, write_volume
 
 
 def _run(*args, timeout=600):

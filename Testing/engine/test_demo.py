@@ -11,8 +11,8 @@ import SimpleITK as sitk
 import torch
 
 from lungddpm import load_model
-from lungddpm.demo import DEMO_MODEL
-from lungddpm.volume import read_volume, same_grid
+from lungddpm.demo.demo import DEMO_MODEL
+from lungddpm.io.volume import read_volume, same_grid
 
 
 def test_bundled_demo_model_is_small_and_self_describing():

@@ -13,17 +13,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from lungddpm.backbones import ResNet3D, _infer_architecture, load_backbone, random_backbone
+from lungddpm.evaluation.backbones import ResNet3D, _infer_architecture, load_backbone, random_backbone
 from lungddpm.cli import DEMO_MODEL
-from lungddpm.datasets_out import dataset_folder
-from lungddpm.distribution import fid, frechet_distance, mmd
+from lungddpm.generation.export import dataset_folder
+from lungddpm.evaluation.distances import fid, frechet_distance, mmd
 from lungddpm.errors import CheckpointError
-from lungddpm.evaluate import lung_masked_mse, nodule_adherence, paired_metrics, spurious_blobs
-from lungddpm.features import extract_features
-from lungddpm.generate import GenerateSettings, NoduleRequest, generate, read_references
-from lungddpm.jobs import Shard
-from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.volume import Volume, write_volume
+from lungddpm.evaluation.paired import lung_masked_mse, nodule_adherence, paired_metrics, spurious_blobs
+from lungddpm.evaluation.features import extract_features
+from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
+from lungddpm.generation.shards import Shard
+from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.io.volume import Volume, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from lungddpm.cli import DEMO_MODEL
-from lungddpm.datasets_out import dataset_folder, finalize
+from lungddpm.generation.export import dataset_folder, finalize
 from lungddpm.errors import ConfigError
-from lungddpm.generate import GenerateSettings, NoduleRequest, generate, read_references
-from lungddpm.jobs import Shard, parse_shard, shard_from_env, shard_items, variant_seed, work_items
-from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.volume import read_volume, same_grid, write_volume
+from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
+from lungddpm.generation.shards import Shard, parse_shard, shard_from_env, shard_items, variant_seed, work_items
+from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.io.volume import read_volume, same_grid, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = dict(sampler="dpmpp2m", steps=2, device="cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lungddpm
-from lungddpm.diffusion import SCHEDULE_BUFFERS, noise_prediction_loss, schedule_tensors
+from lungddpm.model.diffusion import SCHEDULE_BUFFERS, noise_prediction_loss, schedule_tensors
 
 TOL = 1e-4
 

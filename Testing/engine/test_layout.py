@@ -12,9 +12,10 @@ import SimpleITK as sitk
 
 from helpers import rotation
 from lungddpm.errors import InputError
-from lungddpm.layout import (BACKGROUND, LUNG, NODULE, add_nodule, compose_layout, lung_mask, nodule_mask,
-                             random_nodules, validate_layout)
-from lungddpm.volume import Volume, index_to_physical, physical_to_index, resample_like
+from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, validate_layout
+from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.layout.nodules import add_nodule, nodule_mask, random_nodules
+from lungddpm.io.volume import Volume, index_to_physical, physical_to_index, resample_like
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +69,7 @@ def report() -> ModuleType:
 @pytest.fixture(scope="module")
 def real_ct(real_ct_dir: Path) -> tuple[Volume, Volume]:
     """The shared real CT and its crude layout."""
-    from lungddpm.volume import read_volume
+    from lungddpm.io.volume import read_volume
 
     return read_volume(real_ct_dir / "ct.nii.gz"), read_volume(real_ct_dir / "layout-crude.nii.gz")
 

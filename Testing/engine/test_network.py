@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lungddpm import ConfigError, InputError, LungDDPM, ModelConfig
-from lungddpm.checkpoints import released_state_dict
-from lungddpm.config import released_lung_ddpm, released_lung_ddpm_plus
-from lungddpm.diffusion import SCHEDULE_BUFFERS
+from lungddpm.model.checkpoints import released_state_dict
+from lungddpm.model.config import released_lung_ddpm, released_lung_ddpm_plus
+from lungddpm.model.diffusion import SCHEDULE_BUFFERS
 
 
 def test_released_128_state_dict_keys_and_shapes(golden_dir):

@@ -11,10 +11,10 @@ import torch
 
 from helpers import random_model, rotation
 from lungddpm import ConfigError, InputError, LungDDPM, Volume, load_model, read_volume, save_checkpoint, synthesize
-from lungddpm.checkpoints import released_state_dict
+from lungddpm.model.checkpoints import released_state_dict
 from lungddpm.cli import main
-from lungddpm.layout import LUNG, NODULE
-from lungddpm.patches import nodule_components, plan_patches
+from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.synthesis.patches import nodule_components, plan_patches
 
 
 def patch_model(size: int = 16, seed: int = 0, **overrides) -> LungDDPM:

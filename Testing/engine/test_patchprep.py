@@ -11,16 +11,16 @@ import torch
 from helpers import small_config
 from lungddpm import ModelConfig, load_model, synthesize
 from lungddpm.cli import main
-from lungddpm.config import released_lung_ddpm_plus
-from lungddpm.dataset import PreparedCases, load_cases
+from lungddpm.model.config import released_lung_ddpm_plus
+from lungddpm.training.data import PreparedCases, load_cases
 from lungddpm.errors import ConfigError, InputError
-from lungddpm.layout import NODULE
-from lungddpm.patches import encode_patch, plan_patches
-from lungddpm.phantom import make_phantom
-from lungddpm.prepare import prepare_dataset
-from lungddpm.runlog import read_log
-from lungddpm.train_config import build_run_config
-from lungddpm.volume import read_volume, write_volume
+from lungddpm.layout.labels import NODULE
+from lungddpm.synthesis.patches import encode_patch, plan_patches
+from lungddpm.demo.phantom import make_phantom
+from lungddpm.training.prepare import prepare_dataset
+from lungddpm.training.runlog import read_log
+from lungddpm.training.config import build_run_config
+from lungddpm.io.volume import read_volume, write_volume
 
 TINY_PATCH = ["--set", "profile=released-patch", "--set", "image_size=16", "--set", "channel_mult=[1,2]",
               "--set", "attention_resolutions=[8]", "--set", "num_channels=32", "--set", "timesteps=8",

@@ -7,9 +7,10 @@ import pytest
 import SimpleITK as sitk
 
 from lungddpm.errors import InputError
-from lungddpm.layout import LUNG as LUNG_LABEL, NODULE as NODULE_LABEL, NODULE_KINDS
-from lungddpm.phantom import Phantom, make_phantom, phantom_grid
-from lungddpm.volume import Volume
+from lungddpm.layout.labels import LUNG as LUNG_LABEL, NODULE as NODULE_LABEL
+from lungddpm.layout.nodules import NODULE_KINDS
+from lungddpm.demo.phantom import Phantom, make_phantom, phantom_grid
+from lungddpm.io.volume import Volume
 
 CENTER = (0.0, 0.0, 0.0)
 COARSE_SIZE, COARSE_SPACING = (80, 64, 40), (4.5, 4.5, 8.0)  # covers the whole chest: 360 x 288 x 320 mm

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from lungddpm.annotations import SliceMap, lidc_mask, polygon_pixels, read_dicom_headers, voc_mask
+from lungddpm.layout.annotations import SliceMap, lidc_mask, polygon_pixels, read_dicom_headers, voc_mask
 from lungddpm.cli import main
-from lungddpm.phantom import make_phantom
-from lungddpm.prepare import prepare_dataset, split_patients
-from lungddpm.volume import Volume, read_volume, write_volume
+from lungddpm.demo.phantom import make_phantom
+from lungddpm.training.prepare import prepare_dataset, split_patients
+from lungddpm.io.volume import Volume, read_volume, write_volume
 
 
 def test_polygon_pixels_fill_outline_and_inside():

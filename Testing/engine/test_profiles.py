@@ -8,10 +8,11 @@ import SimpleITK as sitk
 import torch
 
 from helpers import rotation
-from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.profiles import NATIVE_HU_WINDOW, NativeProfile, ReleasedProfile, to_reference_grid
-from lungddpm.sampling import background_mask
-from lungddpm.volume import Volume, read_volume, same_grid
+from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.synthesis.profiles import NATIVE_HU_WINDOW, NativeProfile, ReleasedProfile
+from lungddpm.synthesis.regrid import to_reference_grid
+from lungddpm.sampling.aas import background_mask
+from lungddpm.io.volume import Volume, read_volume, same_grid
 
 
 @pytest.fixture(scope="module")

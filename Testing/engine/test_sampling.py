@@ -7,7 +7,7 @@ import torch
 
 from helpers import random_layout, random_model
 from lungddpm import ConfigError, InputError, make_generator, sample_aas
-from lungddpm.sampling import background_mask
+from lungddpm.sampling.aas import background_mask
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import torch
 
 from helpers import random_layout, random_model
 from lungddpm import ConfigError, make_generator
-from lungddpm.sampling import background_mask
-from lungddpm.solvers import sample_aas_solver, trailing_timesteps
+from lungddpm.sampling.aas import background_mask
+from lungddpm.sampling.solvers import sample_aas_solver, trailing_timesteps
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test extra) is the reference for the solver maths")
 

@@ -7,11 +7,12 @@ import pytest
 
 from helpers import random_model
 from lungddpm import ConfigError
-from lungddpm.config import DEFAULT_SOLVER_STEPS
-from lungddpm.layout import NODULE, add_nodule
-from lungddpm.phantom import make_phantom, phantom_grid
-from lungddpm.synthesis import synthesize, write_result
-from lungddpm.volume import index_to_physical, read_volume, same_grid
+from lungddpm.model.config import DEFAULT_SOLVER_STEPS
+from lungddpm.layout.labels import NODULE
+from lungddpm.layout.nodules import add_nodule
+from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.synthesis.synthesize import synthesize, write_result
+from lungddpm.io.volume import index_to_physical, read_volume, same_grid
 from test_profiles import OBLIQUE, RAS
 
 LPS = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)

@@ -8,7 +8,7 @@ import torch
 
 from helpers import random_layout, small_config
 from lungddpm import LungDDPM, load_model
-from lungddpm.train import TrainConfig, Trainer, denoising_loss, ema_update
+from lungddpm.training.objective import TrainConfig, Trainer, denoising_loss, ema_update
 
 
 def _fixed_batches(seed=0):

@@ -15,17 +15,17 @@ import torch
 
 from helpers import random_layout, small_config
 from lungddpm import LungDDPM, load_model
-from lungddpm.checkpoints import read_checkpoint
+from lungddpm.model.checkpoints import read_checkpoint
 from lungddpm.cli import main
-from lungddpm.distributed import DistContext
+from lungddpm.training.distributed import DistContext
 from lungddpm.errors import ConfigError
-from lungddpm.phantom import make_phantom
-from lungddpm.prepare import prepare_dataset
-from lungddpm.runlog import read_log
-from lungddpm.train import loss_at
-from lungddpm.train_config import build_run_config
-from lungddpm.trainrun import TrainingRun
-from lungddpm.volume import write_volume
+from lungddpm.demo.phantom import make_phantom
+from lungddpm.training.prepare import prepare_dataset
+from lungddpm.training.runlog import read_log
+from lungddpm.training.objective import loss_at
+from lungddpm.training.config import build_run_config
+from lungddpm.training.run import TrainingRun
+from lungddpm.io.volume import write_volume
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 TINY = ["--set", "image_size=16", "--set", "channel_mult=[1,2]", "--set", "attention_resolutions=[8]",
@@ -102,7 +102,7 @@ def test_two_gloo_processes_match_one_process(prepared16, tmp_path, one_thread):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys, torch
-    from lungddpm import trainrun
+    from lungddpm.training import run as trainrun
     from lungddpm.cli import main
     original = trainrun.TrainingRun.train_step
     def train_step(self):

@@ -11,8 +11,7 @@ import SimpleITK as sitk
 
 from helpers import rotation
 from lungddpm.errors import InputError
-from lungddpm.volume import (Volume, index_to_physical, physical_to_index, read_volume, require_same_grid,
-                             resample_like, same_grid, write_volume)
+from lungddpm.io.volume import (Volume, index_to_physical, physical_to_index, read_volume, require_same_grid, resample_like, same_grid, write_volume)
 
 SPACING = (0.7, 0.7, 5.0)
 ORIGIN = (-120.5, 80.25, -300.0)  # exact in float32, as NIfTI stores it

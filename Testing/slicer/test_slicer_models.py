@@ -230,7 +230,9 @@ def test_panel_rules_for_samplers_precisions_and_patch_models(entries):
 
 def test_mirrored_engine_constants_agree_with_the_engine():
     """The module's copies of the engine's samplers, defaults, precisions and cube batch equal the engine's own."""
-    from lungddpm import config, patches, precision
+    from lungddpm.model.lungddpm import config
+    from lungddpm.runtime import precision
+    from lungddpm.synthesis.synthesize import patches
 
     assert set(engine.SAMPLERS) == set(config.SAMPLERS) and engine.SAMPLERS[0] == config.DEFAULT_SAMPLER
     assert (engine.DEFAULT_SAMPLER, engine.DEFAULT_SOLVER_STEPS) == (config.DEFAULT_SAMPLER, config.DEFAULT_SOLVER_STEPS)

@@ -282,9 +282,9 @@ def test_engine_error_is_shown_as_its_one_line_message(mrml_context, case, scene
 def tiny_patch_checkpoint(tmp_path_factory) -> Path:
     """A tiny random Lung-DDPM+-shaped checkpoint: 16³ cubes, 2 input channels, T = 20, released-patch profile."""
     import torch
-    from lungddpm.checkpoints import save_checkpoint
-    from lungddpm.config import ModelConfig
-    from lungddpm.model import LungDDPM
+    from lungddpm.model.checkpoints import save_checkpoint
+    from lungddpm.model.config import ModelConfig
+    from lungddpm.model.lungddpm import LungDDPM
 
     torch.manual_seed(0)
     model = LungDDPM(ModelConfig(image_size=16, num_channels=32, channel_mult=(1, 2), attention_resolutions=(8,),

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import LungDDPMError
-from .config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS
+from lungddpm import __version__
+from lungddpm.errors import LungDDPMError
+from lungddpm.model.config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS
 
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo-native-32.pt"
 
@@ -21,7 +21,7 @@ def _model_path(value: str) -> Path:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print a checkpoint's format, SHA-256, step and configuration as JSON."""
-    from .checkpoints import load_model
+    from lungddpm.model.checkpoints import load_model
 
     model = load_model(_model_path(args.checkpoint), device="cpu")
     n_params = sum(p.numel() for p in model.denoise_fn.parameters())
@@ -33,9 +33,9 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     """Synthesise a CT from a reference CT and a layout (or lung + nodule masks) and write it with its labels."""
     if args.nodule_mask and not args.lung_mask:
         raise LungDDPMError("--nodule-mask goes with --lung-mask; with --layout, nodules are label 2 of the layout")
-    from .progress import Progress
-    from .synthesis import planned_outputs, synthesize, write_result
-    from .volume import refuse_protected
+    from lungddpm.runtime.progress import Progress
+    from lungddpm.synthesis.synthesize import planned_outputs, synthesize, write_result
+    from lungddpm.io.volume import refuse_protected
 
     _set_threads(args.threads)
     model = _model_path(args.model)
@@ -54,8 +54,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
 def _layout_from_masks(lung_path: str, nodule_path: str | None):
     """A layout (0/1/2) from a lung mask file and an optional nodule mask file (nonzero = inside)."""
-    from .layout import compose_layout
-    from .volume import read_volume, require_same_grid
+    from lungddpm.layout.labels import compose_layout
+    from lungddpm.io.volume import read_volume, require_same_grid
 
     lung = read_volume(lung_path)
     nodules = read_volume(nodule_path) if nodule_path else None
@@ -74,8 +74,8 @@ def _set_threads(threads: int | None) -> None:
 
 def _cmd_lung_mask(args: argparse.Namespace) -> int:
     """Write an automatic lung mask (label 1) of a CT."""
-    from .layout import lung_mask
-    from .volume import read_volume, write_volume
+    from lungddpm.layout.lung_mask import lung_mask
+    from lungddpm.io.volume import read_volume, write_volume
 
     ct = read_volume(args.ct)
     mask = lung_mask(ct)
@@ -93,8 +93,8 @@ def _voxel_ml(volume) -> float:
 
 def _cmd_add_nodule(args: argparse.Namespace) -> int:
     """Add a nodule at a point, or random nodules, to a layout and write the new layout."""
-    from .layout import add_nodule, random_nodules
-    from .volume import read_volume, write_volume
+    from lungddpm.layout.nodules import add_nodule, random_nodules
+    from lungddpm.io.volume import read_volume, write_volume
 
     layout = read_volume(args.layout)
     if args.random:
@@ -115,7 +115,7 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Phantom -> lung mask + nodules -> synthesis with the bundled model -> files and a PNG."""
-    from .demo import run_demo
+    from lungddpm.demo.demo import run_demo
 
     _set_threads(args.threads)
     summary = run_demo(Path(args.output), seed=args.seed, device=args.device, progress=args.progress)
@@ -125,9 +125,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     """Make K synthetic variants of each reference into an nnU-Net / MONAI data set (this rank's share)."""
-    from .datasets_out import dataset_folder, finalize
-    from .generate import GenerateSettings, NoduleRequest, generate, read_references
-    from .jobs import parse_shard, shard_from_env
+    from lungddpm.generation.export import dataset_folder, finalize
+    from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
+    from lungddpm.generation.shards import parse_shard, shard_from_env
 
     _set_threads(args.threads)
     paths = dataset_folder(args.output, args.dataset_id, args.dataset_name)
@@ -145,11 +145,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Paired and distribution fidelity metrics of a generated data set: report.json, report.md and PNGs."""
-    from .backbones import load_backbone, random_backbone
-    from .datasets_out import DatasetPaths
-    from .device import resolve_device
-    from .generate import read_references
-    from .report import evaluate_dataset
+    from lungddpm.evaluation.backbones import load_backbone, random_backbone
+    from lungddpm.generation.export import DatasetPaths
+    from lungddpm.runtime.device import resolve_device
+    from lungddpm.generation.generate import read_references
+    from lungddpm.evaluation.evaluate import evaluate_dataset
 
     _set_threads(args.threads)
     if args.backbone_weights:
@@ -166,8 +166,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "paired_mean": summary, **dist}, default=str))
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train (or fine-tune, or resume) a model on prepared data, in one process or under torchrun."""
-    from .train_config import build_run_config
-    from .trainrun import run_training
+    from lungddpm.training.config import build_run_config
+    from lungddpm.training.run import run_training
 
     _set_threads(args.threads)
     config = build_run_config(args.config, args.set or [], data=args.data, output=args.output, steps=args.steps,
@@ -181,7 +181,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     """Prepare CT folders with nodule annotations as a training set in a profile's model space."""
-    from .prepare import prepare_dataset
+    from lungddpm.training.prepare import prepare_dataset
 
     progress = (lambda r: print(json.dumps(r), flush=True)) if args.progress == "json" else None
     summary = prepare_dataset(args.input, args.output, profile=args.profile, size=args.size,

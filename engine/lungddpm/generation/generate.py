@@ -1,0 +1,244 @@
+"""Batch generation of an augmentation data set: K synthetic variants of each reference CT, sharded over ranks.
+
+Inputs are reference CTs with layouts, or CTs alone plus a nodule specification (count, diameter
+range, kinds): then the lung mask is computed (``lung_mask``) and nodules are placed at random
+(``random_nodules``) with each variant's own seed. Each rank makes its share of the work list
+(``jobs``), skips cases already on disk (resume), writes each case atomically (``datasets_out``)
+and, when every case exists, rebuilds the data-set files (nnU-Net ``dataset.json``, MONAI
+datalist, manifest).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lungddpm import __version__
+from lungddpm.model.checkpoints import file_sha256, load_model
+from lungddpm.generation.export import LABEL_SETS, DatasetPaths, finalize, write_case
+from lungddpm.errors import CheckpointError, ConfigError, InputError
+from lungddpm.generation.shards import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
+from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.layout.nodules import random_nodules
+from lungddpm.runtime.progress import BatchProgress
+from lungddpm.model.config import DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, SAMPLERS
+from lungddpm.synthesis.synthesize import synthesize
+from lungddpm.io.volume import READABLE_SUFFIXES, Volume, read_volume
+
+LAYOUT_SUFFIX = "_layout"  # in a folder of references, <id>_layout.<ext> is the layout of <id>.<ext>
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference CT (file or DICOM folder), its id, and its layout file if it has one."""
+
+    id: str
+    image: Path
+    layout: Path | None = None
+
+
+@dataclass(frozen=True)
+class NoduleRequest:
+    """Random nodules to add to every case: count, diameter range in mm, kinds."""
+
+    count: int
+    diameter_range_mm: tuple[float, float] = (6.0, 20.0)
+    kinds: tuple[str, ...] = ("solid",)
+
+    def as_dict(self) -> dict:
+        """Plain-JSON form for provenance."""
+        return {"count": self.count, "diameter_range_mm": list(self.diameter_range_mm), "kinds": list(self.kinds)}
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What to make: variants per reference, base seed, sampler and steps, label set, device, nodules."""
+
+    variants: int = 1
+    seed: int = 0
+    sampler: str = DEFAULT_SAMPLER
+    steps: int | None = None
+    aas_variant: str = "paper"
+    label_set: str = "layout"
+    device: str = "auto"
+    nodules: NoduleRequest | None = None
+
+
+def _image_stem(path: Path) -> str:
+    """A file name without its image extension (.nii.gz counted as one)."""
+    name = path.name
+    for suffix in sorted(READABLE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_references(source: str | Path) -> list[Reference]:
+    """References from a folder (<id>.<ext> with optional <id>_layout.<ext>), a CSV or a JSON list.
+
+    CSV columns / JSON keys: ``image`` (required), ``id`` and ``layout`` (optional); relative paths
+    are relative to the list file. JSON is a list of such objects or {"references": [...]}.
+    """
+    source = Path(source)
+    if source.is_dir():
+        return _references_in_folder(source)
+    if not source.is_file():
+        raise InputError(f"{source}: no such folder or file; give a folder of CTs, or a .csv or .json list of them")
+    suffix = source.suffix.lower()
+    if suffix == ".csv":
+        with open(source, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    elif suffix == ".json":
+        data = json.loads(source.read_text(encoding="utf-8"))
+        rows = data.get("references", []) if isinstance(data, dict) else data
+    else:
+        raise InputError(f"{source}: a reference list must be .csv or .json (columns image, id, layout), or a folder")
+    return [_reference_from_row(row, source, n) for n, row in enumerate(rows, start=1)]
+
+
+def _reference_from_row(row: dict, source: Path, n: int) -> Reference:
+    """One list row as a Reference (paths relative to the list's folder)."""
+    if not isinstance(row, dict) or not row.get("image"):
+        raise InputError(f"{source}: entry {n} has no 'image'; every entry needs the path of a reference CT")
+    image = source.parent / row["image"]
+    layout = source.parent / row["layout"] if row.get("layout") else None
+    return Reference(safe_id(row.get("id") or _image_stem(image)), image, layout)
+
+
+def _references_in_folder(folder: Path) -> list[Reference]:
+    """Every image file in a folder except layouts, paired with <id>_layout.<ext> where present."""
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and any(p.name.lower().endswith(s) for s in READABLE_SUFFIXES)]
+    layouts = {_image_stem(p)[: -len(LAYOUT_SUFFIX)]: p for p in files if _image_stem(p).endswith(LAYOUT_SUFFIX)}
+    refs = [Reference(safe_id(_image_stem(p)), p, layouts.get(_image_stem(p))) for p in files
+            if not _image_stem(p).endswith(LAYOUT_SUFFIX)]
+    if not refs:
+        raise InputError(f"{folder}: no CT files ({', '.join(READABLE_SUFFIXES)}) found; give a folder of reference CTs")
+    return refs
+
+
+def check_settings(refs: list[Reference], settings: GenerateSettings) -> None:
+    """Refuse inconsistent settings before any work: unknown sampler or label set, references without a layout source."""
+    if settings.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler {settings.sampler!r} is not available; choose one of {SAMPLERS}")
+    if settings.label_set not in LABEL_SETS:
+        raise ConfigError(f"label set {settings.label_set!r} is unknown; choose one of {sorted(LABEL_SETS)}")
+    if settings.nodules is None:
+        missing = [r.id for r in refs if r.layout is None]
+        if missing:
+            raise ConfigError(f"references {missing[:5]} have no layout; give each a layout, or ask for random "
+                              "nodules (--nodules N) so the lung mask is computed and nodules are placed")
+
+
+class _CaseMaker:
+    """Makes the cases of one rank, reading each reference once and computing each lung mask once."""
+
+    def __init__(self, refs: dict[str, Reference], settings: GenerateSettings) -> None:
+        self.refs = refs
+        self.settings = settings
+        self._cached: tuple[str, Volume, Volume] | None = None  # (id, reference, base layout) of the last reference
+
+    def inputs(self, item: WorkItem) -> tuple[Volume, Volume, dict]:
+        """The reference, the case's layout and how the layout was made."""
+        ref = self.refs[item.reference_id]
+        if self._cached is None or self._cached[0] != ref.id:
+            image = read_volume(ref.image)
+            self._cached = (ref.id, image, read_volume(ref.layout) if ref.layout else lung_mask(image))
+        _, image, base = self._cached
+        req = self.settings.nodules
+        source = "file" if ref.layout else "lung_mask"
+        info: dict = {"layout_source": source, "layout_path": str(ref.layout) if ref.layout else None, "nodules": []}
+        if req is not None and req.count > 0:
+            try:
+                base, specs = random_nodules(base, req.count, req.diameter_range_mm, kinds=req.kinds, seed=item.seed)
+            except InputError as exc:
+                raise InputError(f"{item.case}: {exc}") from None
+            info["layout_source"] = source + "+random_nodules"
+            info["nodules"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()} for s in specs]
+        return image, base, info
+
+
+def _record(item: WorkItem, ref: Reference, paths: DatasetPaths, settings: GenerateSettings, info: dict,
+            metadata: dict[str, str], shard: Shard) -> dict:
+    """The provenance record of one case."""
+    return {
+        "case": item.case, "synthetic": True, "reference_id": ref.id, "reference_path": str(ref.image.resolve()),
+        **info, "nodule_request": settings.nodules.as_dict() if settings.nodules else None,
+        "variant": item.variant, "seed": item.seed, "label_set": settings.label_set,
+        "model": metadata["model"], "model_sha256": metadata["model_sha256"], "model_weights": metadata["model_weights"],
+        "profile": metadata["profile"], "sampler": metadata["sampler"], "steps": int(metadata["steps"]),
+        "aas_variant": metadata["aas_variant"], "device": metadata["device"], "lungddpm_version": __version__,
+        "sampling_seconds": float(metadata["sampling_seconds"]), "rank": shard.rank, "world_size": shard.world_size,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "image": str(paths.image(item.case).relative_to(paths.root)),
+        "label": str(paths.label(item.case).relative_to(paths.root)),
+        "layout_file": str(paths.layout(item.case).relative_to(paths.root)) if settings.label_set != "layout" else None,
+    }
+
+
+def _check_resumable(paths: DatasetPaths, item: WorkItem, want: dict) -> None:
+    """Refuse to skip a finished case that was made with other settings (seed, model, sampler, ...)."""
+    have = json.loads(paths.provenance(item.case).read_text(encoding="utf-8"))
+    differ = [k for k in want if have.get(k) != want[k]]
+    if differ:
+        details = ", ".join(f"{k} {have.get(k)!r} on disk vs {want[k]!r} now" for k in differ)
+        raise ConfigError(f"{paths.root}: case {item.case} was made with other settings ({details}); "
+                          "write to a new output folder, or delete that folder's cases to remake them")
+
+
+def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sha256: str) -> dict:
+    """The provenance values a finished case must have to be reused for this request."""
+    adds = settings.nodules is not None and settings.nodules.count > 0
+    want = {"seed": item.seed, "model_sha256": model_sha256, "sampler": settings.sampler,
+            "aas_variant": settings.aas_variant, "label_set": settings.label_set,
+            "layout_source": ("file" if ref.layout else "lung_mask") + ("+random_nodules" if adds else ""),
+            "nodule_request": settings.nodules.as_dict() if settings.nodules else None}
+    if settings.sampler != "ddpm":  # ddpm runs the model's T steps, known once the model is loaded
+        want["steps"] = int(settings.steps or GENERATE_SOLVER_STEPS)
+    return want
+
+
+def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths, settings: GenerateSettings,
+             shard: Shard, *, progress: str = "bar") -> dict:
+    """Make this rank's share of the cases (skipping finished ones); finalize the data set when all exist."""
+    check_settings(refs, settings)
+    by_id = {r.id: r for r in refs}
+    if len(by_id) != len(refs):
+        raise ConfigError("two references map to the same id; give them distinct ids (CSV/JSON column 'id')")
+    items = work_items(list(by_id), settings.variants, settings.seed)
+    mine = shard_items(items, shard)
+    protect = tuple(p for r in refs for p in (r.image, r.layout) if p) + (Path(model_path),)
+    if not Path(model_path).is_file():
+        raise CheckpointError(f"model {model_path} does not exist or is not a file; give a checkpoint path or 'demo'")
+    model_sha256 = file_sha256(model_path)
+    maker = _CaseMaker(by_id, settings)
+    report = BatchProgress(progress, shard.rank, shard.world_size)
+    model = None
+    made = skipped = 0
+    for n, item in enumerate(mine, start=1):
+        ref = by_id[item.reference_id]
+        fresh = not paths.is_done(item.case)
+        if not fresh:
+            _check_resumable(paths, item, _wanted(item, ref, settings, model_sha256))
+            skipped += 1
+        else:
+            if model is None:
+                model = load_model(model_path, device=shard_device(settings.device, shard))
+            image, layout, info = maker.inputs(item)
+            result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
+                                steps=settings.steps if settings.sampler == "ddpm" else settings.steps or GENERATE_SOLVER_STEPS,
+                                device=str(model.device), variant=settings.aas_variant)
+            record = _record(item, ref, paths, settings, info, result.metadata, shard)
+            result.metadata.update({"case": item.case, "reference": ref.image.name})
+            write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
+            made += 1
+        done_total = sum(paths.is_done(i.case) for i in items)
+        report.case_done(item.case, n, len(mine), done_total, len(items), made=fresh)
+    complete = all(paths.is_done(i.case) for i in items)
+    summary = {"rank": shard.rank, "world_size": shard.world_size, "shard_cases": len(mine), "made": made,
+               "skipped": skipped, "total_cases": len(items), "complete": complete, "dataset": str(paths.root)}
+    if complete:
+        summary["finalized"] = finalize(paths)
+    return summary

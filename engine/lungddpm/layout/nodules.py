@@ -1,0 +1,150 @@
+"""Parametric nodules: spheres or lobulated shapes in physical mm, placed at a point or at random in the lung."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.polynomial import legendre
+
+from lungddpm.errors import InputError
+from lungddpm.io.volume import Volume, index_to_physical, mask_image, physical_to_index
+from lungddpm.layout.labels import LUNG, NODULE
+
+NODULE_KINDS = ("solid", "part-solid", "ground-glass")
+# Lobulation: the radius varies by up to this fraction of itself at irregularity 1.
+LOBULATION_AMPLITUDE = 0.35
+LOBULATION_DEGREES = (2, 4, 6)
+
+
+def _check_nodule_parameters(diameter_mm: float, kind: str, irregularity: float) -> None:
+    """Raise InputError for a non-positive diameter, an unknown kind or an irregularity outside [0, 1]."""
+    if kind not in NODULE_KINDS:
+        raise InputError(f"nodule kind {kind!r} is not known; use one of {', '.join(NODULE_KINDS)}")
+    if not np.isfinite(diameter_mm) or diameter_mm <= 0:
+        raise InputError(f"nodule diameter {diameter_mm} mm must be a positive number of millimetres")
+    if not 0.0 <= irregularity <= 1.0:
+        raise InputError(f"nodule irregularity {irregularity} must lie in [0, 1] (0 round, 1 strongly lobulated)")
+
+
+def _max_radius_mm(diameter_mm: float, irregularity: float) -> float:
+    """The largest radius a nodule of this diameter and irregularity can reach."""
+    return diameter_mm / 2.0 * (1.0 + LOBULATION_AMPLITUDE * irregularity)
+
+
+def _lobulation(directions: np.ndarray, irregularity: float, seed: int) -> np.ndarray:
+    """Relative radius change per unit direction: random even Legendre terms about random axes, in [-A, A].
+
+    Even degrees keep the shape point-symmetric, so lobulation never moves the nodule's centre.
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(0.5, 1.0, len(LOBULATION_DEGREES)) * rng.choice([-1.0, 1.0], len(LOBULATION_DEGREES))
+    axes = rng.normal(size=(len(LOBULATION_DEGREES), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    change = np.zeros(directions.shape[:-1])
+    for weight, axis, degree in zip(weights, axes, LOBULATION_DEGREES):
+        change += weight * legendre.legval(directions @ axis, [0.0] * degree + [1.0])
+    return LOBULATION_AMPLITUDE * irregularity * change / np.abs(weights).sum()
+
+
+def nodule_mask(grid: Volume, center_lps_mm: Sequence[float], diameter_mm: float, *, kind: str = "solid",
+                irregularity: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A boolean (k, j, i) mask of a sphere (lobulated if irregularity > 0) in physical mm on the grid."""
+    _check_nodule_parameters(diameter_mm, kind, irregularity)
+    mask = np.zeros(grid.array.shape, bool)
+    box = _nodule_box(grid, center_lps_mm, _max_radius_mm(diameter_mm, irregularity))
+    if box is None:
+        return mask
+    k, j, i = np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij")
+    offset = index_to_physical(grid, np.stack([i, j, k], axis=-1)) - np.asarray(center_lps_mm, dtype=float)
+    distance = np.linalg.norm(offset, axis=-1)
+    directions = offset / np.maximum(distance, 1e-9)[..., None]
+    radius = diameter_mm / 2.0 * (1.0 + _lobulation(directions, irregularity, seed))
+    mask[box] = distance <= radius
+    return mask
+
+
+def _nodule_box(grid: Volume, center_lps_mm: Sequence[float], radius_mm: float) -> tuple[slice, ...] | None:
+    """The (k, j, i) index box holding a ball of the radius about the centre, clipped; None when outside."""
+    corners = np.array(np.meshgrid(*[[-radius_mm, radius_mm]] * 3, indexing="ij")).reshape(3, -1).T
+    index = physical_to_index(grid, np.asarray(center_lps_mm, dtype=float) + corners)
+    low = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)[::-1]
+    high = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, grid.array.shape[::-1])[::-1]
+    if np.any(high <= low):
+        return None
+    return tuple(slice(lo, hi) for lo, hi in zip(low, high))
+
+
+def _voxel_at(grid: Volume, point_lps_mm: Sequence[float]) -> tuple[int, int, int] | None:
+    """The (k, j, i) index of the voxel holding a physical point, or None outside the image."""
+    i, j, k = np.round(physical_to_index(grid, point_lps_mm)).astype(int)
+    inside = all(0 <= n < size for n, size in zip((k, j, i), grid.array.shape))
+    return (int(k), int(j), int(i)) if inside else None
+
+
+def add_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: float, *, kind: str = "solid",
+               irregularity: float = 0.0, seed: int = 0, require_in_lung: bool = True) -> Volume:
+    """A new layout with a nodule (label 2) painted at an LPS centre in mm; the input is left unchanged."""
+    voxel = _voxel_at(layout, center_lps_mm)
+    if voxel is None:
+        raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm lies outside the layout image; "
+                         f"pick a point inside the image")
+    if require_in_lung and layout.array[voxel] not in (LUNG, NODULE):
+        raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm is not inside the lung (label {LUNG}); "
+                         f"pick a point in the lung (or allow it: require_in_lung=False, lungddpm add-nodule --allow-outside-lung)")
+    painted = layout.array.astype(np.uint8, copy=True)
+    painted[nodule_mask(layout, center_lps_mm, diameter_mm, kind=kind, irregularity=irregularity, seed=seed)] = NODULE
+    return layout.with_array(painted)
+
+
+def random_nodules(layout: Volume, count: int, diameter_range_mm: tuple[float, float] = (4.0, 20.0), *,
+                   kinds: Sequence[str] = ("solid",), seed: int = 0) -> tuple[Volume, list[dict]]:
+    """Add `count` random, non-overlapping nodules lying inside the lung; deterministic for a seed."""
+    low, high = diameter_range_mm
+    if count < 0 or not 0 < low <= high:
+        raise InputError(f"random_nodules needs count >= 0 and 0 < min <= max diameter; got count={count}, "
+                         f"diameter_range_mm={diameter_range_mm}")
+    for kind in kinds:
+        _check_nodule_parameters(low, kind, 0.0)
+    rng = np.random.default_rng(seed)
+    depth_mm, voxels = _lung_depth(layout)
+    centres = index_to_physical(layout, voxels[:, ::-1])
+    specs: list[dict] = []
+    for _ in range(count):
+        spec = _draw_nodule(rng, (low, high), kinds)
+        clearance = _max_radius_mm(spec["diameter_mm"], spec["irregularity"])
+        free = depth_mm >= clearance
+        for other in specs:
+            reach = clearance + _max_radius_mm(other["diameter_mm"], other["irregularity"])
+            free &= np.linalg.norm(centres - other["center_lps_mm"], axis=1) > reach
+        if not free.any():
+            raise InputError(f"no room left in the lung for nodule {len(specs) + 1} of {count} "
+                             f"({spec['diameter_mm']:.1f} mm); lower count or diameter_range_mm")
+        spec["center_lps_mm"] = tuple(float(v) for v in centres[rng.choice(np.flatnonzero(free))])
+        specs.append(spec)
+    painted = layout
+    for spec in specs:
+        painted = add_nodule(painted, spec["center_lps_mm"], spec["diameter_mm"], kind=spec["kind"],
+                             irregularity=spec["irregularity"], seed=spec["seed"])
+    return painted, specs
+
+
+def _draw_nodule(rng: np.random.Generator, diameter_range_mm: tuple[float, float], kinds: Sequence[str]) -> dict:
+    """Draw a nodule's diameter, kind, irregularity and shape seed (its centre is chosen afterwards)."""
+    return {
+        "diameter_mm": float(rng.uniform(*diameter_range_mm)),
+        "kind": str(kinds[rng.integers(len(kinds))]),
+        "irregularity": float(rng.uniform(0.0, 0.5)),
+        "seed": int(rng.integers(2**31)),
+    }
+
+
+def _lung_depth(layout: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Distance in mm from each free lung voxel (label 1) to the nearest non-lung voxel, and their (k, j, i)."""
+    lung = mask_image(layout.array == LUNG, layout)
+    depth = sitk.SignedMaurerDistanceMap(lung, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    voxels = np.argwhere(layout.array == LUNG)
+    if voxels.size == 0:
+        raise InputError(f"the layout has no free lung voxels (label {LUNG}) to place nodules in; add a lung mask")
+    return sitk.GetArrayFromImage(depth)[tuple(voxels.T)], voxels

@@ -1,0 +1,80 @@
+"""Progress reporting for long runs: JSON lines for machines (the Slicer module), a bar for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+ProgressCallback = Callable[[int, int], None]  # progress(step, total), called after each step
+
+
+class Progress:
+    """A (step, total) callback that prints one JSON object per step or a one-line text bar."""
+
+    def __init__(self, mode: str = "bar", stream: TextIO | None = None, label: str = "sampling") -> None:
+        if mode not in ("bar", "json", "none"):
+            raise ValueError(f"progress mode {mode!r} must be bar, json or none")
+        self.mode = mode
+        self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
+        self.label = label
+        self.start = time.perf_counter()
+
+    def __call__(self, step: int, total: int) -> None:
+        """Report that step of total is done."""
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / step * (total - step) if step else None
+        if self.mode == "json":
+            record = {"step": step, "total": total, "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)}
+            print(json.dumps(record), file=self.stream, flush=True)
+        elif self.mode == "bar":
+            width = 30
+            filled = int(width * step / total)
+            eta_text = f"{eta:6.0f} s left" if eta is not None else ""
+            end = "\n" if step == total else ""
+            print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {step}/{total} {elapsed:6.0f} s {eta_text}",
+                  end=end, file=self.stream, flush=True)
+
+
+class BatchProgress:
+    """Progress of a batch over cases: this rank's share and the whole run, with ETAs, as JSON or a text line."""
+
+    def __init__(self, mode: str, rank: int, world_size: int, stream: TextIO | None = None) -> None:
+        if mode not in ("bar", "json", "none"):
+            raise ValueError(f"progress mode {mode!r} must be bar, json or none")
+        self.mode = mode
+        self.rank = rank
+        self.world_size = world_size
+        self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
+        self.start = time.perf_counter()
+        self.made = 0
+
+    def case_done(self, case: str, shard_done: int, shard_total: int, done_total: int, total: int, made: bool) -> dict:
+        """Report one finished (made or skipped) case; ETAs use the time per case made in this run."""
+        self.made += int(made)
+        elapsed = time.perf_counter() - self.start
+        per_case = elapsed / self.made if self.made else None
+        record = {
+            "event": "case", "case": case, "made": made, "rank": self.rank, "world_size": self.world_size,
+            "shard_done": shard_done, "shard_total": shard_total, "done_total": done_total, "total": total,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if per_case is None else round(per_case * (shard_total - shard_done), 1),
+            # the other ranks are assumed to go as fast as this one
+            "eta_all_s": None if per_case is None else round(per_case * (total - done_total) / self.world_size, 1),
+        }
+        if self.mode == "json":
+            print(json.dumps(record), file=self.stream, flush=True)
+        elif self.mode == "bar":
+            eta = "" if per_case is None else f", ETA {_clock(record['eta_s'])} (all ranks ~{_clock(record['eta_all_s'])})"
+            print(f"[rank {self.rank}/{self.world_size}] {'made' if made else 'skipped (done)'} {case}: "
+                  f"{shard_done}/{shard_total} of this shard, {done_total}/{total} overall, {_clock(elapsed)} elapsed{eta}",
+                  file=self.stream, flush=True)
+        return record
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

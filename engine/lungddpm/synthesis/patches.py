@@ -1,0 +1,206 @@
+"""Lung-DDPM+ patch mode: nodule-centred cubes cut from the reference, synthesised, pasted back.
+
+Each nodule (26-connected component of layout label 2) gets a size³ cube centred on it, in the
+reference's own orientation, kept inside the field of view where the image is large enough:
+
+- ``patch_spacing_mm=None`` (the released Lung-DDPM+ geometry): the cube is size³ of the
+  reference's own voxels, so cutting and pasting back involve no interpolation at all;
+- ``patch_spacing_mm=s``: the cube has isotropic s-mm voxels (the model's voxel size) and is
+  resampled (linear) from and back to the reference grid.
+
+Nodules whose bounding box fits inside an earlier nodule's cube (with a border of context) share
+that cube. Cubes are pre-processed as the released code does (file axes, per-slice min-max; see
+``profiles.ReleasedProfile.encode_on_grid``), sampled in batches with AAS where the nodule channel is
+−1, and pasted back: each cube's synthetic values replace the reference at its own nodules' voxels
+(plus, for resampled cubes, a feather one cube voxel + one reference voxel wide). Everywhere else the output is the
+reference voxel for voxel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from lungddpm.errors import InputError
+from lungddpm.layout.labels import NODULE
+from lungddpm.model.lungddpm import LungDDPM
+from lungddpm.synthesis.profiles import ModelSpace, ReleasedProfile
+from lungddpm.runtime.progress import ProgressCallback
+from lungddpm.sampling.ancestral import sample_aas
+from lungddpm.sampling.noise import make_generator
+from lungddpm.sampling.solvers import sample_aas_solver
+from lungddpm.io.volume import Volume
+
+PATCH_BORDER_FRACTION = 1 / 16  # context kept between a nodule and its cube's faces (4 voxels of a 64³ cube)
+PATCH_BATCH = 4  # cubes sampled together in one network pass
+
+
+@dataclass
+class NodulePatch:
+    """One cube: its geometry, where it starts in reference index space, and the nodules it pastes."""
+
+    grid: sitk.Image
+    start: np.ndarray  # continuous reference index (i, j, k) of the cube's first voxel centre
+    step: np.ndarray  # reference voxels per cube voxel along (i, j, k)
+    components: list[int]  # labels (in nodule_components) of the nodules this cube pastes back
+
+
+def nodule_components(layout: Volume) -> tuple[np.ndarray, int]:
+    """26-connected components of the nodule label: a label array (k, j, i) and their number."""
+    mask = sitk.GetImageFromArray((layout.array == NODULE).astype(np.uint8))
+    labels = sitk.ConnectedComponent(mask, True)
+    array = sitk.GetArrayFromImage(labels)
+    return array, int(array.max())
+
+
+def _bounding_boxes(components: np.ndarray, count: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Index-space (i, j, k) min and max corner of each component."""
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(sitk.GetImageFromArray(components.astype(np.uint32)))
+    boxes = {}
+    for label in range(1, count + 1):
+        x, y, z, sx, sy, sz = stats.GetBoundingBox(label)
+        boxes[label] = (np.array([x, y, z], float), np.array([x + sx - 1, y + sy - 1, z + sz - 1], float))
+    return boxes
+
+
+def plan_patches(layout: Volume, size: int, patch_spacing_mm: float | None) -> tuple[list[NodulePatch], np.ndarray]:
+    """The cubes that cover every nodule of the layout, and the nodule component labels (k, j, i)."""
+    components, count = nodule_components(layout)
+    if count == 0:
+        raise InputError("the layout has no nodule (label 2); Lung-DDPM+ synthesises nodules: paint one in the "
+                         "segmentation (Segment Editor) or add one with `lungddpm add-nodule`")
+    spacing = np.array(layout.spacing, float)
+    n = np.array(layout.array.shape[::-1], float)  # (i, j, k)
+    step = np.ones(3) if patch_spacing_mm is None else float(patch_spacing_mm) / spacing
+    cube_mm = size * (spacing * step)
+    boxes = _bounding_boxes(components, count)
+    order = sorted(boxes, key=lambda lab: -np.prod(boxes[lab][1] - boxes[lab][0] + 1))  # largest first
+    border_voxels = max(1, round(size * PATCH_BORDER_FRACTION))
+    border = border_voxels * step
+    patches: list[NodulePatch] = []
+    assigned: set[int] = set()
+    for label in order:
+        if label in assigned:
+            continue
+        lo, hi = boxes[label]
+        extent_mm = (hi - lo + 1) * spacing
+        if np.any(hi - lo + 1 > (size - 1) * step - 2 * border + 1e-6):
+            raise InputError(
+                f"a nodule spans {np.round(extent_mm, 1).tolist()} mm, more than this patch model's cube of "
+                f"{np.round(cube_mm, 1).tolist()} mm leaves room for (a {border_voxels}-voxel border); use a "
+                "full-volume Lung-DDPM model for it, or a larger --patch-spacing")
+        start = _cube_start((lo + hi) / 2, step, size, n, integer=patch_spacing_mm is None)
+        end = start + (size - 1) * step
+        members = [lab for lab in order if lab not in assigned
+                   and np.all(boxes[lab][0] >= start + border - 1e-6) and np.all(boxes[lab][1] <= end - border + 1e-6)]
+        assigned.update(members)
+        patches.append(NodulePatch(_cube_grid(layout, start, step, size), start, step, members))
+    return patches, components
+
+
+def _cube_start(centre: np.ndarray, step: np.ndarray, size: int, n: np.ndarray, integer: bool) -> np.ndarray:
+    """First voxel centre (continuous index) of a cube centred on `centre`, shifted inside the image if it fits."""
+    half = (size - 1) / 2 * step
+    low, high = half, n - 1 - half  # admissible centres for a cube fully inside the image
+    centre = np.where(low <= high, np.clip(centre, low, np.maximum(low, high)), (n - 1) / 2)
+    start = centre - half
+    return np.round(start) if integer else start
+
+
+def _cube_grid(layout: Volume, start: np.ndarray, step: np.ndarray, size: int) -> sitk.Image:
+    """The size³ cube geometry: the reference's direction, spacing × step, first voxel at `start`."""
+    ref = layout.to_sitk_geometry()
+    grid = sitk.Image([size] * 3, sitk.sitkUInt8)
+    grid.SetDirection(ref.GetDirection())
+    grid.SetSpacing((np.array(ref.GetSpacing()) * step).tolist())
+    grid.SetOrigin(ref.TransformContinuousIndexToPhysicalPoint(start.tolist()))
+    return grid
+
+
+def _footprint(patch: NodulePatch, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """(k, j, i) slices of the reference voxels a cube's samples fall among (interpolation neighbours included)."""
+    size = np.array(patch.grid.GetSize(), float)
+    n = np.array(shape[::-1])
+    lo = np.clip(np.floor(patch.start - 0.5 * patch.step), 0, n - 1).astype(int)
+    hi = np.clip(np.ceil(patch.start + (size - 0.5) * patch.step), 0, n - 1).astype(int)
+    return tuple(slice(a, b + 1) for a, b in zip(lo[::-1], hi[::-1]))
+
+
+def _crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """The sub-volume at box (a view of the array) with its own origin; the geometry is otherwise the volume's."""
+    corner = [int(box[2].start), int(box[1].start), int(box[0].start)]
+    origin = volume.to_sitk_geometry().TransformIndexToPhysicalPoint(corner)
+    return Volume(volume.array[box], origin, volume.spacing, volume.direction)
+
+
+def encode_patch(reference: Volume, layout: Volume, patch: NodulePatch) -> ModelSpace:
+    """Model-space tensors of one cube: the released pre-processing with the nodule channel only."""
+    box = _footprint(patch, reference.array.shape)  # resample from the cube's surroundings, not the whole CT
+    return ReleasedProfile().encode_on_grid(_crop(reference, box), _crop(layout, box), patch.grid, cond_channels=1)
+
+
+def paste_patch(image: np.ndarray, hu_patch: np.ndarray, patch: NodulePatch, components: np.ndarray,
+                reference: Volume) -> None:
+    """Blend the cube's synthetic HU into `image` (float, k j i, in place) at its own nodules (and a feather)."""
+    box = _footprint(patch, image.shape)
+    own = np.isin(components[box], patch.components)
+    # resampled cubes: the synthetic texture reaches about one cube voxel past the nodule; feather over that
+    # plus one reference voxel, so that the nearest reference voxels outside the nodule blend half-way
+    feather_mm = 0.0 if np.allclose(patch.step, 1) else float(min(patch.grid.GetSpacing()) + min(reference.spacing))
+    weight = _feather(own, reference, feather_mm)
+    cube = sitk.GetImageFromArray(hu_patch.astype(np.float32))
+    cube.CopyInformation(patch.grid)
+    region = _crop(reference, box).to_sitk_geometry()
+    synthetic = sitk.GetArrayFromImage(sitk.Resample(cube, region, sitk.Transform(), sitk.sitkLinear, np.nan, sitk.sitkFloat32))
+    weight = np.where(np.isfinite(synthetic), weight, 0.0)
+    image[box] += weight * (np.nan_to_num(synthetic) - image[box])
+
+
+def _feather(mask: np.ndarray, reference: Volume, width_mm: float) -> np.ndarray:
+    """1 inside mask, falling linearly to 0 over width_mm outside it (just the mask when width is 0)."""
+    if width_mm <= 0 or not mask.any():
+        return mask.astype(np.float64)
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing(reference.spacing)
+    img.SetDirection(reference.direction)
+    outside = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False,
+                                                                  useImageSpacing=True))
+    return np.clip(1.0 - np.maximum(outside, 0.0) / width_mm, 0.0, 1.0)
+
+
+def patch_seed(seed: int, index: int) -> int:
+    """The seed of cube `index` of a run with `seed` (each cube has its own generator)."""
+    return int(seed) * 1_000_003 + int(index)
+
+
+def synthesize_patches(reference: Volume, layout: Volume, model: LungDDPM, *, seed: int, sampler: str, steps: int,
+                       progress: ProgressCallback | None = None, variant: str = "paper", precision: str = "fp32",
+                       x0_correction: str = "dynamic",
+                       patch_spacing_mm: float | None = None, batch: int = PATCH_BATCH) -> tuple[np.ndarray, int]:
+    """Synthesise every nodule's cube and paste them into the reference: HU array (k, j, i) and the cube count."""
+    patches, components = plan_patches(layout, model.config.image_size, patch_spacing_mm)
+    spaces = [encode_patch(reference, layout, patch) for patch in patches]
+    groups = [list(range(i, min(i + batch, len(patches)))) for i in range(0, len(patches), batch)]
+    total = steps * len(groups)
+    if progress is not None:
+        progress(0, total)
+    image = reference.array.astype(np.float64)  # a working copy: the reference itself is never modified
+    profile = ReleasedProfile()
+    for g, members in enumerate(groups):
+        cond = torch.cat([spaces[i].cond for i in members])
+        x_ref = torch.cat([spaces[i].x_ref for i in members])
+        generators = [make_generator(patch_seed(seed, i), model.device) for i in members]
+        report = None if progress is None else (lambda i, n, off=g * steps: progress(off + i, total))
+        if sampler == "ddpm":
+            x0 = sample_aas(model, cond, x_ref, variant=variant, generator=generators, progress=report, precision=precision)
+        else:
+            x0 = sample_aas_solver(model, cond, x_ref, sampler, steps, generator=generators, progress=report,
+                                   x0_correction=x0_correction, precision=precision)
+        for b, i in enumerate(members):
+            hu = profile.decode(x0[b : b + 1], spaces[i])
+            paste_patch(image, hu, patches[i], components, reference)
+    return image, len(patches)

@@ -1,0 +1,167 @@
+"""Profiles: how a model sees the world, and the way back to the reference CT's grid in HU.
+
+A profile maps a reference CT and its layout (physical geometry, HU, labels 0/1/2) to model-space
+tensors (x_ref in [−1, 1], one-hot layout channels in {−1, 1}) on a *model grid*, and maps a
+model-space sample back to HU on that grid. ``to_reference_grid`` then resamples it onto the
+reference grid inside the lung region; outside it the output is the reference, voxel for voxel.
+
+- ``released``: the released sampling script, reproduced from a volume file. The whole volume is
+  resized to size³ (linear, corner-aligned, as torchio's Resize does with SimpleITK), in the file's
+  own array axes; tensor axes (D, H, W) are the file's (i, k, j); intensities are min-max scaled
+  per i index to [−1, 1]. The per-index minima and maxima are kept, so the output maps back to HU.
+- ``native``: the project's own models. A box around the lungs (plus a margin) in patient
+  coordinates (LPS, identity direction, isotropic spacing, whatever the file's orientation) is
+  resampled to size³; tensor axes (D, H, W) = (S, P, L); HU window [−1000, 500] ↔ [−1, 1], linear
+  and invertible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from lungddpm.errors import ConfigError, InputError
+from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.io.volume import Volume, index_to_physical, to_pixel_type
+
+NATIVE_HU_WINDOW = (-1000.0, 500.0)  # HU mapped to −1 and +1 by the native profile
+NATIVE_MARGIN_MM = 10.0  # margin around the lungs' bounding box in the native model grid
+PAD_HU = -1000.0  # value (air) for model-grid voxels outside the reference's field of view
+
+
+@dataclass
+class ModelSpace:
+    """Model-space tensors of one case plus what is needed to map a sample back to HU."""
+
+    x_ref: torch.Tensor  # (1, 1, D, H, W) in [−1, 1]
+    cond: torch.Tensor  # (1, C, D, H, W) in [−1, 1]
+    grid: sitk.Image  # geometry of the model grid (pixel values unused)
+    profile: str
+    scale: dict[str, np.ndarray] = field(default_factory=dict)  # intensity mapping parameters
+
+
+def _sitk(volume: Volume, dtype: int = sitk.sitkFloat32) -> sitk.Image:
+    """The volume as a SimpleITK image cast to dtype."""
+    return sitk.Cast(volume.to_sitk(), dtype)
+
+
+def resample_onto(image: sitk.Image, grid: sitk.Image, default: float = 0.0, interpolator: int = sitk.sitkLinear) -> np.ndarray:
+    """image resampled onto grid (identity transform), as a float32 array (k, j, i)."""
+    out = sitk.Resample(image, grid, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def released_grid(reference: Volume, size: int) -> sitk.Image:
+    """size³ grid covering the reference's field of view corner to corner (torchio Resize geometry)."""
+    ref = reference.to_sitk()
+    n = np.array(ref.GetSize(), dtype=float)
+    grid = sitk.Image([size] * 3, sitk.sitkUInt8)
+    grid.SetSpacing((np.array(ref.GetSpacing()) * n / size).tolist())
+    grid.SetDirection(ref.GetDirection())
+    grid.SetOrigin(ref.TransformContinuousIndexToPhysicalPoint((0.5 * (n / size - 1)).tolist()))
+    return grid
+
+
+def native_grid(layout: Volume, size: int, margin_mm: float = NATIVE_MARGIN_MM) -> sitk.Image:
+    """size³ isotropic, patient-aligned (LPS identity) grid centred on the lungs' box plus a margin."""
+    kji = np.argwhere(layout.array >= LUNG)
+    if kji.size == 0:
+        raise InputError("the layout has no lung voxels (label 1); cannot place the model grid")
+    pts = index_to_physical(layout, kji[:, ::-1])
+    direction = np.array(layout.direction).reshape(3, 3)
+    half_voxel = 0.5 * np.abs(direction) @ np.array(layout.spacing)  # physical half-extent of one voxel
+    lo = pts.min(0) - half_voxel - margin_mm
+    hi = pts.max(0) + half_voxel + margin_mm
+    spacing = float((hi - lo).max()) / size
+    centre = (lo + hi) / 2
+    grid = sitk.Image([size] * 3, sitk.sitkUInt8)
+    grid.SetSpacing([spacing] * 3)
+    grid.SetOrigin((centre - spacing * (size - 1) / 2).tolist())
+    return grid
+
+
+def _onehot_channels(layout: Volume, grid: sitk.Image, cond_channels: int, axes: tuple[int, int, int]) -> torch.Tensor:
+    """Layout one-hot channels (lung, nodule; or nodule only) resampled linearly to the grid, in [−1, 1]."""
+    labels = (LUNG, NODULE) if cond_channels == 2 else (NODULE,) if cond_channels == 1 else None
+    if labels is None:
+        raise ConfigError(f"profiles support 1 or 2 layout channels, the model has {cond_channels}")
+    chans = []
+    for lab in labels:
+        mask = layout.with_array((layout.array == lab).astype(np.float32))
+        chans.append(np.transpose(resample_onto(_sitk(mask), grid), axes) * 2 - 1)
+    return torch.from_numpy(np.ascontiguousarray(np.stack(chans)))[None]
+
+
+class ReleasedProfile:
+    """The released script's pre-processing (file array axes, whole-volume resize, per-slice min-max)."""
+
+    name = "released"
+    axes = (2, 0, 1)  # sitk array (k, j, i) -> tensor (i, k, j)
+    inverse_axes = (1, 2, 0)
+
+    def encode(self, reference: Volume, layout: Volume, size: int, cond_channels: int) -> ModelSpace:
+        """Model-space tensors exactly as the released sample.py computes them."""
+        return self.encode_on_grid(reference, layout, released_grid(reference, size), cond_channels)
+
+    def encode_on_grid(self, reference: Volume, layout: Volume, grid: sitk.Image, cond_channels: int) -> ModelSpace:
+        """Released pre-processing on a given grid (file axes, per-i min-max); also cuts Lung-DDPM+ patches."""
+        m = np.transpose(resample_onto(_sitk(reference), grid, default=PAD_HU), self.axes)
+        lo = m.min(axis=(1, 2), keepdims=True)
+        hi = m.max(axis=(1, 2), keepdims=True)
+        x = (m - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1
+        cond = _onehot_channels(layout, grid, cond_channels, self.axes)
+        x_ref = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+        return ModelSpace(x_ref, cond, grid, self.name, {"lo": lo, "hi": hi})
+
+    def decode(self, x0: torch.Tensor, space: ModelSpace) -> np.ndarray:
+        """Model output (1,1,D,H,W) -> HU array (k, j, i) on the model grid, inverting the per-slice scaling."""
+        y = x0[0, 0].detach().cpu().double().numpy()
+        hu = (y + 1) / 2 * (space.scale["hi"] - space.scale["lo"]) + space.scale["lo"]
+        return np.transpose(hu, self.inverse_axes)
+
+
+class NativeProfile:
+    """The project's profile: lung-centred patient-aligned crop, fixed HU window, invertible."""
+
+    name = "native"
+    axes = (0, 1, 2)  # sitk array (k, j, i) of an LPS-identity grid = (S, P, L)
+    inverse_axes = (0, 1, 2)
+
+    def __init__(self, window: tuple[float, float] = NATIVE_HU_WINDOW, margin_mm: float = NATIVE_MARGIN_MM) -> None:
+        self.window = window
+        self.margin_mm = margin_mm
+
+    def hu_to_model(self, hu: np.ndarray) -> np.ndarray:
+        """Clip to the HU window and map it linearly to [−1, 1]."""
+        lo, hi = self.window
+        return (np.clip(hu, lo, hi) - lo) / (hi - lo) * 2 - 1
+
+    def model_to_hu(self, y: np.ndarray) -> np.ndarray:
+        """Inverse of hu_to_model inside the window."""
+        lo, hi = self.window
+        return (np.clip(y, -1, 1) + 1) / 2 * (hi - lo) + lo
+
+    def encode(self, reference: Volume, layout: Volume, size: int, cond_channels: int) -> ModelSpace:
+        """Model-space tensors on a lung-centred, patient-aligned size³ grid."""
+        grid = native_grid(layout, size, self.margin_mm)
+        hu = resample_onto(_sitk(reference), grid, default=PAD_HU)
+        x_ref = torch.from_numpy(np.ascontiguousarray(self.hu_to_model(hu), dtype=np.float32))[None, None]
+        cond = _onehot_channels(layout, grid, cond_channels, self.axes)
+        return ModelSpace(x_ref, cond, grid, self.name)
+
+    def decode(self, x0: torch.Tensor, space: ModelSpace) -> np.ndarray:
+        """Model output (1,1,D,H,W) -> HU array (k, j, i) on the model grid."""
+        return self.model_to_hu(x0[0, 0].detach().cpu().double().numpy())
+
+
+PROFILES = {"released": ReleasedProfile, "native": NativeProfile}
+
+
+def get_profile(name: str) -> ReleasedProfile | NativeProfile:
+    """The profile object for a model's profile name."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]()

@@ -1,0 +1,36 @@
+"""The way back: a model-grid sample in HU resampled onto the reference grid and blended in inside the lungs only."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from lungddpm.io.volume import Volume, to_pixel_type
+from lungddpm.layout.labels import LUNG
+from lungddpm.synthesis.profiles import PAD_HU, ModelSpace, resample_onto
+
+
+def synthesis_weight(layout: Volume, margin_mm: float) -> np.ndarray:
+    """Blend weight on the layout grid: 0 outside the lung region, rising to 1 over margin_mm inside it."""
+    region = (layout.array >= LUNG).astype(np.uint8)
+    if margin_mm <= 0:
+        return region.astype(np.float32)
+    img = sitk.GetImageFromArray(region)
+    img.CopyInformation(layout.to_sitk())
+    dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=True, squaredDistance=False, useImageSpacing=True))
+    return np.where(region > 0, np.clip((dist + 0.5 * min(layout.spacing)) / margin_mm, 0, 1), 0).astype(np.float32)
+
+
+def to_reference_grid(hu_model: np.ndarray, space: ModelSpace, reference: Volume, layout: Volume, margin_mm: float) -> Volume:
+    """Resample model-grid HU onto the reference grid and blend it in inside the lung region only.
+
+    Outside the lung region (layout 0) the result is the reference voxel for voxel; the result has
+    the reference's size, spacing, origin, direction and pixel type.
+    """
+    img = sitk.GetImageFromArray(hu_model.astype(np.float32))
+    img.CopyInformation(space.grid)
+    syn = resample_onto(img, reference.to_sitk_geometry(), default=PAD_HU)
+    w = synthesis_weight(layout, margin_mm)
+    ref = reference.array
+    out = np.where(w > 0, ref.astype(np.float64) + w * (syn - ref), ref)
+    return reference.with_array(to_pixel_type(out, ref.dtype))

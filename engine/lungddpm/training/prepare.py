@@ -1,0 +1,337 @@
+"""`lungddpm prepare`: CT folders with nodule annotations -> a prepared training set in a profile's model space.
+
+A *case folder* holds a CT (``ct.nii.gz`` / ``ct.nii`` / ``ct.nrrd`` / ``ct.mha``, else a ``dicom/``
+sub-folder, else DICOM files in the folder itself) and optionally nodule annotations: a mask file
+``nodules.*`` (nonzero = nodule), LIDC-IDRI XML files anywhere in the folder (50 % reader consensus)
+or an ``annotation/`` folder of Pascal-VOC boxes named by SOPInstanceUID. Each input is a case folder
+or a folder of case folders.
+
+Per case: read the CT, refuse it with a reason if it cannot be used (unreadable, missing slices,
+contrast-enhanced, no lung found, nodules outside the lung), compute the automatic lung mask, compose
+the layout, map CT + layout into the profile's model space and write ``cases/<id>/x.npy`` (1, D, H, W)
+and ``cond.npy`` (C, D, H, W) for training, plus ``ct.nii.gz`` (HU) and ``layout.nii.gz`` (labels,
+channel > 0) on the model grid for inspection. Then ``manifest.json`` / ``manifest.csv`` (case id,
+patient id, split, spacing, nodule count and sizes) and ``skipped.json`` (case, reason). The split into
+train and validation is by patient, with a seed.
+
+Profile ``released-patch`` (Lung-DDPM+): one sample per nodule cube instead of one per case, in
+``cases/<id>/cube-<n>/``, cut and pre-processed by ``patches.plan_patches`` / ``patches.encode_patch``
+(the functions sampling uses) with the nodule channel only; cases without a nodule are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from lungddpm.layout.annotations import DicomHeaders, SliceMap, is_lidc_xml, lidc_mask, read_dicom_headers, voc_mask
+from lungddpm.errors import InputError, LungDDPMError
+from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
+from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.synthesis.patches import encode_patch, nodule_components, plan_patches
+from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
+from lungddpm.io.volume import Volume, read_volume, refuse_protected, resample_like, write_volume
+
+CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha")
+MASK_NAMES = ("nodules.nii.gz", "nodules.nii", "nodules.nrrd", "nodules.mha")
+SLICE_GAP_TOLERANCE = 0.1  # relative deviation of a slice gap from the median that counts as missing slices
+# Contrast: median HU of soft tissue between the lungs (heart, great vessels) at mid-lung height. Unenhanced
+# blood is 30-60 HU, enhanced blood 150-400 HU.
+CONTRAST_HU = 150.0
+MEDIASTINUM_HU = (-50.0, 600.0)
+PATCH_PROFILE = "released-patch"  # Lung-DDPM+: one nodule-centred cube per sample, nodule channel only
+
+
+class SkipCase(Exception):
+    """A case that preparation leaves out, with the reason recorded in skipped.json."""
+
+
+@dataclass
+class CaseSource:
+    """Where one case's CT and annotations are."""
+
+    case_id: str
+    folder: Path
+    ct: Path
+    dicom: Path | None = None
+    mask: Path | None = None
+    lidc: list[Path] = field(default_factory=list)
+    voc: Path | None = None
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """Whether a folder directly holds a DICOM series (without ITK's warning for folders that do not)."""
+    if not folder.is_dir():
+        return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def find_case(folder: Path) -> CaseSource | None:
+    """The case a folder holds, or None when it holds no CT."""
+    dicom = folder / "dicom" if _is_dicom_folder(folder / "dicom") else folder if _is_dicom_folder(folder) else None
+    ct = next((folder / n for n in CT_NAMES if (folder / n).is_file()), dicom)
+    if ct is None:
+        return None
+    mask = next((folder / n for n in MASK_NAMES if (folder / n).is_file()), None)
+    lidc = sorted(p for p in folder.rglob("*.xml") if is_lidc_xml(p))
+    voc = folder / "annotation" if (folder / "annotation").is_dir() else None
+    return CaseSource(folder.name, folder, ct, dicom, mask, lidc, voc)
+
+
+def discover_cases(inputs: list[str | Path]) -> list[CaseSource]:
+    """Case folders among the inputs (each a case folder or a folder of case folders), sorted by case id."""
+    cases = []
+    for entry in map(Path, inputs):
+        if not entry.is_dir():
+            raise InputError(f"{entry}: not a folder; give a case folder or a folder of case folders")
+        case = find_case(entry)
+        found = [case] if case else [c for c in map(find_case, sorted(p for p in entry.iterdir() if p.is_dir())) if c]
+        if not found:
+            raise InputError(f"{entry}: no CT found (ct.nii.gz/.nii/.nrrd/.mha, a dicom/ folder or DICOM files); "
+                             "see `lungddpm prepare --help` for the folder layout")
+        cases += found
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"case folder names must be unique; repeated: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def check_slice_gaps(headers: DicomHeaders) -> None:
+    """Raise SkipCase when the slice positions of a DICOM series are not evenly spaced (missing slices)."""
+    if len(headers.slices) < 3:
+        return
+    info = next(iter(headers.slices.values()))
+    normal = np.cross(info.row_dir, info.col_dir)
+    gaps = np.diff(np.sort([s.position @ normal for s in headers.slices.values()]))
+    median = float(np.median(gaps))
+    if median <= 0 or np.max(np.abs(gaps - median)) > SLICE_GAP_TOLERANCE * median:
+        raise SkipCase(f"missing slices: slice gaps range {gaps.min():.2f}..{gaps.max():.2f} mm (median {median:.2f} mm)")
+
+
+def mediastinum_hu(ct: Volume, lung: Volume) -> float | None:
+    """Median HU of soft tissue between the lungs, anterior half, middle half of the lungs' height (LPS-oriented)."""
+    hu = sitk.GetArrayFromImage(sitk.DICOMOrient(ct.to_sitk(), "LPS"))  # axes (S, P, L)
+    mask = sitk.GetArrayFromImage(sitk.DICOMOrient(lung.to_sitk(), "LPS")) > 0
+    k, j, i = np.nonzero(mask)
+    if k.size == 0:
+        return None
+    ks = slice(*np.percentile(k, [25, 75]).astype(int))
+    js = slice(j.min(), int(j.min() + 0.5 * (j.max() - j.min())))
+    centre, half = (i.min() + i.max()) / 2, 0.1 * (i.max() - i.min())
+    region = hu[ks, js, int(centre - half):int(centre + half) + 1]
+    tissue = region[(region >= MEDIASTINUM_HU[0]) & (region <= MEDIASTINUM_HU[1]) & ~mask[ks, js, int(centre - half):int(centre + half) + 1]]
+    return float(np.median(tissue)) if tissue.size else None
+
+
+def nodule_diameters_mm(layout: Volume) -> list[float]:
+    """Equivalent-sphere diameter (mm) of each 26-connected nodule of a layout, largest first."""
+    components, count = nodule_components(layout)
+    return component_diameters_mm(components, range(1, count + 1), layout.spacing)
+
+
+def component_diameters_mm(components: np.ndarray, labels: Iterable[int], spacing: Sequence[float]) -> list[float]:
+    """Equivalent-sphere diameter (mm) of the given labels of a component array, largest first."""
+    counts = np.bincount(components.ravel())
+    voxel_mm3 = float(np.prod(spacing))
+    sizes = (counts[label] for label in labels if label < counts.size and counts[label])
+    return sorted((round(float((6 * c * voxel_mm3 / np.pi) ** (1 / 3)), 2) for c in sizes), reverse=True)
+
+
+def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[Volume, str]:
+    """The case's layout (automatic lung mask + annotated nodules) and the kind of annotation used."""
+    try:
+        lung = lung_mask(ct)
+    except InputError as exc:
+        raise SkipCase(f"no lung found: {exc}") from None
+    if not (lung.array > 0).any():
+        raise SkipCase("no lung found by the automatic lung mask")
+    slices = SliceMap(ct, headers)
+    if source.mask is not None:
+        nodules, kind = resample_like(read_volume(source.mask), ct, interpolator="nearest"), "mask"
+    elif source.lidc:
+        nodules, kind = ct.with_array(lidc_mask(source.lidc, slices).astype(np.uint8)), "lidc-consensus"
+    elif source.voc is not None:
+        nodules, kind = ct.with_array(voc_mask(source.voc, slices).astype(np.uint8)), "voc-boxes"
+    else:
+        nodules, kind = None, "none"
+    layout = compose_layout(lung, nodules)
+    try:
+        validate_layout(ct, layout, ct_name=f"{source.case_id} CT", layout_name=f"{source.case_id} layout")
+    except InputError as exc:
+        raise SkipCase(f"invalid layout: {exc}") from None
+    return layout, kind
+
+
+def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders]:
+    """A case's CT, layout, annotation kind and DICOM headers, after the checks that may skip it."""
+    headers = read_dicom_headers(source.dicom) if source.dicom else DicomHeaders()
+    if source.dicom:
+        check_slice_gaps(headers)
+    if headers.contrast_agent and headers.contrast_agent.upper() not in ("NONE", "NO"):
+        raise SkipCase(f"contrast-enhanced: DICOM ContrastBolusAgent is {headers.contrast_agent!r}")
+    try:
+        ct = read_volume(source.ct)
+    except InputError as exc:
+        raise SkipCase(f"unreadable: {exc}") from None
+    layout, kind = case_layout(source, ct, headers)
+    blood = mediastinum_hu(ct, layout)
+    if blood is not None and blood > CONTRAST_HU:
+        raise SkipCase(f"contrast-enhanced: median soft tissue between the lungs is {blood:.0f} HU (> {CONTRAST_HU:.0f})")
+    return ct, layout, kind, headers
+
+
+def write_sample(out_dir: Path, space: ModelSpace, prof: ReleasedProfile | NativeProfile, description: str) -> None:
+    """x.npy and cond.npy (model space) plus ct.nii.gz (HU) and layout.nii.gz (labels) on the model grid."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "x.npy", space.x_ref[0].numpy().astype(np.float32))
+    np.save(out_dir / "cond.npy", space.cond[0].numpy().astype(np.float16))
+    grid = Volume.from_sitk(space.grid)
+    write_volume(grid.with_array(prof.decode(space.x_ref, space).astype(np.float32)), out_dir / "ct.nii.gz",
+                 metadata={"descrip": f"{description} (HU)"})
+    channels = np.transpose(space.cond[0].numpy(), (0, *(1 + a for a in prof.inverse_axes))) > 0
+    labels = np.zeros(channels.shape[1:], np.uint8)
+    if channels.shape[0] == 2:
+        labels[channels[0]] = LUNG
+    labels[channels[-1]] = NODULE
+    write_volume(grid.with_array(labels), out_dir / "layout.nii.gz", metadata={"descrip": "layout in model space"})
+
+
+def _case_record(source: CaseSource, ct: Volume, layout: Volume, kind: str, headers: DicomHeaders) -> dict:
+    """The manifest fields every sample of a case shares."""
+    return {
+        "case_id": source.case_id, "patient_id": headers.patient_id or source.case_id, "source": str(source.ct),
+        "annotation": kind, "shape_ijk": list(ct.array.shape[::-1]), "spacing_mm": [round(s, 4) for s in ct.spacing],
+        "lung_volume_l": round(float((layout.array >= LUNG).sum()) * float(np.prod(ct.spacing)) / 1e6, 3),
+    }
+
+
+def prepare_case(source: CaseSource, out_dir: Path, profile: str, size: int, cond_channels: int) -> dict:
+    """Prepare one case into out_dir; returns its manifest record or raises SkipCase."""
+    ct, layout, kind, headers = read_case(source)
+    prof = get_profile(profile)
+    space = prof.encode(ct, layout, size, cond_channels)
+    write_sample(out_dir, space, prof, f"{source.case_id} in {profile} model space")
+    diameters = nodule_diameters_mm(layout)
+    return {**_case_record(source, ct, layout, kind, headers),
+            "model_spacing_mm": [round(s, 4) for s in space.grid.GetSpacing()],
+            "nodule_count": len(diameters), "nodule_diameters_mm": diameters}
+
+
+def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spacing_mm: float | None) -> list[dict]:
+    """Prepare one case as Lung-DDPM+ nodule cubes in out_dir/cube-<n>; returns one record per cube or raises SkipCase."""
+    ct, layout, kind, headers = read_case(source)
+    if not (layout.array == NODULE).any():
+        raise SkipCase("no nodule: Lung-DDPM+ trains on nodule cubes; annotate the nodules or leave the case out")
+    try:
+        patches, components = plan_patches(layout, size, patch_spacing_mm)
+    except InputError as exc:
+        raise SkipCase(f"nodule too large for the patch: {exc}") from None
+    shared = {**_case_record(source, ct, layout, kind, headers), "case_nodule_count": int(components.max())}
+    records = []
+    for index, patch in enumerate(patches):
+        space = encode_patch(ct, layout, patch)
+        write_sample(out_dir / f"cube-{index:02d}", space, ReleasedProfile(),
+                     f"{source.case_id} nodule cube {index} in {PATCH_PROFILE} model space")
+        diameters = component_diameters_mm(components, patch.components, ct.spacing)
+        records.append({**shared, "cube": index, "cube_start_ijk": [round(float(v), 3) for v in patch.start],
+                        "model_spacing_mm": [round(s, 4) for s in patch.grid.GetSpacing()],
+                        "nodule_count": len(diameters), "nodule_diameters_mm": diameters,
+                        "folder": f"cases/{source.case_id}/cube-{index:02d}"})
+    return records
+
+
+def default_cond_channels(profile: str, cond_channels: int | None) -> int:
+    """The layout channels of a profile (2 = lung + nodule, 1 = nodule only), checked against a requested count."""
+    if profile == PATCH_PROFILE:
+        if cond_channels not in (None, 1):
+            raise InputError(f"the {PATCH_PROFILE} profile (Lung-DDPM+) has one layout channel (the nodule), not "
+                             f"{cond_channels}; omit --cond-channels or pass --cond-channels 1")
+        return 1
+    return 2 if cond_channels is None else cond_channels
+
+
+def split_patients(patients: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The patients of the validation split: a seeded shuffle of the sorted ids, the first round(f · n) of them."""
+    unique = sorted(set(patients))
+    random.Random(seed).shuffle(unique)
+    count = int(round(val_fraction * len(unique)))
+    if val_fraction > 0 and len(unique) > 1:
+        count = min(max(count, 1), len(unique) - 1)
+    return set(unique[:count])
+
+
+def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: str = "native", size: int = 128,
+                    cond_channels: int | None = None, val_fraction: float = 0.1, seed: int = 0,
+                    patch_spacing_mm: float | None = None,
+                    progress: Callable[[dict], None] | None = None) -> dict:
+    """Prepare every case found in inputs into output; returns {'prepared', 'samples', 'skipped', 'manifest'}.
+
+    cond_channels None: the profile's (2, or 1 for released-patch). patch_spacing_mm: released-patch only,
+    the cube's isotropic voxel size (None: the CT's own voxels, the released Lung-DDPM+ geometry).
+    """
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction {val_fraction} must lie in [0, 1)")
+    patch = profile == PATCH_PROFILE
+    if not patch:
+        get_profile(profile)
+    if patch_spacing_mm is not None and not (patch and patch_spacing_mm > 0):
+        raise InputError(f"patch spacing {patch_spacing_mm} mm: a positive cube voxel size, for --profile {PATCH_PROFILE} "
+                         "only; omit --patch-spacing for full-volume profiles")
+    cond_channels = default_cond_channels(profile, cond_channels)
+    output = Path(output)
+    refuse_protected(output, inputs)
+    samples, skipped, prepared = [], [], 0
+    sources = discover_cases(inputs)
+    for done, source in enumerate(sources, start=1):
+        folder = output / "cases" / source.case_id
+        try:
+            if patch:
+                records = prepare_patch_case(source, folder, size, patch_spacing_mm)
+            else:
+                records = [{**prepare_case(source, folder, profile, size, cond_channels), "folder": f"cases/{source.case_id}"}]
+        except SkipCase as exc:
+            skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": str(exc)})
+        except (LungDDPMError, RuntimeError, OSError, ValueError) as exc:
+            skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": f"unreadable: {exc}"})
+        else:
+            samples += records
+            prepared += 1
+        if progress is not None:
+            progress({"case": source.case_id, "done": done, "skipped": len(skipped)})
+    validation = split_patients([c["patient_id"] for c in samples], val_fraction, seed)
+    for c in samples:
+        c["split"] = "validation" if c["patient_id"] in validation else "train"
+    space = {"profile": profile, "size": size, "cond_channels": cond_channels}
+    if patch:
+        space["patch_spacing_mm"] = patch_spacing_mm
+    manifest = {"space": space, "split": {"val_fraction": val_fraction, "seed": seed}, "cases": samples}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (output / "skipped.json").write_text(json.dumps(skipped, indent=2))
+    _write_csv(output / "manifest.csv", samples, patch)
+    return {"prepared": prepared, "samples": len(samples), "skipped": len(skipped), "manifest": str(output / "manifest.json")}
+
+
+def _write_csv(path: Path, cases: list[dict], patch: bool = False) -> None:
+    """The manifest as CSV (lists joined with ';'); patch sets add the cube columns."""
+    columns = ["case_id", "patient_id", "split", "folder", "annotation", "nodule_count", "nodule_diameters_mm",
+               "spacing_mm", "model_spacing_mm", "shape_ijk", "lung_volume_l", "source"]
+    if patch:
+        columns[4:4] = ["cube", "cube_start_ijk", "case_nodule_count"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for c in cases:
+            writer.writerow({k: ";".join(map(str, c[k])) if isinstance(c[k], list) else c[k] for k in columns})
