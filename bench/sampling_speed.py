@@ -61,9 +61,9 @@ def run_setting(setting: dict, size: int, device: str, threads: int, max_passes:
     """Time one setting in this process; returns its row."""
     import torch
 
-    from lungddpm import LungDDPM, make_generator, sample_aas
+    from lungddpm import LungDDPM, make_generator
     from lungddpm.model.config import released_lung_ddpm
-    from lungddpm.sampling.solvers import sample_aas_solver
+    from lungddpm.sampling.sample import sample as run_sampler
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -88,11 +88,8 @@ def run_setting(setting: dict, size: int, device: str, threads: int, max_passes:
                 raise _StopAfter
 
         try:
-            if setting["sampler"] == "ddpm":
-                sample_aas(model, cond, x_ref, generator=generators, progress=progress, precision=setting["precision"])
-            else:
-                sample_aas_solver(model, cond, x_ref, setting["sampler"], setting["steps"], generator=generators,
-                                  progress=progress, precision=setting["precision"])
+            run_sampler(model, cond, x_ref, sampler=setting["sampler"], steps=setting["steps"], generator=generators,
+                        progress=progress, precision=setting["precision"])
         except _StopAfter:
             pass
 

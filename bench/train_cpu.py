@@ -18,9 +18,9 @@ import time
 WORKER = """
 import json, sys, time, torch
 from lungddpm import LungDDPM
-from lungddpm.config import released_lung_ddpm
-from lungddpm.runlog import peak_memory_mb
-from lungddpm.train import loss_at
+from lungddpm.model.config import released_lung_ddpm
+from lungddpm.training.objective import loss_at
+from lungddpm.training.runlog import peak_memory_mb
 size, channels, bf16, steps, threads, device = sys.argv[1:]
 size, channels, steps, threads, bf16 = int(size), int(channels), int(steps), int(threads), bf16 == "1"
 torch.set_num_threads(threads)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ERROR_PREFIX = "lungddpm: error: "
 DEVICES = ("auto", "cuda", "mps", "cpu")
-# Mirrors of lungddpm.config.SAMPLERS / DEFAULT_SAMPLER / DEFAULT_SOLVER_STEPS and lungddpm.precision.PRECISIONS
+# Mirrors of lungddpm.sampling.options.SAMPLERS / DEFAULT_SAMPLER / DEFAULT_SOLVER_STEPS and lungddpm.runtime.precision.PRECISIONS
 # (Slicer's process never imports the engine; Testing/slicer checks that they agree). Panel order: default first.
 SAMPLERS = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm")
 DEFAULT_SAMPLER = "dpmpp2m"

@@ -21,7 +21,7 @@ from .models import ModelEntry
 
 LONG_RUN_S = 3600.0
 PATCH_PROFILE = "released-patch"  # Lung-DDPM+ nodule-cube models
-PATCH_BATCH = 4  # cubes per network pass; mirrors lungddpm.patches.PATCH_BATCH (checked in Testing/slicer)
+PATCH_BATCH = 4  # cubes per network pass; mirrors lungddpm.synthesis.patches.PATCH_BATCH (checked in Testing/slicer)
 
 
 @dataclass(frozen=True)

@@ -44,3 +44,9 @@ def random_layout(shape=(16, 16, 16), batch: int = 1, seed: int = 0) -> tuple[to
     cond = cond[None].repeat(batch, 1, 1, 1, 1)
     x_ref = (torch.rand((batch, 1, *shape), generator=g) * 2 - 1)
     return cond, x_ref
+
+
+# `lungddpm train` settings of a tiny, fast run (16³, T = 8) as --set arguments
+TINY_TRAIN = ["--set", "image_size=16", "--set", "channel_mult=[1,2]", "--set", "attention_resolutions=[8]",
+              "--set", "num_channels=32", "--set", "timesteps=8", "--set", "lr=1e-3", "--set", "log_every=1",
+              "--set", "ema_start=2", "--set", "ema_every=1", "--set", "preview_every=0", "--set", "tensorboard=false"]

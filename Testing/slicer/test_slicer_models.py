@@ -230,15 +230,16 @@ def test_panel_rules_for_samplers_precisions_and_patch_models(entries):
 
 def test_mirrored_engine_constants_agree_with_the_engine():
     """The module's copies of the engine's samplers, defaults, precisions and cube batch equal the engine's own."""
-    from lungddpm.model.lungddpm import config
+    from lungddpm.model import config
     from lungddpm.runtime import precision
-    from lungddpm.synthesis.synthesize import patches
+    from lungddpm.sampling import options
+    from lungddpm.synthesis import patches
 
-    assert set(engine.SAMPLERS) == set(config.SAMPLERS) and engine.SAMPLERS[0] == config.DEFAULT_SAMPLER
-    assert (engine.DEFAULT_SAMPLER, engine.DEFAULT_SOLVER_STEPS) == (config.DEFAULT_SAMPLER, config.DEFAULT_SOLVER_STEPS)
+    assert set(engine.SAMPLERS) == set(options.SAMPLERS) and engine.SAMPLERS[0] == options.DEFAULT_SAMPLER
+    assert (engine.DEFAULT_SAMPLER, engine.DEFAULT_SOLVER_STEPS) == (options.DEFAULT_SAMPLER, options.DEFAULT_SOLVER_STEPS)
     assert engine.PRECISIONS == precision.PRECISIONS
-    assert estimates.PATCH_BATCH == patches.PATCH_BATCH
-    assert estimates.PATCH_PROFILE == config.released_lung_ddpm_plus().profile
+    assert estimates.PATCH_BATCH == patches.PATCH_BATCH == patches.PatchProfile.batch
+    assert estimates.PATCH_PROFILE == config.PATCH_PROFILE == config.released_lung_ddpm_plus().profile
 
 
 def test_geometry_round_trip_and_sheared_matrices():

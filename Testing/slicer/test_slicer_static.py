@@ -110,7 +110,8 @@ def test_cmake_bundles_resources_and_the_engine(tmp_path):
     module = tmp_path / "install" / "lib" / "Slicer" / "qt-scripted-modules"
     for relative in ("LungDDPMSlicer.py", "LungDDPMSlicerLib/mrml.py", "Resources/UI/LungDDPMSlicer.ui",
                      "Resources/Icons/LungDDPMSlicer.png", "Resources/models.json", "lungddpm/__init__.py",
-                     "lungddpm/cli.py", "lungddpm/__main__.py"):
+                     "lungddpm/cli.py", "lungddpm/__main__.py", "lungddpm/sampling/aas.py", "lungddpm/synthesis/synthesize.py",
+                     "lungddpm/models/demo-native-32.pt"):
         assert (module / relative).is_file(), relative
     engine_files = {p.relative_to(REPO / "engine").as_posix() for p in (REPO / "engine" / "lungddpm").rglob("*")
                     if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")

@@ -9,14 +9,23 @@ from pathlib import Path
 
 from lungddpm import __version__
 from lungddpm.errors import LungDDPMError
-from lungddpm.model.config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS
+from lungddpm.generation.export import LABEL_SETS
+from lungddpm.layout.nodules import NODULE_KINDS
+from lungddpm.model.config import NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE
+from lungddpm.runtime.precision import PRECISIONS
+from lungddpm.runtime.progress import PROGRESS_MODES
+from lungddpm.sampling.options import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS, SAMPLERS, VARIANTS
 
-DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo-native-32.pt"
+DEMO_MODEL_NAME = "demo"  # the word that names the bundled demo model wherever a checkpoint is asked for
 
 
 def _model_path(value: str) -> Path:
     """A checkpoint path; the word 'demo' names the bundled demo model."""
-    return DEMO_MODEL if value == "demo" else Path(value)
+    if value == DEMO_MODEL_NAME:
+        from lungddpm.demo.demo import DEMO_MODEL
+
+        return DEMO_MODEL
+    return Path(value)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -219,17 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--output", required=True, help="output image (.nrrd, .nii.gz, .mha); labels go to <stem>_labels")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    syn.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"],
+    syn.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                      help=f"ddim, dpmpp2m, dpmpp3m: few-step solvers (default {DEFAULT_SAMPLER}); ddpm: the released "
                           "ancestral sampler (all T steps)")
     syn.add_argument("--steps", type=int, default=None,
                      help=f"network passes per sample (solvers: default {DEFAULT_SOLVER_STEPS}; ddpm: always the model's T)")
-    syn.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    syn.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS,
                      help="network precision: fp32, or bf16/fp16 autocast (see README for the measured tolerance)")
     syn.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
                      help="Lung-DDPM+ models: cube voxel size in mm (default: the model's; released: the CT's own voxels)")
-    syn.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (see README)")
-    syn.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    syn.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (see README)")
+    syn.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
     syn.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     syn.set_defaults(func=_cmd_synthesize)
 
@@ -244,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="centre in mm (LPS, or RAS with --ras)")
     an.add_argument("--ras", action="store_true", help="--center is in RAS (as Slicer shows it)")
     an.add_argument("--diameter", type=float, help="diameter in mm")
-    an.add_argument("--kinds", nargs="+", default=["solid"], choices=["solid", "part-solid", "ground-glass"])
+    an.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS)
     an.add_argument("--irregularity", type=float, default=0.0, help="0 (sphere) to 1 (strongly lobulated)")
     an.add_argument("--random", type=int, default=0, metavar="N", help="place N random nodules inside the lung")
     an.add_argument("--diameter-range", type=float, nargs=2, default=(4.0, 20.0), metavar=("MIN", "MAX"))
@@ -256,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="lungddpm-demo", help="output folder (created)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    demo.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
     demo.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     demo.set_defaults(func=_cmd_demo)
 
@@ -268,17 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dataset-name", default="LungDDPMSynthetic")
     gen.add_argument("--variants", type=int, default=1, help="synthetic variants per reference (K)")
     gen.add_argument("--seed", type=int, default=0, help="base seed; each case's seed derives from it, the reference id and the variant")
-    gen.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=["ddpm", "ddim", "dpmpp2m", "dpmpp3m"])
+    gen.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
     gen.add_argument("--steps", type=int, default=None,
                      help=f"solver steps (default {GENERATE_SOLVER_STEPS}); ddpm always runs the model's T")
-    gen.add_argument("--variant", default="paper", choices=["paper", "released"], help="AAS noise level (ddpm only)")
+    gen.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (ddpm only)")
     gen.add_argument("--nodules", type=int, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
     gen.add_argument("--diameter-range", type=float, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"))
-    gen.add_argument("--kinds", nargs="+", default=["solid"], choices=["solid", "part-solid", "ground-glass"])
-    gen.add_argument("--labels", default="layout", choices=["layout", "nodule"], help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
+    gen.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS)
+    gen.add_argument("--labels", default="layout", choices=sorted(LABEL_SETS), help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
     gen.add_argument("--shard", default=None, metavar="I/N", help="this process's shard (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     gen.add_argument("--device", default="auto", help="auto (= cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N, mps")
-    gen.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    gen.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
     gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     gen.add_argument("--finalize", action="store_true", help="only rebuild dataset.json, datalist.json and manifests from finished cases")
     gen.set_defaults(func=_cmd_generate)
@@ -288,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True, help="report folder (report.json, report.md, PNGs)")
     ev.add_argument("--real", default=None, help="real set for FID/MMD (folder or .csv/.json list); default: the data set's references")
     ev.add_argument("--backbone-weights", default=None, help="MedicalNet resnet_*.pth (architecture read from the file)")
-    ev.add_argument("--backbone-depth", type=int, default=10, choices=[10, 18, 34, 50, 101, 152, 200], help="random backbone depth")
-    ev.add_argument("--backbone-shortcut", default="B", choices=["A", "B"], help="random backbone shortcut type")
+    ev.add_argument("--backbone-depth", type=int, default=10, help="random backbone depth (a MedicalNet ResNet depth)")
+    ev.add_argument("--backbone-shortcut", default="B", help="random backbone shortcut type (MedicalNet A or B)")
     ev.add_argument("--backbone-seed", type=int, default=0, help="seed of the random backbone (without --backbone-weights)")
     ev.add_argument("--feature-size", type=int, default=64, help="volumes are resized to this many voxels per side for features")
     ev.add_argument("--soft-tissue-hu", type=float, nargs=2, default=(-300.0, 300.0), metavar=("LO", "HI"))
@@ -317,13 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="CT folders + nodule masks / LIDC XML / VOC boxes -> prepared training set")
     pr.add_argument("--input", nargs="+", required=True, help="case folders or folders of case folders")
     pr.add_argument("--output", required=True, help="prepared folder (manifest.json, manifest.csv, skipped.json, cases/)")
-    pr.add_argument("--profile", default="native", choices=["native", "released", "released-patch"],
-                    help="released-patch: Lung-DDPM+ nodule cubes, one sample per cube (use --size 64 for the released model)")
+    pr.add_argument("--profile", default=NATIVE_PROFILE, choices=PROFILE_NAMES,
+                    help=f"{PATCH_PROFILE}: Lung-DDPM+ nodule cubes, one sample per cube (use --size 64 for the released model)")
     pr.add_argument("--size", type=int, default=128, help="model cube size")
     pr.add_argument("--cond-channels", type=int, default=None, choices=[1, 2],
-                    help="2: lung + nodule (default); 1: nodule only (always for released-patch)")
+                    help=f"2: lung + nodule (default); 1: nodule only (always for {PATCH_PROFILE})")
     pr.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
-                    help="released-patch: isotropic cube voxel size in mm (default: the CT's own voxels, as released)")
+                    help=f"{PATCH_PROFILE}: isotropic cube voxel size in mm (default: the CT's own voxels, as released)")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients in the validation split")
     pr.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     pr.add_argument("--progress", default="none", choices=["json", "none"])

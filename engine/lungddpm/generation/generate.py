@@ -24,7 +24,7 @@ from lungddpm.generation.shards import Shard, WorkItem, safe_id, shard_device, s
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import random_nodules
 from lungddpm.runtime.progress import BatchProgress
-from lungddpm.model.config import DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, SAMPLERS
+from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
 from lungddpm.synthesis.synthesize import synthesize
 from lungddpm.io.volume import READABLE_SUFFIXES, Volume, read_volume
 
@@ -65,6 +65,11 @@ class GenerateSettings:
     label_set: str = "layout"
     device: str = "auto"
     nodules: NoduleRequest | None = None
+
+    @property
+    def requested_steps(self) -> int | None:
+        """The steps asked of synthesize: as given for ddpm (None = the model's T), else given or GENERATE_SOLVER_STEPS."""
+        return self.steps if self.sampler == ANCESTRAL else int(self.steps or GENERATE_SOLVER_STEPS)
 
 
 def _image_stem(path: Path) -> str:
@@ -121,8 +126,7 @@ def _references_in_folder(folder: Path) -> list[Reference]:
 
 def check_settings(refs: list[Reference], settings: GenerateSettings) -> None:
     """Refuse inconsistent settings before any work: unknown sampler or label set, references without a layout source."""
-    if settings.sampler not in SAMPLERS:
-        raise ConfigError(f"sampler {settings.sampler!r} is not available; choose one of {SAMPLERS}")
+    check_sampler(settings.sampler)
     if settings.label_set not in LABEL_SETS:
         raise ConfigError(f"label set {settings.label_set!r} is unknown; choose one of {sorted(LABEL_SETS)}")
     if settings.nodules is None:
@@ -195,8 +199,8 @@ def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sh
             "aas_variant": settings.aas_variant, "label_set": settings.label_set,
             "layout_source": ("file" if ref.layout else "lung_mask") + ("+random_nodules" if adds else ""),
             "nodule_request": settings.nodules.as_dict() if settings.nodules else None}
-    if settings.sampler != "ddpm":  # ddpm runs the model's T steps, known once the model is loaded
-        want["steps"] = int(settings.steps or GENERATE_SOLVER_STEPS)
+    if settings.sampler != ANCESTRAL:  # ddpm runs the model's T steps, known once the model is loaded
+        want["steps"] = settings.requested_steps
     return want
 
 
@@ -228,7 +232,7 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
                 model = load_model(model_path, device=shard_device(settings.device, shard))
             image, layout, info = maker.inputs(item)
             result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
-                                steps=settings.steps if settings.sampler == "ddpm" else settings.steps or GENERATE_SOLVER_STEPS,
+                                steps=settings.requested_steps,
                                 device=str(model.device), variant=settings.aas_variant)
             record = _record(item, ref, paths, settings, info, result.metadata, shard)
             result.metadata.update({"case": item.case, "reference": ref.image.name})

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lungddpm import __version__
-from lungddpm.model.config import ModelConfig
+from lungddpm.model.config import ATTENTIONS, PATCH_PROFILE, RELEASED_PROFILE, ModelConfig
 from lungddpm.runtime.device import resolve_device
 from lungddpm.model.diffusion import SCHEDULE_BUFFERS, schedule_tensors
 from lungddpm.errors import CheckpointError, ConfigError
@@ -123,7 +123,7 @@ def _infer_config(sd: StateDict, image_size: int | None, num_heads: int) -> Mode
     betas = sd.get("betas")
     if betas is None:
         raise CheckpointError("state dict has no 'betas' schedule buffer; not a released GaussianDiffusion state dict")
-    profile = "released" if in_channels - out_channels == 2 else "released-patch"
+    profile = RELEASED_PROFILE if in_channels - out_channels == 2 else PATCH_PROFILE
     try:
         return ModelConfig(
             image_size=image_size,
@@ -187,7 +187,7 @@ def load_model(
     weights: str = "ema",
     expect: dict[str, Any] | None = None,
     image_size: int | None = None,
-    attention: str = "sdpa",
+    attention: str = ATTENTIONS[0],
 ) -> LungDDPM:
     """Load a released or project checkpoint into a LungDDPM in eval mode on device.
 

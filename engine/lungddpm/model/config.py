@@ -7,14 +7,12 @@ from typing import Any
 
 from lungddpm.errors import ConfigError
 
-# Sampling defaults (README "Fidelity check"; ddpm is the released 250-step ancestral sampler).
-# Interactive use (synthesize, the Slicer panel): the fastest setting that passed the fidelity check.
-# Batch data sets (generate), where fidelity outweighs latency: the fewest steps at which lung and nodule
-# mean HU came within 5 HU of ddpm's.
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "dpmpp3m")
-DEFAULT_SAMPLER = "dpmpp2m"
-DEFAULT_SOLVER_STEPS = 3
-GENERATE_SOLVER_STEPS = 10
+# Profiles: how a model sees a CT (synthesis.profiles, synthesis.patches). A checkpoint records its profile.
+RELEASED_PROFILE = "released"  # Lung-DDPM as released: whole volume, file axes, per-slice min-max
+NATIVE_PROFILE = "native"  # the project's models: lung-centred, patient-aligned, fixed HU window
+PATCH_PROFILE = "released-patch"  # Lung-DDPM+: nodule-centred cubes, nodule channel only
+PROFILE_NAMES = (NATIVE_PROFILE, RELEASED_PROFILE, PATCH_PROFILE)
+ATTENTIONS = ("sdpa", "legacy")
 
 # channel_mult the released code picks from the image size when none is given
 RELEASED_CHANNEL_MULT = {32: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}
@@ -34,8 +32,8 @@ class ModelConfig:
     out_channels: int = 1
     timesteps: int = 250
     schedule: str = "cosine"
-    profile: str = "released"
-    attention: str = "sdpa"
+    profile: str = RELEASED_PROFILE
+    attention: str = ATTENTIONS[0]
     dropout: float = 0.0
     patch_spacing_mm: float | None = None  # patch models: isotropic cube voxel size; None = the CT's own voxels
 
@@ -48,6 +46,11 @@ class ModelConfig:
     def cond_channels(self) -> int:
         """Number of layout channels concatenated to the noisy image (2 for Lung-DDPM, 1 for Lung-DDPM+)."""
         return self.in_channels - self.out_channels
+
+    @property
+    def is_patch_model(self) -> bool:
+        """Whether the model synthesises nodule cubes (Lung-DDPM+) rather than whole volumes."""
+        return self.profile == PATCH_PROFILE
 
     @property
     def attention_ds(self) -> tuple[int, ...]:
@@ -81,11 +84,13 @@ class ModelConfig:
             raise ConfigError(f"schedule {self.schedule!r} is not supported; use 'cosine' (the released schedule)")
         if self.patch_spacing_mm is not None and not self.patch_spacing_mm > 0:
             raise ConfigError(f"patch_spacing_mm {self.patch_spacing_mm} must be a positive voxel size in mm, or None")
-        if self.profile == "released-patch" and self.cond_channels != 1:
-            raise ConfigError(f"profile released-patch (Lung-DDPM+) has one layout channel (the nodule): in_channels must "
+        if self.profile not in PROFILE_NAMES:
+            raise ConfigError(f"profile {self.profile!r} is unknown; choose one of {PROFILE_NAMES}")
+        if self.is_patch_model and self.cond_channels != 1:
+            raise ConfigError(f"profile {PATCH_PROFILE} (Lung-DDPM+) has one layout channel (the nodule): in_channels must "
                               f"be out_channels + 1 = {self.out_channels + 1}, not {self.in_channels}")
-        if self.attention not in ("sdpa", "legacy"):
-            raise ConfigError(f"attention {self.attention!r} must be 'sdpa' or 'legacy'")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"attention {self.attention!r} must be one of {ATTENTIONS}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (lists, ints, strings) safe for torch.save with weights_only loading."""
@@ -114,6 +119,6 @@ def released_lung_ddpm(image_size: int = 128, **overrides: Any) -> ModelConfig:
 
 def released_lung_ddpm_plus(**overrides: Any) -> ModelConfig:
     """The released Lung-DDPM+ patch configuration (64³, 2 input channels)."""
-    base = dict(image_size=64, channel_mult=(1, 2, 3, 4), in_channels=2, profile="released-patch")
+    base = dict(image_size=64, channel_mult=(1, 2, 3, 4), in_channels=2, profile=PATCH_PROFILE)
     base.update(overrides)
     return ModelConfig(**base)

@@ -1,4 +1,4 @@
-"""Gaussian diffusion maths of Lung-DDPM: cosine schedule, forward process, posterior, loss.
+"""Gaussian diffusion maths of Lung-DDPM: cosine schedule, forward process (eq. 2), reverse step (eq. 4), loss (eq. 7).
 
 Buffer names and values match the released ``GaussianDiffusion`` (computed in float64, stored
 float32), so a released checkpoint's schedule can be checked against ours key by key.
@@ -66,6 +66,12 @@ def schedule_tensors(timesteps: int) -> dict[str, torch.Tensor]:
     return {k: values[k].float() for k in SCHEDULE_BUFFERS}
 
 
+def forward_process(x_start: torch.Tensor, sqrt_alpha_bar: torch.Tensor | float,
+                    sqrt_one_minus_alpha_bar: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 (forward process): x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε, for per-sample tensors or plain numbers."""
+    return sqrt_alpha_bar * x_start + sqrt_one_minus_alpha_bar * noise
+
+
 def extract(a: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """a[t] reshaped to (B, 1, ..., 1) for broadcasting against an ndim-dimensional batch."""
     return a.gather(0, t).reshape(-1, *((1,) * (ndim - 1)))
@@ -81,14 +87,10 @@ class Diffusion(nn.Module):
             self.register_buffer(name, value)
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0): sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε."""
+        """Eq. 2, the forward process q(x_t | x_0) at timesteps t (B,)."""
         n = x_start.ndim
-        return extract(self.sqrt_alphas_cumprod, t, n) * x_start + extract(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
-
-    def q_sample_prev(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_0 noised to ᾱ_{t−1}, the level of the sample that step t produces (exact x_0 at t = 0)."""
-        acp = extract(self.alphas_cumprod_prev, t, x_start.ndim)
-        return acp.sqrt() * x_start + (1 - acp).sqrt() * noise
+        return forward_process(x_start, extract(self.sqrt_alphas_cumprod, t, n), extract(self.sqrt_one_minus_alphas_cumprod, t, n),
+                               noise)
 
     def predict_start_from_noise(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = sqrt(1/ᾱ_t) x_t − sqrt(1/ᾱ_t − 1) ε̂."""
@@ -111,12 +113,12 @@ class Diffusion(nn.Module):
         return self.q_posterior(x_start, x_t, t)
 
     def p_sample(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """One ancestral step x_t -> x_{t−1} with posterior noise z (no noise where t = 0)."""
+        """Eq. 4, one ancestral (lung) step x_t -> x_{t−1} with posterior noise z (no noise where t = 0)."""
         mean, log_var = self.p_mean_variance(x_t, t, eps)
         nonzero = (t != 0).to(x_t.dtype).reshape(-1, *((1,) * (x_t.ndim - 1)))
         return mean + nonzero * (0.5 * log_var).exp() * z
 
 
 def noise_prediction_loss(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The released training loss: mean |ε − ε̂| (L1)."""
+    """Eq. 7, the released training loss: mean |ε − ε̂| (L1)."""
     return F.l1_loss(eps_pred, noise)

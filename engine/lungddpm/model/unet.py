@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lungddpm.model.config import ModelConfig
+from lungddpm.model.config import ATTENTIONS, ModelConfig
 
 TIME_EMBED_MAX_PERIOD = 1000.0
 
@@ -153,7 +153,7 @@ class UNet3D(nn.Module):
         super().__init__()
         self.model_channels = mc = config.num_channels
         dropout = config.dropout
-        use_sdpa = config.attention == "sdpa"
+        use_sdpa = config.attention == ATTENTIONS[0]
         attention_ds = set(config.attention_ds)
         emb_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -9,15 +9,21 @@ from collections.abc import Callable
 from typing import TextIO
 
 ProgressCallback = Callable[[int, int], None]  # progress(step, total), called after each step
+PROGRESS_MODES = ("bar", "json", "none")  # a text bar for people, JSON lines for machines, or nothing
+
+
+def check_mode(mode: str) -> str:
+    """The mode itself, or ValueError when it is not one of PROGRESS_MODES."""
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"progress mode {mode!r} must be one of {PROGRESS_MODES}")
+    return mode
 
 
 class Progress:
     """A (step, total) callback that prints one JSON object per step or a one-line text bar."""
 
     def __init__(self, mode: str = "bar", stream: TextIO | None = None, label: str = "sampling") -> None:
-        if mode not in ("bar", "json", "none"):
-            raise ValueError(f"progress mode {mode!r} must be bar, json or none")
-        self.mode = mode
+        self.mode = check_mode(mode)
         self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
         self.label = label
         self.start = time.perf_counter()
@@ -42,9 +48,7 @@ class BatchProgress:
     """Progress of a batch over cases: this rank's share and the whole run, with ETAs, as JSON or a text line."""
 
     def __init__(self, mode: str, rank: int, world_size: int, stream: TextIO | None = None) -> None:
-        if mode not in ("bar", "json", "none"):
-            raise ValueError(f"progress mode {mode!r} must be bar, json or none")
-        self.mode = mode
+        self.mode = check_mode(mode)
         self.rank = rank
         self.world_size = world_size
         self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)

@@ -21,16 +21,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from lungddpm.errors import ConfigError, InputError
+from lungddpm.errors import ConfigError
 from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.precision import autocast
 from lungddpm.runtime.progress import ProgressCallback
-from lungddpm.sampling.aas import background_mask
+from lungddpm.sampling.aas import aas_inputs, blend, noised_reference
 from lungddpm.sampling.noise import NoiseSource
+from lungddpm.sampling.options import SOLVER_ORDERS, X0_CORRECTIONS
 
-SOLVER_ORDERS = {"ddim": 1, "dpmpp2m": 2, "dpmpp3m": 3}
 LOWER_ORDER_BELOW_STEPS = 15  # as diffusers: with fewer steps, the last two steps use lower orders
-X0_CORRECTIONS = ("clamp", "dynamic", "none")
 DYNAMIC_THRESHOLD_RATIO = 0.995  # Imagen / DPM-Solver dynamic thresholding, as the released Lung-DDPM+ sampler
 
 
@@ -123,7 +122,7 @@ def sample_aas_solver(
     draws: Iterable[torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
     x0_correction: str = "clamp",
-    blend: bool = True,
+    aas: bool = True,
     precision: str = "fp32",
 ) -> torch.Tensor:
     """Sample x_0 with DDIM or DPM-Solver++ in `steps` network passes, with AAS after every step.
@@ -137,13 +136,8 @@ def sample_aas_solver(
         raise ConfigError(f"unknown solver {sampler!r}; choose one of {sorted(SOLVER_ORDERS)}")
     if x0_correction not in X0_CORRECTIONS:
         raise ConfigError(f"x0 correction {x0_correction!r} is not available; choose one of {X0_CORRECTIONS}")
-    model.check_inputs(x_ref, cond)
-    if not torch.isfinite(x_ref).all():
-        raise InputError("the reference tensor holds NaN or infinite values; check the reference CT")
     device = model.device
-    x_ref = x_ref.to(device, torch.float32)
-    cond = cond.to(device, torch.float32)
-    background = background_mask(cond)
+    cond, x_ref, background = aas_inputs(model, cond, x_ref)
     noise = NoiseSource(device, torch.float32, generator, draws)
     diffusion = model.diffusion
     timesteps = trailing_timesteps(diffusion.num_timesteps, steps)
@@ -157,10 +151,10 @@ def sample_aas_solver(
         x0 = correct_x0(diffusion.predict_start_from_noise(x, t_batch, eps.float()), x0_correction)
         t_next = timesteps[n + 1] if n + 1 < len(timesteps) else -1
         x = solver.step(x, x0, t, t_next, n)
-        if blend:
+        if aas:
             ac_next = 1.0 if t_next < 0 else float(solver.ac[t_next])
-            x_ref_t = ac_next**0.5 * x_ref + (1 - ac_next) ** 0.5 * noise(x.shape)
-            x = torch.where(background, x_ref_t, x)
+            x_ref_t = noised_reference(x_ref, ac_next**0.5, (1 - ac_next) ** 0.5, noise(x.shape))
+            x = blend(x, x_ref_t, background)
         if progress is not None:
             progress(n + 1, steps)
     return x

@@ -25,14 +25,10 @@ import SimpleITK as sitk
 import torch
 
 from lungddpm.errors import InputError
+from lungddpm.io.volume import Volume, to_pixel_type
 from lungddpm.layout.labels import NODULE
-from lungddpm.model.lungddpm import LungDDPM
-from lungddpm.synthesis.profiles import ModelSpace, ReleasedProfile
-from lungddpm.runtime.progress import ProgressCallback
-from lungddpm.sampling.ancestral import sample_aas
-from lungddpm.sampling.noise import make_generator
-from lungddpm.sampling.solvers import sample_aas_solver
-from lungddpm.io.volume import Volume
+from lungddpm.model.config import PATCH_PROFILE, ModelConfig
+from lungddpm.synthesis.profiles import CaseSpace, ModelSpace, ReleasedProfile
 
 PATCH_BORDER_FRACTION = 1 / 16  # context kept between a nodule and its cube's faces (4 voxels of a 64³ cube)
 PATCH_BATCH = 4  # cubes sampled together in one network pass
@@ -177,30 +173,36 @@ def patch_seed(seed: int, index: int) -> int:
     return int(seed) * 1_000_003 + int(index)
 
 
-def synthesize_patches(reference: Volume, layout: Volume, model: LungDDPM, *, seed: int, sampler: str, steps: int,
-                       progress: ProgressCallback | None = None, variant: str = "paper", precision: str = "fp32",
-                       x0_correction: str = "dynamic",
-                       patch_spacing_mm: float | None = None, batch: int = PATCH_BATCH) -> tuple[np.ndarray, int]:
-    """Synthesise every nodule's cube and paste them into the reference: HU array (k, j, i) and the cube count."""
-    patches, components = plan_patches(layout, model.config.image_size, patch_spacing_mm)
-    spaces = [encode_patch(reference, layout, patch) for patch in patches]
-    groups = [list(range(i, min(i + batch, len(patches)))) for i in range(0, len(patches), batch)]
-    total = steps * len(groups)
-    if progress is not None:
-        progress(0, total)
-    image = reference.array.astype(np.float64)  # a working copy: the reference itself is never modified
-    profile = ReleasedProfile()
-    for g, members in enumerate(groups):
-        cond = torch.cat([spaces[i].cond for i in members])
-        x_ref = torch.cat([spaces[i].x_ref for i in members])
-        generators = [make_generator(patch_seed(seed, i), model.device) for i in members]
-        report = None if progress is None else (lambda i, n, off=g * steps: progress(off + i, total))
-        if sampler == "ddpm":
-            x0 = sample_aas(model, cond, x_ref, variant=variant, generator=generators, progress=report, precision=precision)
-        else:
-            x0 = sample_aas_solver(model, cond, x_ref, sampler, steps, generator=generators, progress=report,
-                                   x0_correction=x0_correction, precision=precision)
-        for b, i in enumerate(members):
-            hu = profile.decode(x0[b : b + 1], spaces[i])
-            paste_patch(image, hu, patches[i], components, reference)
-    return image, len(patches)
+class PatchProfile:
+    """Lung-DDPM+ (profile released-patch): a case is a batch of nodule cubes, each pasted back at its own nodules.
+
+    The same case-level interface as the full-volume profiles (``synthesis.profiles.GridProfile``).
+    """
+
+    name = PATCH_PROFILE
+    batch = PATCH_BATCH  # cubes per network pass
+    x0_correction = "dynamic"  # dynamic thresholding, as the released Lung-DDPM+ sampler
+
+    def __init__(self, patch_spacing_mm: float | None = None) -> None:
+        self.patch_spacing_mm = patch_spacing_mm  # None: the reference's own voxels (the released geometry)
+
+    def encode_case(self, reference: Volume, layout: Volume, config: ModelConfig) -> CaseSpace:
+        """One sample per cube: plan the cubes that cover every nodule and cut each from the reference."""
+        patches, components = plan_patches(layout, config.image_size, self.patch_spacing_mm)
+        spaces = [encode_patch(reference, layout, patch) for patch in patches]
+        return CaseSpace(torch.cat([s.x_ref for s in spaces]), torch.cat([s.cond for s in spaces]), spaces, patches,
+                         components)
+
+    def sample_seeds(self, seed: int, count: int) -> list[int]:
+        """Each cube has its own generator (see patch_seed)."""
+        return [patch_seed(seed, index) for index in range(count)]
+
+    def decode_case(self, x0: torch.Tensor, case: CaseSpace, reference: Volume, layout: Volume) -> tuple[Volume, dict[str, str]]:
+        """The reference with every cube's synthetic nodules pasted in, and the provenance entries of patch mode."""
+        image = reference.array.astype(np.float64)  # a working copy: the reference itself is never modified
+        released = ReleasedProfile()
+        for b, (space, patch) in enumerate(zip(case.spaces, case.patches)):
+            paste_patch(image, released.decode(x0[b : b + 1], space), patch, case.components, reference)
+        spacing = "reference voxels" if self.patch_spacing_mm is None else f"{self.patch_spacing_mm:g}"
+        return reference.with_array(to_pixel_type(image, reference.array.dtype)), {"patches": str(len(case)),
+                                                                                      "patch_spacing_mm": spacing}

@@ -2,8 +2,13 @@
 
 A profile maps a reference CT and its layout (physical geometry, HU, labels 0/1/2) to model-space
 tensors (x_ref in [−1, 1], one-hot layout channels in {−1, 1}) on a *model grid*, and maps a
-model-space sample back to HU on that grid. ``to_reference_grid`` then resamples it onto the
-reference grid inside the lung region; outside it the output is the reference, voxel for voxel.
+model-space sample back to HU on that grid. Every profile has the same case-level interface that
+``synthesize`` calls: ``encode_case`` (a case -> a batch of samples, a ``CaseSpace``), ``sample_seeds``,
+``batch`` and ``x0_correction`` (how to sample it), and ``decode_case`` (the samples -> a ``Volume``
+on the reference grid). The full-volume profiles below have one sample per case, resampled back onto
+the reference grid inside the lung region (``regrid.to_reference_grid``); outside it the output is the
+reference, voxel for voxel. Lung-DDPM+ patch mode (``synthesis.patches.PatchProfile``) has one sample
+per nodule cube.
 
 - ``released``: the released sampling script, reproduced from a volume file. The whole volume is
   resized to size³ (linear, corner-aligned, as torchio's Resize does with SimpleITK), in the file's
@@ -17,6 +22,7 @@ reference grid inside the lung region; outside it the output is the reference, v
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +30,13 @@ import SimpleITK as sitk
 import torch
 
 from lungddpm.errors import ConfigError, InputError
+from lungddpm.io.volume import Volume, index_to_physical
 from lungddpm.layout.labels import LUNG, NODULE
-from lungddpm.io.volume import Volume, index_to_physical, to_pixel_type
+from lungddpm.model.config import NATIVE_PROFILE, RELEASED_PROFILE, ModelConfig
+from lungddpm.synthesis.regrid import PAD_HU, resample_onto, to_reference_grid
 
 NATIVE_HU_WINDOW = (-1000.0, 500.0)  # HU mapped to −1 and +1 by the native profile
 NATIVE_MARGIN_MM = 10.0  # margin around the lungs' bounding box in the native model grid
-PAD_HU = -1000.0  # value (air) for model-grid voxels outside the reference's field of view
 
 
 @dataclass
@@ -43,15 +50,23 @@ class ModelSpace:
     scale: dict[str, np.ndarray] = field(default_factory=dict)  # intensity mapping parameters
 
 
+@dataclass
+class CaseSpace:
+    """A case in model space as a batch of N samples (one for full-volume profiles, one per cube in patch mode)."""
+
+    x_ref: torch.Tensor  # (N, 1, D, H, W) in [−1, 1]
+    cond: torch.Tensor  # (N, C, D, H, W) in [−1, 1]
+    spaces: list[ModelSpace]  # per sample: its model grid and intensity mapping
+    patches: list = field(default_factory=list)  # patch mode: each sample's cube (synthesis.patches.NodulePatch)
+    components: np.ndarray | None = None  # patch mode: the reference's nodule component labels (k, j, i)
+
+    def __len__(self) -> int:
+        return self.x_ref.shape[0]
+
+
 def _sitk(volume: Volume, dtype: int = sitk.sitkFloat32) -> sitk.Image:
     """The volume as a SimpleITK image cast to dtype."""
     return sitk.Cast(volume.to_sitk(), dtype)
-
-
-def resample_onto(image: sitk.Image, grid: sitk.Image, default: float = 0.0, interpolator: int = sitk.sitkLinear) -> np.ndarray:
-    """image resampled onto grid (identity transform), as a float32 array (k, j, i)."""
-    out = sitk.Resample(image, grid, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
 
 
 def released_grid(reference: Volume, size: int) -> sitk.Image:
@@ -95,10 +110,45 @@ def _onehot_channels(layout: Volume, grid: sitk.Image, cond_channels: int, axes:
     return torch.from_numpy(np.ascontiguousarray(np.stack(chans)))[None]
 
 
-class ReleasedProfile:
+class GridProfile(ABC):
+    """A full-volume profile: a case is one sample on one model grid, blended back in inside the lung region."""
+
+    name: str
+    batch = 1  # samples per network pass
+    x0_correction = "clamp"  # what the solvers do to each denoised estimate
+
+    def __init__(self, blend_margin_mm: float | None = None) -> None:
+        self.blend_margin_mm = blend_margin_mm  # None: one model-grid voxel
+
+    @abstractmethod
+    def encode(self, reference: Volume, layout: Volume, size: int, cond_channels: int) -> ModelSpace:
+        """Model-space tensors of a case on this profile's size³ grid."""
+
+    @abstractmethod
+    def decode(self, x0: torch.Tensor, space: ModelSpace) -> np.ndarray:
+        """Model output (1,1,D,H,W) -> HU array (k, j, i) on the model grid."""
+
+    def encode_case(self, reference: Volume, layout: Volume, config: ModelConfig) -> CaseSpace:
+        """The case as a batch of one sample."""
+        space = self.encode(reference, layout, config.image_size, config.cond_channels)
+        return CaseSpace(space.x_ref, space.cond, [space])
+
+    def sample_seeds(self, seed: int, count: int) -> list[int]:
+        """The generator seed of each sample: the run's seed."""
+        return [seed] * count
+
+    def decode_case(self, x0: torch.Tensor, case: CaseSpace, reference: Volume, layout: Volume) -> tuple[Volume, dict[str, str]]:
+        """The synthetic CT on the reference grid, and the provenance entries of this profile."""
+        space = case.spaces[0]
+        margin = float(min(space.grid.GetSpacing())) if self.blend_margin_mm is None else float(self.blend_margin_mm)
+        image = to_reference_grid(self.decode(x0, space), space.grid, reference, layout, margin)
+        return image, {"blend_margin_mm": f"{margin:g}"}
+
+
+class ReleasedProfile(GridProfile):
     """The released script's pre-processing (file array axes, whole-volume resize, per-slice min-max)."""
 
-    name = "released"
+    name = RELEASED_PROFILE
     axes = (2, 0, 1)  # sitk array (k, j, i) -> tensor (i, k, j)
     inverse_axes = (1, 2, 0)
 
@@ -123,14 +173,16 @@ class ReleasedProfile:
         return np.transpose(hu, self.inverse_axes)
 
 
-class NativeProfile:
+class NativeProfile(GridProfile):
     """The project's profile: lung-centred patient-aligned crop, fixed HU window, invertible."""
 
-    name = "native"
+    name = NATIVE_PROFILE
     axes = (0, 1, 2)  # sitk array (k, j, i) of an LPS-identity grid = (S, P, L)
     inverse_axes = (0, 1, 2)
 
-    def __init__(self, window: tuple[float, float] = NATIVE_HU_WINDOW, margin_mm: float = NATIVE_MARGIN_MM) -> None:
+    def __init__(self, window: tuple[float, float] = NATIVE_HU_WINDOW, margin_mm: float = NATIVE_MARGIN_MM,
+                 blend_margin_mm: float | None = None) -> None:
+        super().__init__(blend_margin_mm)
         self.window = window
         self.margin_mm = margin_mm
 
@@ -157,11 +209,11 @@ class NativeProfile:
         return self.model_to_hu(x0[0, 0].detach().cpu().double().numpy())
 
 
-PROFILES = {"released": ReleasedProfile, "native": NativeProfile}
+PROFILES = {RELEASED_PROFILE: ReleasedProfile, NATIVE_PROFILE: NativeProfile}  # the full-volume profiles
 
 
-def get_profile(name: str) -> ReleasedProfile | NativeProfile:
-    """The profile object for a model's profile name."""
+def get_profile(name: str, blend_margin_mm: float | None = None) -> GridProfile:
+    """The full-volume profile object for a profile name."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return PROFILES[name]()
+    return PROFILES[name](blend_margin_mm=blend_margin_mm)

@@ -1,4 +1,4 @@
-"""The way back: a model-grid sample in HU resampled onto the reference grid and blended in inside the lungs only."""
+"""Resampling between grids: the reference onto a model grid, and the way back, blended in inside the lungs only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import SimpleITK as sitk
 
 from lungddpm.io.volume import Volume, to_pixel_type
 from lungddpm.layout.labels import LUNG
-from lungddpm.synthesis.profiles import PAD_HU, ModelSpace, resample_onto
+
+PAD_HU = -1000.0  # value (air) for model-grid voxels outside the reference's field of view
+
+
+def resample_onto(image: sitk.Image, grid: sitk.Image, default: float = 0.0, interpolator: int = sitk.sitkLinear) -> np.ndarray:
+    """image resampled onto grid (identity transform), as a float32 array (k, j, i)."""
+    out = sitk.Resample(image, grid, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
 
 
 def synthesis_weight(layout: Volume, margin_mm: float) -> np.ndarray:
@@ -21,14 +28,14 @@ def synthesis_weight(layout: Volume, margin_mm: float) -> np.ndarray:
     return np.where(region > 0, np.clip((dist + 0.5 * min(layout.spacing)) / margin_mm, 0, 1), 0).astype(np.float32)
 
 
-def to_reference_grid(hu_model: np.ndarray, space: ModelSpace, reference: Volume, layout: Volume, margin_mm: float) -> Volume:
+def to_reference_grid(hu_model: np.ndarray, grid: sitk.Image, reference: Volume, layout: Volume, margin_mm: float) -> Volume:
     """Resample model-grid HU onto the reference grid and blend it in inside the lung region only.
 
     Outside the lung region (layout 0) the result is the reference voxel for voxel; the result has
     the reference's size, spacing, origin, direction and pixel type.
     """
     img = sitk.GetImageFromArray(hu_model.astype(np.float32))
-    img.CopyInformation(space.grid)
+    img.CopyInformation(grid)
     syn = resample_onto(img, reference.to_sitk_geometry(), default=PAD_HU)
     w = synthesis_weight(layout, margin_mm)
     ref = reference.array

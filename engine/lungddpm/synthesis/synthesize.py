@@ -13,20 +13,18 @@ import numpy as np
 import torch
 
 from lungddpm import __version__
-from lungddpm.model.checkpoints import load_model
-from lungddpm.model.config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, SAMPLERS
-from lungddpm.runtime.device import resolve_device
 from lungddpm.errors import ConfigError
+from lungddpm.io.volume import Volume, read_volume, refuse_protected, write_volume
 from lungddpm.layout.labels import validate_layout
+from lungddpm.model.checkpoints import load_model
+from lungddpm.model.config import ModelConfig
 from lungddpm.model.lungddpm import LungDDPM
-from lungddpm.synthesis.patches import synthesize_patches
-from lungddpm.synthesis.profiles import get_profile
-from lungddpm.synthesis.regrid import to_reference_grid
+from lungddpm.runtime.device import resolve_device
 from lungddpm.runtime.progress import ProgressCallback
-from lungddpm.sampling.ancestral import sample_aas
-from lungddpm.sampling.noise import make_generator
-from lungddpm.sampling.solvers import sample_aas_solver
-from lungddpm.io.volume import Volume, read_volume, refuse_protected, to_pixel_type, write_volume
+from lungddpm.sampling.options import DEFAULT_SAMPLER, network_passes
+from lungddpm.sampling.sample import sample_batches
+from lungddpm.synthesis.patches import PatchProfile
+from lungddpm.synthesis.profiles import GridProfile, get_profile
 
 SYNTHETIC_DESCRIPTION = "SYNTHETIC CT made by lungddpm - not a patient scan"
 
@@ -74,43 +72,25 @@ def synthesize(
     Full-volume models (Lung-DDPM, native): inside the lung region the output is the model's sample
     in HU, blended into the reference over ``margin_mm`` (default: one model-grid voxel) inside the
     region's border. Patch models (Lung-DDPM+): each nodule's cube is synthesised and its nodule
-    pasted back (see ``lungddpm.patches``). Everywhere else the output is the reference, voxel for
+    pasted back (see ``synthesis.patches``). Everywhere else the output is the reference, voxel for
     voxel, with the reference's grid and pixel type. ``progress(step, total)`` is called with step 0
     once the model is loaded and the inputs are in model space, then per network pass.
     ``precision``: fp32, or bf16/fp16 autocast of the network. ``patch_spacing_mm`` overrides a patch
     model's cube voxel size (default: the model's; None there means the reference's own voxels).
     """
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"sampler {sampler!r} is not available; choose one of {SAMPLERS}")
     ref, ref_name = _as_volume(reference)
     lay, lay_name = _as_volume(layout)
     validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
     dev = resolve_device(device)
     net = _as_model(model, dev)
-    T = net.config.timesteps
-    if sampler == "ddpm" and steps not in (None, T):
-        raise ConfigError(f"the ddpm sampler runs all {T} steps of this model; omit steps or pass steps={T}, "
-                          "or choose a fast sampler (ddim, dpmpp2m, dpmpp3m) for fewer steps")
-    if sampler != "ddpm" and variant != "paper":
-        raise ConfigError(f"the {variant!r} AAS variant exists only for the ddpm sampler; fast samplers paste the "
-                          "reference at each step's own noise level (as the paper does)")
-    if patch_spacing_mm is not None:
-        if net.config.profile != "released-patch":
-            raise ConfigError(f"patch_spacing_mm (--patch-spacing) applies to Lung-DDPM+ patch models only; this model's "
-                              f"profile is {net.config.profile!r}: leave it out")
-        if not patch_spacing_mm > 0:
-            raise ConfigError(f"patch_spacing_mm (--patch-spacing) must be a positive voxel size in mm; got {patch_spacing_mm}")
-    n_steps = T if sampler == "ddpm" else int(steps or min(DEFAULT_SOLVER_STEPS, T))
+    n_steps = network_passes(sampler, steps, net.config.timesteps, variant)
+    profile = profile_for(net.config, blend_margin_mm=margin_mm, patch_spacing_mm=patch_spacing_mm)
     start = time.perf_counter()
-    if net.config.profile == "released-patch":
-        spacing = net.config.patch_spacing_mm if patch_spacing_mm is None else float(patch_spacing_mm)
-        hu, cubes = synthesize_patches(ref, lay, net, seed=seed, sampler=sampler, steps=n_steps, progress=progress,
-                                       variant=variant, precision=precision, patch_spacing_mm=spacing)
-        image = ref.with_array(to_pixel_type(hu, ref.array.dtype))
-        extra = {"patches": str(cubes), "patch_spacing_mm": "reference voxels" if spacing is None else f"{spacing:g}"}
-    else:
-        image, margin = _synthesize_volume(ref, lay, net, seed, sampler, n_steps, progress, variant, margin_mm, precision)
-        extra = {"blend_margin_mm": f"{margin:g}"}
+    case = profile.encode_case(ref, lay, net.config)
+    x0 = sample_batches(net, case.cond, case.x_ref, profile.sample_seeds(seed, len(case)), profile.batch, sampler=sampler,
+                        steps=n_steps, variant=variant, progress=progress, precision=precision,
+                        x0_correction=profile.x0_correction)
+    image, extra = profile.decode_case(x0, case, ref, lay)
     elapsed = time.perf_counter() - start
     labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
     metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
@@ -120,24 +100,20 @@ def synthesize(
     return SynthesisResult(image, labels, metadata)
 
 
-def _synthesize_volume(ref: Volume, lay: Volume, net: LungDDPM, seed: int, sampler: str, n_steps: int,
-                       progress: ProgressCallback | None, variant: str, margin_mm: float | None,
-                       precision: str) -> tuple[Volume, float]:
-    """Full-volume synthesis: map to the model grid, sample with AAS, blend back inside the lungs."""
-    profile = get_profile(net.config.profile)
-    space = profile.encode(ref, lay, net.config.image_size, net.config.cond_channels)
-    if progress is not None:
-        progress(0, n_steps)  # model loaded and inputs mapped: sampling starts
-    generator = make_generator(seed, net.device)
-    if sampler == "ddpm":
-        x0 = sample_aas(net, space.cond, space.x_ref, variant=variant, generator=generator, progress=progress,
-                        precision=precision)
-    else:
-        x0 = sample_aas_solver(net, space.cond, space.x_ref, sampler, n_steps, generator=generator, progress=progress,
-                               precision=precision)
-    hu = profile.decode(x0, space)
-    margin = float(min(space.grid.GetSpacing())) if margin_mm is None else float(margin_mm)
-    return to_reference_grid(hu, space, ref, lay, margin), margin
+def profile_for(config: ModelConfig, *, blend_margin_mm: float | None = None,
+                patch_spacing_mm: float | None = None) -> GridProfile | PatchProfile:
+    """The profile a model's case goes through; options that do not apply to it are refused with the fix."""
+    if not config.is_patch_model:
+        if patch_spacing_mm is not None:
+            raise ConfigError(f"patch_spacing_mm (--patch-spacing) applies to Lung-DDPM+ patch models only; this model's "
+                              f"profile is {config.profile!r}: leave it out")
+        return get_profile(config.profile, blend_margin_mm=blend_margin_mm)
+    if blend_margin_mm is not None:
+        raise ConfigError("margin_mm (the blend margin of full-volume models) does not apply to a Lung-DDPM+ patch model, "
+                          "which pastes its cubes at their nodules: leave it out")
+    if patch_spacing_mm is not None and not patch_spacing_mm > 0:
+        raise ConfigError(f"patch_spacing_mm (--patch-spacing) must be a positive voxel size in mm; got {patch_spacing_mm}")
+    return PatchProfile(config.patch_spacing_mm if patch_spacing_mm is None else float(patch_spacing_mm))
 
 
 def provenance(model: LungDDPM, *, sampler: str, steps: int, seed: int, device: torch.device, variant: str) -> dict[str, str]:

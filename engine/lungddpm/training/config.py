@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lungddpm.model.config import RELEASED_CHANNEL_MULT, ModelConfig
+from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE, RELEASED_CHANNEL_MULT, ModelConfig
 from lungddpm.errors import ConfigError
-from lungddpm.training.objective import TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,29 +28,29 @@ class RunConfig:
 
     data: list[str] = field(default_factory=list)  # prepared folders (or their manifest.json)
     output: str = "runs/lungddpm"
-    # model (ignored when `init` names a checkpoint: its configuration is kept)
-    profile: str = "native"
-    image_size: int = 128
-    num_channels: int = 64
-    num_res_blocks: int = 1
+    # model (ignored when `init` names a checkpoint: its configuration is kept); defaults: ModelConfig's
+    profile: str = NATIVE_PROFILE
+    image_size: int = ModelConfig.image_size
+    num_channels: int = ModelConfig.num_channels
+    num_res_blocks: int = ModelConfig.num_res_blocks
     channel_mult: list[int] | None = None  # None: the released choice for image_size
-    attention_resolutions: list[int] = field(default_factory=lambda: [16])
-    in_channels: int | None = None  # None: 3 (noisy CT + lung + nodule), or 2 (+ nodule) for profile released-patch
-    patch_spacing_mm: float | None = None  # released-patch: the cube's voxel size in mm; None = the CT's own voxels
-    timesteps: int = 250
+    attention_resolutions: list[int] = field(default_factory=lambda: list(ModelConfig.attention_resolutions))
+    in_channels: int | None = None  # None: 3 (noisy CT + lung + nodule), or 2 (+ nodule) for a patch profile
+    patch_spacing_mm: float | None = None  # patch profile: the cube's voxel size in mm; None = the CT's own voxels
+    timesteps: int = ModelConfig.timesteps
     init: str | None = None  # fine-tune from this checkpoint (released or lungddpm format)
     init_weights: str = "ema"
     # optimisation (per-process batch; global batch = processes x batch_size x grad_accum); defaults: the
-    # released trainer's, defined once in TrainConfig
-    lr: float = TrainConfig.lr
+    # released trainer's (Adam lr 1e-5, batch 1, accumulation 2, EMA 0.995 every 10 steps from step 2000)
+    lr: float = 1e-5
     batch_size: int = 1
-    grad_accum: int = TrainConfig.grad_accum
-    ema_decay: float = TrainConfig.ema_decay
-    ema_every: int = TrainConfig.ema_every
-    ema_start: int = TrainConfig.ema_start
-    steps: int = TrainConfig.steps
-    save_every: int = TrainConfig.save_every
-    seed: int = TrainConfig.seed
+    grad_accum: int = 2
+    ema_decay: float = 0.995
+    ema_every: int = 10
+    ema_start: int = 2000
+    steps: int = 100_000
+    save_every: int = 1000
+    seed: int = 0
     # compute
     device: str = "auto"
     bf16: bool = False
@@ -75,7 +74,8 @@ class RunConfig:
             raise ConfigError(f"init_weights {self.init_weights!r} must be 'ema' or 'model'")
         if self.lr <= 0:
             raise ConfigError(f"lr {self.lr} must be positive")
-        self.optim()  # validates the EMA settings
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay {self.ema_decay} must lie in [0, 1)")
 
     def model_config(self) -> ModelConfig:
         """The network + schedule this run builds when it does not start from a checkpoint."""
@@ -85,15 +85,9 @@ class RunConfig:
         return ModelConfig(
             image_size=self.image_size, num_channels=self.num_channels, num_res_blocks=self.num_res_blocks,
             channel_mult=tuple(mult), attention_resolutions=tuple(self.attention_resolutions),
-            in_channels=(2 if self.profile == "released-patch" else 3) if self.in_channels is None else self.in_channels,
+            in_channels=(2 if self.profile == PATCH_PROFILE else 3) if self.in_channels is None else self.in_channels,
             timesteps=self.timesteps, profile=self.profile, patch_spacing_mm=self.patch_spacing_mm,
         )
-
-    def optim(self) -> TrainConfig:
-        """The optimisation settings in the single-process trainer's form."""
-        return TrainConfig(lr=self.lr, grad_accum=self.grad_accum, ema_decay=self.ema_decay, ema_every=self.ema_every,
-                           ema_start=self.ema_start, save_every=self.save_every, steps=self.steps, seed=self.seed,
-                           output_dir=self.output)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (for checkpoints and the run folder's config.json)."""

@@ -35,6 +35,7 @@ from lungddpm.layout.annotations import DicomHeaders, SliceMap, is_lidc_xml, lid
 from lungddpm.errors import InputError, LungDDPMError
 from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
 from lungddpm.synthesis.patches import encode_patch, nodule_components, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
 from lungddpm.io.volume import Volume, read_volume, refuse_protected, resample_like, write_volume
@@ -46,7 +47,6 @@ SLICE_GAP_TOLERANCE = 0.1  # relative deviation of a slice gap from the median t
 # blood is 30-60 HU, enhanced blood 150-400 HU.
 CONTRAST_HU = 150.0
 MEDIASTINUM_HU = (-50.0, 600.0)
-PATCH_PROFILE = "released-patch"  # Lung-DDPM+: one nodule-centred cube per sample, nodule channel only
 
 
 class SkipCase(Exception):
@@ -272,7 +272,7 @@ def split_patients(patients: list[str], val_fraction: float, seed: int) -> set[s
     return set(unique[:count])
 
 
-def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: str = "native", size: int = 128,
+def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: str = NATIVE_PROFILE, size: int = 128,
                     cond_channels: int | None = None, val_fraction: float = 0.1, seed: int = 0,
                     patch_spacing_mm: float | None = None,
                     progress: Callable[[dict], None] | None = None) -> dict:

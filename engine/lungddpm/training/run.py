@@ -1,7 +1,7 @@
 """A `lungddpm train` run: prepared data, one or many processes (DDP), bf16, checkpoints, resume, logs, previews.
 
 Per step every process takes its slots of the global batch (see ``dataset``), draws t and ε for each
-sample from (seed, sample position) (``train.position_noise``), accumulates gradients over
+sample from (seed, sample position) (``objective.position_noise``), accumulates gradients over
 ``grad_accum`` micro-batches (DDP synchronises on the last one only) and steps Adam. Rank 0 alone
 keeps the EMA and writes checkpoints, logs and previews. A checkpoint holds model, EMA, optimiser,
 step and RNG states; since the data order and the noise follow from (seed, step), ``resume``
@@ -24,15 +24,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from lungddpm.errors import CheckpointError, ConfigError
 from lungddpm.model.checkpoints import load_model, read_checkpoint, save_checkpoint
 from lungddpm.model.config import ModelConfig
+from lungddpm.model.lungddpm import LungDDPM
+from lungddpm.runtime.precision import autocast
+from lungddpm.training.config import RunConfig
 from lungddpm.training.data import PreparedCases, RunSampler, check_space, load_cases
 from lungddpm.training.distributed import DistContext, barrier, init_distributed, mean_over_processes, shutdown
-from lungddpm.errors import CheckpointError, ConfigError
-from lungddpm.model.lungddpm import LungDDPM
-from lungddpm.training.runlog import RunLog, peak_memory_mb
 from lungddpm.training.objective import loss_at, position_noise, refresh_ema
-from lungddpm.training.config import RunConfig
+from lungddpm.training.runlog import RunLog, peak_memory_mb
 
 LATEST = "latest.pt"
 
@@ -76,7 +77,6 @@ class TrainingRun:
 
     def __init__(self, config: RunConfig, ctx: DistContext, resume: bool = False) -> None:
         self.config, self.ctx = config, ctx
-        self.optim = config.optim()
         self.device = ctx.device
         if config.bf16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("bf16 was requested but this GPU does not support bfloat16; set bf16 = false")
@@ -140,12 +140,6 @@ class TrainingRun:
         self.step = int(checkpoint["step"])
         restore_rng_states(checkpoint["run"]["rng"])
 
-    def autocast(self):
-        """bf16 autocast on the run's device when bf16 is on, else a no-op context."""
-        if not self.config.bf16:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-
     def train_step(self) -> float:
         """One optimiser step over grad_accum micro-batches; returns the mean loss over all processes."""
         self.net.train()
@@ -157,14 +151,14 @@ class TrainingRun:
             x, cond, t, noise = (v.to(self.device, non_blocking=True) for v in (x, cond, t, noise))
             last = micro == accum - 1
             with nullcontext() if last or not self.ctx.distributed else self.net.no_sync():
-                with self.autocast():
+                with autocast(self.device, "bf16" if self.config.bf16 else "fp32"):
                     loss = loss_at(self.net, self.model.diffusion, x, cond, t, noise)
                 (loss / accum).backward()
             total += loss.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None and self.step % self.config.ema_every == 0:
-            refresh_ema(self.ema, self.model.denoise_fn, self.step, self.optim)
+            refresh_ema(self.ema, self.model.denoise_fn, self.step, self.config.ema_start, self.config.ema_decay)
         self.step += 1
         return float(mean_over_processes(total / accum, self.ctx))
 
@@ -172,7 +166,6 @@ class TrainingRun:
         """Write this step's checkpoint and point latest.pt at it (rank 0 only; atomic)."""
         extra = {
             "optimizer": self.optimizer.state_dict(),
-            "train_config": dict(vars(self.optim)),
             "run": {"config": self.config.to_dict(), "global_batch": self.global_batch,
                     "world_size": self.ctx.world_size, "rng": rng_states()},
         }
@@ -184,14 +177,14 @@ class TrainingRun:
         """PNG of the middle slices (axial, coronal, sagittal) of a case and of an EMA sample (DDIM) for its layout."""
         from lungddpm.runtime.preview import write_png
         from lungddpm.sampling.noise import make_generator
-        from lungddpm.sampling.solvers import sample_aas_solver
+        from lungddpm.sampling.sample import sample
 
         model = LungDDPM(self.model.config).to(self.device).eval()
         model.denoise_fn.load_state_dict(self.ema.state_dict())
         x, cond, _ = self.preview_case
-        sample = sample_aas_solver(model, cond[None].to(self.device), x[None].to(self.device), "ddim",
-                                   self.config.preview_steps, generator=make_generator(self.config.seed, self.device))
-        rows = [np.concatenate(_middle_slices(v[0, 0].float().cpu().numpy()), axis=1) for v in (x[None], sample)]
+        synthetic = sample(model, cond[None].to(self.device), x[None].to(self.device), sampler="ddim",
+                           steps=self.config.preview_steps, generator=make_generator(self.config.seed, self.device))
+        rows = [np.concatenate(_middle_slices(v[0, 0].float().cpu().numpy()), axis=1) for v in (x[None], synthetic)]
         gray = np.clip((np.concatenate(rows, axis=0) + 1) * 127.5, 0, 255).astype(np.uint8)
         path = Path(self.config.output) / "previews" / f"step-{self.step:07d}-synthetic.png"
         return write_png(np.repeat(gray[..., None], 3, axis=2), path)

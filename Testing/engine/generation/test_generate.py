@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lungddpm.cli import DEMO_MODEL
+from lungddpm.demo.demo import DEMO_MODEL
 from lungddpm.generation.export import dataset_folder, finalize
 from lungddpm.errors import ConfigError
 from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
@@ -21,7 +21,7 @@ from lungddpm.generation.shards import Shard, parse_shard, shard_from_env, shard
 from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.io.volume import read_volume, same_grid, write_volume
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAST = dict(sampler="dpmpp2m", steps=2, device="cpu")
 NODULES = NoduleRequest(1, (20.0, 25.0))  # the demo model sees ~10 mm voxels
 
@@ -125,7 +125,7 @@ def _sha(path: Path) -> str:
 
 
 def test_interrupted_run_resumes_without_redoing_finished_cases(refs_dir, tmp_path, monkeypatch):
-    import lungddpm.generate as gen
+    import lungddpm.generation.generate as gen
 
     refs = read_references(refs_dir)[:1]
     paths = dataset_folder(tmp_path, 503, "Resume")

@@ -13,54 +13,20 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_TRAIN as TINY
 from helpers import random_layout, small_config
 from lungddpm import LungDDPM, load_model
 from lungddpm.model.checkpoints import read_checkpoint
 from lungddpm.cli import main
 from lungddpm.training.distributed import DistContext
 from lungddpm.errors import ConfigError
-from lungddpm.demo.phantom import make_phantom
-from lungddpm.training.prepare import prepare_dataset
 from lungddpm.training.runlog import read_log
 from lungddpm.training.objective import loss_at
+from lungddpm.training.prepare import prepare_dataset
 from lungddpm.training.config import build_run_config
 from lungddpm.training.run import TrainingRun
-from lungddpm.io.volume import write_volume
 
-ENGINE = Path(__file__).resolve().parents[2] / "engine"
-TINY = ["--set", "image_size=16", "--set", "channel_mult=[1,2]", "--set", "attention_resolutions=[8]",
-        "--set", "num_channels=32", "--set", "timesteps=8", "--set", "lr=1e-3", "--set", "log_every=1",
-        "--set", "ema_start=2", "--set", "ema_every=1", "--set", "preview_every=0", "--set", "tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def phantom_cases(tmp_path_factory):
-    """Three phantom case folders (CT + nodule mask)."""
-    root = tmp_path_factory.mktemp("phantoms")
-    for n in range(3):
-        ph = make_phantom(seed=n, nodules=1)
-        write_volume(ph.ct, root / f"ph{n}" / "ct.nrrd")
-        write_volume(ph.layout.with_array((ph.layout.array == 2).astype(np.uint8)), root / f"ph{n}" / "nodules.nrrd")
-    return root
-
-
-@pytest.fixture(scope="module")
-def prepared16(phantom_cases, tmp_path_factory):
-    """The phantoms prepared at 16³ in the native profile, all in the train split."""
-    out = tmp_path_factory.mktemp("prepared16")
-    prepare_dataset([phantom_cases], out, size=16, val_fraction=0.0)
-    return out
-
-
-@pytest.fixture
-def one_thread():
-    """Run torch on one thread (as the subprocesses do), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
+ENGINE = Path(__file__).resolve().parents[3] / "engine"
 def _env():
     return {**os.environ, "PYTHONPATH": str(ENGINE), "OMP_NUM_THREADS": "1"}
 

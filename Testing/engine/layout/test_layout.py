@@ -17,7 +17,7 @@ from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import add_nodule, nodule_mask, random_nodules
 from lungddpm.io.volume import Volume, index_to_physical, physical_to_index, resample_like
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 GRID_DIRECTIONS = {

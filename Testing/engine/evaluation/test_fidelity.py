@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from lungddpm import load_model, synthesize
-from lungddpm.model.config import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS
+from lungddpm.sampling.options import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS
 from lungddpm.demo.demo import DEMO_MODEL, demo_case
 from lungddpm.evaluation.metrics import region_stats, seam_score
 from lungddpm.io.volume import Volume
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 from fidelity import compare, run_setting  # noqa: E402  (the benchmark's comparison, checked here on the default)
 
 

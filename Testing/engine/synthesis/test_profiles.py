@@ -91,7 +91,7 @@ def test_way_back_keeps_grid_type_and_outside_voxels(profile, a0001):
     ct, layout = a0001
     space = profile.encode(ct, layout, 32, 2)
     hu = profile.decode(space.x_ref * 0 + 1.0, space)  # a model output of all +1: bright everywhere
-    out = to_reference_grid(hu, space, ct, layout, margin_mm=2.0)
+    out = to_reference_grid(hu, space.grid, ct, layout, margin_mm=2.0)
     assert same_grid(out, ct) and out.array.dtype == ct.array.dtype
     region = layout.array > 0
     assert np.array_equal(out.array[~region], ct.array[~region])
@@ -106,7 +106,7 @@ def test_way_back_blends_only_inside_the_region():
     layout = ct.with_array(lab)
     space = NativeProfile(margin_mm=0.0).encode(ct, layout, 16, 2)
     hu = np.full((16, 16, 16), 0.0)
-    out = to_reference_grid(hu, space, ct, layout, margin_mm=1.0)
+    out = to_reference_grid(hu, space.grid, ct, layout, margin_mm=1.0)
     assert (out.array[lab == 0] == -800).all()
     core = out.array[4, 8, 8]
     edge = out.array[2, 8, 8]

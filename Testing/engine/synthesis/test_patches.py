@@ -91,13 +91,12 @@ def test_patch_synthesis_changes_only_the_nodules(spacing_mm):
 
 
 def test_cubes_have_their_own_seeds_so_batching_does_not_change_the_result(monkeypatch):
-    import lungddpm.patches as patches
+    from lungddpm.synthesis.patches import PatchProfile
 
     reference, layout = case(dtype=np.float32, centres=((10, 12, 6), (30, 36, 20)))
     model = patch_model()
     together = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu").image.array
-    monkeypatch.setattr(patches, "PATCH_BATCH", 1)
-    monkeypatch.setattr(patches.synthesize_patches, "__kwdefaults__", {**patches.synthesize_patches.__kwdefaults__, "batch": 1})
+    monkeypatch.setattr(PatchProfile, "batch", 1)
     calls = []
     alone = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu",
                        progress=lambda i, n: calls.append((i, n))).image.array

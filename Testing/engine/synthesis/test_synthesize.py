@@ -7,7 +7,7 @@ import pytest
 
 from helpers import random_model
 from lungddpm import ConfigError
-from lungddpm.model.config import DEFAULT_SOLVER_STEPS
+from lungddpm.sampling.options import DEFAULT_SOLVER_STEPS
 from lungddpm.layout.labels import NODULE
 from lungddpm.layout.nodules import add_nodule
 from lungddpm.demo.phantom import make_phantom, phantom_grid

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from lungddpm.evaluation.backbones import ResNet3D, _infer_architecture, load_backbone, random_backbone
-from lungddpm.cli import DEMO_MODEL
+from lungddpm.demo.demo import DEMO_MODEL
 from lungddpm.generation.export import dataset_folder
 from lungddpm.evaluation.distances import fid, frechet_distance, mmd
 from lungddpm.errors import CheckpointError
@@ -25,7 +25,7 @@ from lungddpm.generation.shards import Shard
 from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.io.volume import Volume, write_volume
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

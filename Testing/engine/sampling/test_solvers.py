@@ -69,7 +69,7 @@ def test_solver_equals_diffusers_dpm_solver_pp(smooth_model, sampler, order, ste
     x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(steps))
     expected, timesteps = _reference_loop(_dpm_solver(model, order), model, cond, x_T, steps)
     assert timesteps == trailing_timesteps(model.config.timesteps, steps)
-    ours = sample_aas_solver(model, cond, x_ref, sampler, steps, draws=[x_T], x0_correction="none", blend=False)
+    ours = sample_aas_solver(model, cond, x_ref, sampler, steps, draws=[x_T], x0_correction="none", aas=False)
     assert expected.abs().max().item() < 1.5  # a bounded trajectory: an absolute tolerance means something
     err = (ours - expected).abs().max().item()
     assert err <= 1e-4, err  # float32; x̂0 divides by α_t, which is 0.006 at t = T−1
@@ -80,8 +80,8 @@ def test_dynamic_thresholding_equals_diffusers(overshooting_model):
     cond, x_ref = random_layout()
     x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(4))
     expected, _ = _reference_loop(_dpm_solver(overshooting_model, 3, thresholding=True), overshooting_model, cond, x_T, 10)
-    ours = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="dynamic", blend=False)
-    clamped = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="clamp", blend=False)
+    ours = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="dynamic", aas=False)
+    clamped = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="clamp", aas=False)
     assert (ours - expected).abs().max().item() <= 1e-4
     assert (ours - clamped).abs().max().item() > 1e-2
 
@@ -103,7 +103,7 @@ def test_ddim_equals_diffusers_ddim(smooth_model):
     ddim = diffusers.DDIMScheduler(num_train_timesteps=model.config.timesteps, trained_betas=model.diffusion.betas.double().numpy(),
                                    clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing", prediction_type="epsilon")
     expected, _ = _reference_loop(ddim, model, cond, x_T, 10)
-    ours = sample_aas_solver(model, cond, x_ref, "ddim", 10, draws=[x_T], x0_correction="none", blend=False)
+    ours = sample_aas_solver(model, cond, x_ref, "ddim", 10, draws=[x_T], x0_correction="none", aas=False)
     assert (ours - expected).abs().max().item() <= 1e-4
 
 
@@ -111,7 +111,7 @@ def test_orders_differ_on_the_smooth_denoiser(smooth_model):
     """Guards the comparisons above: a wrong higher-order term would be visible at this size."""
     cond, x_ref = random_layout()
     x_T = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(3))
-    runs = [sample_aas_solver(smooth_model, cond, x_ref, s, 10, draws=[x_T], blend=False) for s in ("ddim", "dpmpp2m", "dpmpp3m")]
+    runs = [sample_aas_solver(smooth_model, cond, x_ref, s, 10, draws=[x_T], aas=False) for s in ("ddim", "dpmpp2m", "dpmpp3m")]
     assert (runs[0] - runs[1]).abs().max().item() > 1e-3 and (runs[1] - runs[2]).abs().max().item() > 1e-4
 
 
