@@ -19,3 +19,11 @@ class DeviceError(LungDDPMError):
 
 class InputError(LungDDPMError):
     """An input image or layout that cannot be used (wrong file, empty mask, mismatched grids, NaN)."""
+
+
+class SeriesError(InputError):
+    """A DICOM series that is not complete: missing, duplicated or unevenly spaced slices, or unreadable slice files."""
+
+    def __init__(self, folder: object, problem: str, fix: str) -> None:
+        super().__init__(f"{folder}: {problem}; {fix}")
+        self.problem = problem  # what is wrong, without the folder and the fix (a `lungddpm prepare` skip reason)

@@ -7,7 +7,8 @@ continuous (i, j, k) indices and LPS millimetres, and resampling onto a referenc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 from numpy.typing import ArrayLike
 
 from lungddpm.errors import InputError
+from lungddpm.io.integrity import nonfinite_count, require_finite, verify_file, verify_slice_files, verify_slice_positions
 
 
 @dataclass
@@ -83,18 +85,36 @@ def _suffix(path: Path) -> str:
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a 3-D scalar image file or a DICOM series folder, keeping its pixel type and LPS geometry."""
+    """Read a 3-D scalar image file or a DICOM series folder completely (or refuse it), keeping pixel type and LPS geometry.
+
+    The checks of ``io.integrity`` refuse cut or corrupt data, NaN/Inf voxels and incomplete DICOM series.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; give {_ACCEPTED}")
-    image = _read_dicom_series(path) if path.is_dir() else _read_image_file(path)
-    return Volume.from_sitk(_as_3d_scalar(image, path))
+    with itk_warnings_off():
+        image = _read_dicom_series(path) if path.is_dir() else _read_image_file(path)
+    volume = Volume.from_sitk(_as_3d_scalar(image, path))
+    require_finite(str(path), nonfinite_count(volume.array))
+    return volume
+
+
+@contextmanager
+def itk_warnings_off() -> Iterator[None]:
+    """No ITK/GDCM warning output inside the block (its errors still raise): a read succeeds or raises, it does not print."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _read_image_file(path: Path) -> sitk.Image:
-    """Read one image file through SimpleITK, turning its failures into InputError."""
+    """Read one image file through SimpleITK once io.integrity has checked its data, turning failures into InputError."""
     if _suffix(path) not in READABLE_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {_suffix(path) or '(none)'!r}; give {_ACCEPTED}")
+    verify_file(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -102,7 +122,7 @@ def _read_image_file(path: Path) -> sitk.Image:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the DICOM series of a folder in slice order; with several series, the one with the most files."""
+    """Read the DICOM series of a folder in slice order (the one with most files), refusing unreadable or uneven slices."""
     series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
               for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))]
     if not series:
@@ -111,12 +131,16 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         warnings.warn(f"{folder} holds {len(series)} DICOM series; reading the largest ({len(files)} files)",
                       stacklevel=3)
+    verify_slice_files(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, for verify_slice_positions
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{folder}: the DICOM series cannot be read ({_itk_reason(error)})") from error
+    verify_slice_positions(folder, files, reader)
+    return image
 
 
 def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:

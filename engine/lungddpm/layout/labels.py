@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungddpm.errors import InputError
+from lungddpm.io.integrity import nonfinite_count, require_finite
 from lungddpm.io.volume import Volume, index_to_physical, mask_image, require_same_grid
 
 BACKGROUND = 0
@@ -46,9 +47,7 @@ def compose_layout(lung: Volume, nodules: Volume | None) -> Volume:
 
 def require_ct_like(ct: Volume, name: str) -> None:
     """Raise InputError when an image has non-finite values or an intensity range unlike a CT in HU."""
-    if np.issubdtype(ct.array.dtype, np.floating) and not np.all(np.isfinite(ct.array)):
-        count = int(np.count_nonzero(~np.isfinite(ct.array)))
-        raise InputError(f"{name}: {count} voxels are NaN or infinite; give a CT with finite HU values")
+    require_finite(name, nonfinite_count(ct.array))
     low, high = float(ct.array.min()), float(ct.array.max())
     if low >= CT_MIN_BELOW_HU or high < CT_MAX_ABOVE_HU:
         raise InputError(f"{name} does not look like a CT in HU: intensities range {low:g} .. {high:g}, but a chest "
