@@ -32,17 +32,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungddpm.layout.annotations import DicomHeaders, SliceMap, is_lidc_xml, lidc_mask, read_dicom_headers, voc_mask
-from lungddpm.errors import InputError, LungDDPMError
+from lungddpm.errors import InputError, LungDDPMError, SeriesError
 from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
 from lungddpm.synthesis.patches import encode_patch, nodule_components, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
-from lungddpm.io.volume import Volume, read_volume, refuse_protected, resample_like, write_volume
+from lungddpm.io.volume import Volume, itk_warnings_off, read_volume, refuse_protected, resample_like, write_volume
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha")
 MASK_NAMES = ("nodules.nii.gz", "nodules.nii", "nodules.nrrd", "nodules.mha")
-SLICE_GAP_TOLERANCE = 0.1  # relative deviation of a slice gap from the median that counts as missing slices
 # Contrast: median HU of soft tissue between the lungs (heart, great vessels) at mid-lung height. Unenhanced
 # blood is 30-60 HU, enhanced blood 150-400 HU.
 CONTRAST_HU = 150.0
@@ -70,12 +69,8 @@ def _is_dicom_folder(folder: Path) -> bool:
     """Whether a folder directly holds a DICOM series (without ITK's warning for folders that do not)."""
     if not folder.is_dir():
         return False
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
+    with itk_warnings_off():
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def find_case(folder: Path) -> CaseSource | None:
@@ -106,18 +101,6 @@ def discover_cases(inputs: list[str | Path]) -> list[CaseSource]:
     if len(set(ids)) != len(ids):
         raise InputError(f"case folder names must be unique; repeated: {sorted({i for i in ids if ids.count(i) > 1})}")
     return sorted(cases, key=lambda c: c.case_id)
-
-
-def check_slice_gaps(headers: DicomHeaders) -> None:
-    """Raise SkipCase when the slice positions of a DICOM series are not evenly spaced (missing slices)."""
-    if len(headers.slices) < 3:
-        return
-    info = next(iter(headers.slices.values()))
-    normal = np.cross(info.row_dir, info.col_dir)
-    gaps = np.diff(np.sort([s.position @ normal for s in headers.slices.values()]))
-    median = float(np.median(gaps))
-    if median <= 0 or np.max(np.abs(gaps - median)) > SLICE_GAP_TOLERANCE * median:
-        raise SkipCase(f"missing slices: slice gaps range {gaps.min():.2f}..{gaps.max():.2f} mm (median {median:.2f} mm)")
 
 
 def mediastinum_hu(ct: Volume, lung: Volume) -> float | None:
@@ -176,15 +159,15 @@ def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[
 
 def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders]:
     """A case's CT, layout, annotation kind and DICOM headers, after the checks that may skip it."""
-    headers = read_dicom_headers(source.dicom) if source.dicom else DicomHeaders()
-    if source.dicom:
-        check_slice_gaps(headers)
-    if headers.contrast_agent and headers.contrast_agent.upper() not in ("NONE", "NO"):
-        raise SkipCase(f"contrast-enhanced: DICOM ContrastBolusAgent is {headers.contrast_agent!r}")
     try:
-        ct = read_volume(source.ct)
+        ct = read_volume(source.ct)  # a DICOM series is checked there for missing, duplicated or unreadable slices
+    except SeriesError as exc:
+        raise SkipCase(exc.problem) from None
     except InputError as exc:
         raise SkipCase(f"unreadable: {exc}") from None
+    headers = read_dicom_headers(source.dicom) if source.dicom else DicomHeaders()
+    if headers.contrast_agent and headers.contrast_agent.upper() not in ("NONE", "NO"):
+        raise SkipCase(f"contrast-enhanced: DICOM ContrastBolusAgent is {headers.contrast_agent!r}")
     layout, kind = case_layout(source, ct, headers)
     blood = mediastinum_hu(ct, layout)
     if blood is not None and blood > CONTRAST_HU:
