@@ -269,11 +269,11 @@ def verify_slice_positions(folder: Path, files: Sequence[str], reader: sitk.Imag
         raise SeriesError(folder, f"duplicated slices: {at(twice[0])} and {at(twice[0] + 1)} are at the same position"
                                   f"{_more(twice)}", "remove the duplicate slice files")
     median = float(np.median(gaps))
-    wide = np.flatnonzero(gaps > (1 + SLICE_GAP_TOLERANCE) * median)
-    narrow = np.flatnonzero(gaps < (1 - SLICE_GAP_TOLERANCE) * median)
-    uneven, kind, fix = ((wide, "missing slices", "add the missing slice files or export the complete series again")
-                         if wide.size else (narrow, "unevenly spaced slices", "export the series again with even slice spacing"))
+    uneven = np.flatnonzero(np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median)
     if uneven.size:
+        kind, fix = (("missing slices", "add the missing slice files or export the complete series again")
+                     if np.all(gaps[uneven] > median) else
+                     ("unevenly spaced slices", "export the series again with even slice spacing"))
         k = uneven[0]
         raise SeriesError(folder, f"{kind}: slice gaps range {gaps.min():.2f}..{gaps.max():.2f} mm (median {median:.2f} mm); "
                                   f"a {gaps[k]:.2f} mm gap between {at(k)} and {at(k + 1)}{_more(uneven)}", fix)
