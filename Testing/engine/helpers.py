@@ -1,6 +1,9 @@
-"""Small models for fast tests."""
+"""Small models and test data for fast tests."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,14 @@ def rotation(axis: tuple[float, float, float], angle: float) -> np.ndarray:
     a = np.asarray(axis, float) / np.linalg.norm(axis)
     k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def copy_series(real_ct_dir: Path, folder: Path) -> Path:
+    """A writable copy of the real CT's 64-slice DICOM series in a new folder."""
+    folder.mkdir(parents=True)
+    for source in sorted((real_ct_dir / "dicom").iterdir()):
+        shutil.copyfile(source, folder / source.name)
+    return folder
 
 
 def small_config(**overrides) -> ModelConfig:

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers import copy_series
 from lungddpm.layout.annotations import SliceMap, lidc_mask, polygon_pixels, read_dicom_headers, voc_mask
 from lungddpm.cli import main
 from lungddpm.demo.phantom import make_phantom
@@ -102,6 +103,17 @@ def test_missing_slices_are_skipped(real_ct_dir, tmp_path):
     skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
     assert summary["prepared"] == 0 and skipped[0]["case_id"] == "gap"
     assert skipped[0]["reason"].startswith("missing slices: slice gaps range 5.00..10.00 mm")
+
+
+def test_truncated_or_duplicated_slice_files_are_skipped(real_ct_dir, tmp_path):
+    # the same series check as read_volume (lungddpm.io.integrity): its problem text is the skip reason
+    cut, twice = (copy_series(real_ct_dir, tmp_path / "cases" / case / "dicom") for case in ("cut", "twice"))
+    (cut / "1-31.dcm").write_bytes((cut / "1-31.dcm").read_bytes()[:200_000])
+    shutil.copyfile(twice / "1-31.dcm", twice / "1-31b.dcm")
+    assert prepare_dataset([tmp_path / "cases"], tmp_path / "out", size=16)["prepared"] == 0
+    reasons = {s["case_id"]: s["reason"] for s in json.loads((tmp_path / "out" / "skipped.json").read_text())}
+    assert reasons["cut"] == "unreadable slice file 1-31.dcm (truncated or damaged)"
+    assert reasons["twice"].startswith("duplicated slices: slice 33 (1-31")
 
 
 def _phantom_case(folder, seed, boost_hu=0):
