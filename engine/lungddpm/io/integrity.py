@@ -144,6 +144,8 @@ def _nifti_layout(head: bytes) -> tuple[int, int, np.dtype | None]:
                                                 struct.unpack_from(f"{order}q", head, 168)[0])
         else:
             continue
+        if not 0 <= offset < np.inf:
+            break
         count = int(np.prod([max(d, 0) for d in dims[1:1 + min(max(dims[0], 0), 7)]]))
         dtype = np.dtype(order + NIFTI_FLOATS[datatype]) if datatype in NIFTI_FLOATS else None
         return int(offset), count * max(bitpix, 0) // 8, dtype
@@ -171,9 +173,9 @@ def _header_bytes(path: Path) -> int | None:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+        pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
     except RuntimeError:
         return None  # the read that follows reports ITK's reason
-    pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
     return int(np.prod(reader.GetSize())) * sitk.GetArrayViewFromImage(pixel).nbytes
 
 
@@ -203,8 +205,8 @@ def _verify_nrrd(path: Path) -> None:
     if encoding not in ("raw", "gzip", "gz"):
         return  # text encodings, and bzip2, which this ITK does not read
     data_file = fields.get("data file", fields.get("datafile", "LOCAL"))
-    _verify_data(path, data_file, start if data_file == "LOCAL" else 0, int(fields.get("byte skip", fields.get("byteskip", 0))),
-                 encoding != "raw")
+    skip = _whole_number(fields.get("byte skip", fields.get("byteskip", "0")))
+    _verify_data(path, data_file, start if data_file == "LOCAL" else 0, skip, encoding != "raw")
 
 
 def _verify_metaimage(path: Path) -> None:
@@ -215,9 +217,16 @@ def _verify_metaimage(path: Path) -> None:
     data_file = fields.get("elementdatafile", "")
     if not data_file or fields.get("binarydata", "true").lower() != "true":
         return
-    local = data_file.upper() == "LOCAL"
-    skip = int(fields.get("headersize", 0))
-    _verify_data(path, data_file, start if local else max(skip, 0), 0, fields.get("compresseddata", "").lower() == "true")
+    start = start if data_file.upper() == "LOCAL" else max(_whole_number(fields.get("headersize", "0")), 0)
+    _verify_data(path, data_file, start, 0, fields.get("compresseddata", "").lower() == "true")
+
+
+def _whole_number(text: str) -> int:
+    """An integer header value; 0 when it is none (ITK judges the header)."""
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 def verify_slice_files(folder: Path, series: Sequence[Sequence[str]]) -> None:
@@ -231,9 +240,9 @@ def verify_slice_files(folder: Path, series: Sequence[Sequence[str]]) -> None:
 
 def _is_damaged_slice(path: Path) -> bool:
     """Whether a file is a DICOM image (Part-10 preamble, a slice position or pixel data) that ITK cannot read."""
-    data = path.read_bytes()
-    if data[DICM_OFFSET:DICM_OFFSET + 4] != b"DICM" or not any(tag in data for tag in IMAGE_TAGS):
-        return False
+    with open(path, "rb") as stream:
+        if stream.read(DICM_OFFSET + 4)[DICM_OFFSET:] != b"DICM" or not any(tag in stream.read() for tag in IMAGE_TAGS):
+            return False
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -244,19 +253,20 @@ def _is_damaged_slice(path: Path) -> bool:
 
 
 def verify_slice_positions(folder: Path, files: Sequence[str], reader: sitk.ImageSeriesReader) -> None:
-    """Refuse a series read by `reader` (MetaDataDictionaryArrayUpdateOn) whose slices are duplicated or unevenly spaced.
+    """Refuse a series read by `reader` (MetaDataDictionaryArrayUpdateOn) whose slices are duplicated, missing or unevenly spaced.
 
     Positions are along the slice normal (z for an axial series); slices are counted from 0 in that order.
     """
     if len(files) < 2:
         return
     names = [Path(name).name for name in files]
-    unplaced = [n for i, n in enumerate(names) if not (reader.HasMetaDataKey(i, POSITION) and reader.HasMetaDataKey(i, ORIENTATION))]
+    positions = [_tag_numbers(reader, i, POSITION, 3) for i in range(len(names))]
+    orientations = [_tag_numbers(reader, i, ORIENTATION, 6) for i in range(len(names))]
+    unplaced = [n for n, p, o in zip(names, positions, orientations) if p is None or o is None]
     if unplaced:
-        raise SeriesError(folder, f"slice file {unplaced[0]} has no Image Position/Orientation (Patient), so the "
-                                  f"slice spacing is unknown", "export the series with its slice positions")
-    orientation = _numbers(reader.GetMetaData(0, ORIENTATION))
-    along = [_numbers(reader.GetMetaData(i, POSITION)) @ np.cross(orientation[:3], orientation[3:]) for i in range(len(names))]
+        raise SeriesError(folder, f"slice file {unplaced[0]} has no valid Image Position/Orientation (Patient), so "
+                                  f"the slice spacing is unknown", "export the series with its slice positions")
+    along = [position @ np.cross(orientations[0][:3], orientations[0][3:]) for position in positions]
     order = np.argsort(along, kind="stable")
     z, names = np.asarray(along)[order], [names[i] for i in order]
     gaps = np.diff(z)
@@ -279,9 +289,13 @@ def verify_slice_positions(folder: Path, files: Sequence[str], reader: sitk.Imag
                                   f"a {gaps[k]:.2f} mm gap between {at(k)} and {at(k + 1)}{_more(uneven)}", fix)
 
 
-def _numbers(text: str) -> np.ndarray:
-    """The numbers of a DICOM multi-valued decimal string such as '-228.0\\-93.1\\-439'."""
-    return np.array([float(v) for v in text.split("\\")])
+def _tag_numbers(reader: sitk.ImageSeriesReader, index: int, tag: str, size: int) -> np.ndarray | None:
+    """The `size` numbers of a slice's multi-valued decimal tag (e.g. '-228.0\\-93.1\\-439'); None if absent or malformed."""
+    try:
+        numbers = np.array([float(v) for v in reader.GetMetaData(index, tag).split("\\")])
+    except (RuntimeError, ValueError):
+        return None
+    return numbers if numbers.shape == (size,) and np.isfinite(numbers).all() else None
 
 
 def _more(where: np.ndarray) -> str:
