@@ -181,3 +181,13 @@ def test_valid_variants_read_bit_identically(tmp_path: Path) -> None:
     header = tmp_path / "ok.mhd"
     sitk.WriteImage(sitk.GetImageFromArray(hu), str(header), useCompression=True)
     np.testing.assert_array_equal(read_volume(header).array, hu)
+
+
+def test_series_beside_other_files_reads_as_before(real_ct_dir: Path, tmp_path: Path) -> None:
+    series = copy_series(real_ct_dir, tmp_path / "dicom")
+    (series / "README.txt").write_text("exported series\n")
+    meta = b"\x02\x00\x02\x00UI\x14\x001.2.840.10008.1.3.10"  # (0002,0002) media storage class: DICOMDIR
+    (series / "DICOMDIR").write_bytes(bytes(128) + b"DICM" + meta + b"\x20\x00\x32\x00" + bytes(64))
+    original, copy = read_volume(real_ct_dir / "dicom"), read_volume(series)
+    np.testing.assert_array_equal(copy.array, original.array)
+    assert (copy.origin, copy.spacing, copy.direction) == (original.origin, original.spacing, original.direction)

@@ -38,6 +38,7 @@ DUPLICATE_MM = 0.01  # slices closer than this along the slice normal are one sl
 POSITION, ORIENTATION = "0020|0032", "0020|0037"  # DICOM Image Position / Orientation (Patient)
 DICM_OFFSET = 128  # a DICOM Part-10 file holds "DICM" after a 128-byte preamble
 IMAGE_TAGS = (b"\x20\x00\x32\x00", b"\xe0\x7f\x10\x00")  # (0020,0032), (7FE0,0010) little endian: an image slice
+DICOMDIR_UID, META_BYTES = b"1.2.840.10008.1.3.10", 1024  # a DICOMDIR's media storage class, in its file meta group
 _RECOPY = "copy or export the file again"
 
 
@@ -239,10 +240,14 @@ def verify_slice_files(folder: Path, series: Sequence[Sequence[str]]) -> None:
 
 
 def _is_damaged_slice(path: Path) -> bool:
-    """Whether a file is a DICOM image (Part-10 preamble, a slice position or pixel data) that ITK cannot read."""
+    """Whether a file is a DICOM image (Part-10 preamble, a slice position or pixel data; no DICOMDIR) that ITK cannot read."""
     with open(path, "rb") as stream:
-        if stream.read(DICM_OFFSET + 4)[DICM_OFFSET:] != b"DICM" or not any(tag in stream.read() for tag in IMAGE_TAGS):
+        data = stream.read(DICM_OFFSET + 4)
+        if data[DICM_OFFSET:] != b"DICM":
             return False
+        data += stream.read()
+    if DICOMDIR_UID in data[:META_BYTES] or not any(tag in data for tag in IMAGE_TAGS):
+        return False
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
