@@ -19,3 +19,7 @@ class DeviceError(LungDDPMError):
 
 class InputError(LungDDPMError):
     """An input image or layout that cannot be used (wrong file, empty mask, mismatched grids, NaN)."""
+
+
+class OutputError(LungDDPMError):
+    """An output that cannot be written (no space left, no permission); nothing of it is left behind."""

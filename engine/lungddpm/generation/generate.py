@@ -26,6 +26,7 @@ from lungddpm.layout.nodules import random_nodules
 from lungddpm.runtime.progress import BatchProgress
 from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
 from lungddpm.synthesis.synthesize import synthesize
+from lungddpm.io.atomic import is_temporary
 from lungddpm.io.volume import READABLE_SUFFIXES, Volume, read_volume
 
 LAYOUT_SUFFIX = "_layout"  # in a folder of references, <id>_layout.<ext> is the layout of <id>.<ext>
@@ -115,7 +116,8 @@ def _reference_from_row(row: dict, source: Path, n: int) -> Reference:
 
 def _references_in_folder(folder: Path) -> list[Reference]:
     """Every image file in a folder except layouts, paired with <id>_layout.<ext> where present."""
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and any(p.name.lower().endswith(s) for s in READABLE_SUFFIXES)]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not is_temporary(p)
+             and any(p.name.lower().endswith(s) for s in READABLE_SUFFIXES)]
     layouts = {_image_stem(p)[: -len(LAYOUT_SUFFIX)]: p for p in files if _image_stem(p).endswith(LAYOUT_SUFFIX)}
     refs = [Reference(safe_id(_image_stem(p)), p, layouts.get(_image_stem(p))) for p in files
             if not _image_stem(p).endswith(LAYOUT_SUFFIX)]

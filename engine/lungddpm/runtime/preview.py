@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from lungddpm.io.atomic import atomic_output
 from lungddpm.io.volume import Volume
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (level −600, width 1500)
@@ -96,8 +97,7 @@ def _focus(lab: np.ndarray | None, focus_label: int, shape: tuple[int, ...]) -> 
 
 
 def write_png(rgb: np.ndarray, path: str | Path) -> Path:
-    """Write an (H, W, 3) uint8 array as PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True), str(path))
-    return path
+    """Write an (H, W, 3) uint8 array as PNG, atomically."""
+    with atomic_output(path) as temporary:
+        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True), str(temporary))
+    return Path(path)
