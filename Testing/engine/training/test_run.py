@@ -25,6 +25,7 @@ from lungddpm.training.objective import loss_at
 from lungddpm.training.prepare import prepare_dataset
 from lungddpm.training.config import build_run_config
 from lungddpm.training.run import TrainingRun
+from lungddpm.io.atomic import is_temporary
 
 ENGINE = Path(__file__).resolve().parents[3] / "engine"
 def _env():
@@ -114,8 +115,10 @@ def test_crash_while_saving_leaves_latest_checkpoint_intact(prepared16, tmp_path
     latest = run.save()
     before = latest.read_bytes()
     run.train_step()
+    written = []
 
     def crash(obj, f, *args, **kwargs):
+        written.append(Path(f))
         Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
@@ -124,7 +127,8 @@ def test_crash_while_saving_leaves_latest_checkpoint_intact(prepared16, tmp_path
         run.save()
     monkeypatch.undo()
     assert latest.read_bytes() == before and load_model(latest).source.step == 1
-    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and is_temporary(p)]
+    assert is_temporary(written[0]) and not written[0].exists()
     assert leftovers == [] and not (tmp_path / "checkpoints" / "step-0000002.pt").exists()
 
 

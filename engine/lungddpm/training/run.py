@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from lungddpm.errors import CheckpointError, ConfigError
+from lungddpm.io.atomic import atomic_output, remove_temporaries, write_text
 from lungddpm.model.checkpoints import load_model, read_checkpoint, save_checkpoint
 from lungddpm.model.config import ModelConfig
 from lungddpm.model.lungddpm import LungDDPM
@@ -46,12 +47,11 @@ def checkpoint_path(output: str | Path, step: int) -> Path:
 def point_latest(path: Path, output: str | Path) -> Path:
     """Make output/latest.pt the checkpoint at path, atomically (hard link or copy to a temporary name, then rename)."""
     latest = Path(output) / LATEST
-    tmp = latest.with_name(f".{LATEST}.{os.getpid()}.tmp")
-    try:
-        os.link(path, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, latest)
+    with atomic_output(latest) as temporary:
+        try:
+            os.link(path, temporary)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(path, temporary)
     return latest
 
 
@@ -193,8 +193,7 @@ class TrainingRun:
         """Train up to config.steps, logging, saving and previewing on schedule; returns this call's losses."""
         cfg = self.config
         if self.ctx.is_main:
-            Path(cfg.output).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.output) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            write_text(Path(cfg.output) / "config.json", json.dumps(cfg.to_dict(), indent=2))
         losses: list[float] = []
         start = mark = time.perf_counter()
         mark_step = self.step
@@ -216,6 +215,7 @@ class TrainingRun:
         barrier(self.ctx)
         if self.log is not None:
             self.log.close()
+            remove_temporaries(Path(cfg.output))  # left by a killed earlier attempt; rank 0 alone writes here
         return losses
 
 
