@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -247,4 +248,5 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
                "skipped": skipped, "total_cases": len(items), "complete": complete, "dataset": str(paths.root)}
     if complete:
         summary["finalized"] = finalize(paths)
+        shutil.rmtree(paths.staging, ignore_errors=True)  # what killed runs left; no rank writes cases any more
     return summary
