@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -101,6 +102,46 @@ def test_killed_run_resumes_to_the_same_weights(prepared16, tmp_path, one_thread
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # the unsaved step 5 of the killed run is dropped from the log
     losses = {r["step"]: r["loss"] for r in read_log(tmp_path / "straight")}
     assert all(abs(r["loss"] - losses[r["step"]]) < 1e-6 for r in read_log(tmp_path / "run"))
+
+
+SIGNALLER = textwrap.dedent("""
+    import os, signal, sys, torch
+    from lungddpm.training import run as trainrun
+    from lungddpm.cli import main
+    sig, step = int(sys.argv[1]), int(sys.argv[2])
+    original_step, original_save = trainrun.TrainingRun.train_step, torch.save
+    def train_step(self):
+        if sig == signal.SIGTERM and self.step == step:
+            os.kill(os.getpid(), sig)  # e.g. a scheduler ending the job
+        return original_step(self)
+    def save(obj, f, *args, **kwargs):
+        original_save(obj, f, *args, **kwargs)
+        if sig == signal.SIGKILL and obj["step"] == step:
+            os.kill(os.getpid(), sig)  # the checkpoint is written, not yet renamed into place
+    trainrun.TrainingRun.train_step, torch.save = train_step, save
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def test_signals_end_a_run_at_its_last_checkpoint_and_the_resumed_run_leaves_nothing_stale(prepared16, tmp_path, one_thread):
+    run = tmp_path / "run"
+    common = ["train", "--data", str(prepared16), "--threads", "1", "--batch-size", "1", *TINY, "--set", "save_every=2",
+              "--set", "workers=1", "--output", str(run), "--steps", "5"]
+
+    def child(sig, step, *extra):
+        return subprocess.run([sys.executable, "-c", SIGNALLER, str(int(sig)), str(step), *common, *extra], env=_env(),
+                              capture_output=True, text=True, timeout=300)
+
+    terminated = child(signal.SIGTERM, 3)
+    assert terminated.returncode == 143 and terminated.stderr.splitlines() == [
+        f"lungddpm: interrupted; kept the checkpoint of step 2 ({run / 'latest.pt'}); continue with --resume"]
+    killed = child(signal.SIGKILL, 4, "--resume")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    stale = [p for p in run.rglob("*") if is_temporary(p)]
+    assert [p.parent.name for p in stale] == ["checkpoints"] and read_checkpoint(run / "latest.pt")["step"] == 2
+    assert main([*common, "--resume"]) == 0
+    assert read_checkpoint(run / "latest.pt")["step"] == 5 and [p for p in run.rglob("*") if is_temporary(p)] == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000002.pt", "step-0000004.pt", "step-0000005.pt"]
 
 
 def _run(prepared, output, **settings):

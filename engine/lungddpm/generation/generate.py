@@ -24,6 +24,7 @@ from lungddpm.errors import CheckpointError, ConfigError, InputError
 from lungddpm.generation.shards import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import random_nodules
+from lungddpm.runtime.interrupt import NOTHING_WRITTEN, leaves
 from lungddpm.runtime.progress import BatchProgress
 from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
 from lungddpm.synthesis.synthesize import synthesize
@@ -224,6 +225,7 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     report = BatchProgress(progress, shard.rank, shard.world_size)
     model = None
     made = skipped = 0
+    leaves(_kept(paths, sum(paths.is_done(i.case) for i in items), len(items)))
     for n, item in enumerate(mine, start=1):
         ref = by_id[item.reference_id]
         fresh = not paths.is_done(item.case)
@@ -242,6 +244,7 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
             made += 1
         done_total = sum(paths.is_done(i.case) for i in items)
+        leaves(_kept(paths, done_total, len(items)))
         report.case_done(item.case, n, len(mine), done_total, len(items), made=fresh)
     complete = all(paths.is_done(i.case) for i in items)
     summary = {"rank": shard.rank, "world_size": shard.world_size, "shard_cases": len(mine), "made": made,
@@ -250,3 +253,10 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
         summary["finalized"] = finalize(paths)
         shutil.rmtree(paths.staging, ignore_errors=True)  # what killed runs left; no rank writes cases any more
     return summary
+
+
+def _kept(paths: DatasetPaths, done: int, total: int) -> str:
+    """What an interruption leaves: the finished cases, which a rerun of the same command skips."""
+    if not done:
+        return NOTHING_WRITTEN
+    return f"kept {done} finished case(s) of {total} in {paths.root}; run the same command again to make the rest"

@@ -29,6 +29,7 @@ from lungddpm.io.atomic import atomic_output, remove_temporaries, write_text
 from lungddpm.model.checkpoints import load_model, read_checkpoint, save_checkpoint
 from lungddpm.model.config import ModelConfig
 from lungddpm.model.lungddpm import LungDDPM
+from lungddpm.runtime.interrupt import leaves
 from lungddpm.runtime.precision import autocast
 from lungddpm.training.config import RunConfig
 from lungddpm.training.data import PreparedCases, RunSampler, check_space, load_cases
@@ -171,7 +172,9 @@ class TrainingRun:
         }
         path = save_checkpoint(checkpoint_path(self.config.output, self.step), self.model, ema=self.ema,
                                step=self.step, extra=extra)
-        return point_latest(path, self.config.output)
+        latest = point_latest(path, self.config.output)
+        leaves(_kept(self.config.output, self.step))
+        return latest
 
     def preview(self) -> Path:
         """PNG of the middle slices (axial, coronal, sagittal) of a case and of an EMA sample (DDIM) for its layout."""
@@ -194,6 +197,7 @@ class TrainingRun:
         cfg = self.config
         if self.ctx.is_main:
             write_text(Path(cfg.output) / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            leaves(_kept(cfg.output, self.step))
         losses: list[float] = []
         start = mark = time.perf_counter()
         mark_step = self.step
@@ -217,6 +221,13 @@ class TrainingRun:
             self.log.close()
             remove_temporaries(Path(cfg.output))  # left by a killed earlier attempt; rank 0 alone writes here
         return losses
+
+
+def _kept(output: str | Path, step: int) -> str:
+    """What an interrupted run leaves: its latest checkpoint, or before the first one its settings and log only."""
+    if step == 0:
+        return f"wrote no checkpoint yet (only the settings and log in {output})"
+    return f"kept the checkpoint of step {step} ({Path(output) / LATEST}); continue with --resume"
 
 
 def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
