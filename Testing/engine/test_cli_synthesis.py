@@ -74,7 +74,9 @@ def _bad_layouts(ct: Volume, layout: Volume) -> dict[str, tuple[Volume, Volume, 
 def test_bad_input_names_the_problem_and_writes_nothing(case, phantom_files, tiny_checkpoint, tmp_path):
     _, _, ph = phantom_files
     ct, layout, words = _bad_layouts(ph.ct, ph.layout)[case]
-    ref = write_volume(ct, tmp_path / "in" / "ref.nrrd")
+    ref = tmp_path / "in" / "ref.nrrd"
+    ref.parent.mkdir()
+    sitk.WriteImage(ct.to_sitk(), str(ref))  # SimpleITK itself: write_volume refuses to write NaN
     lay = write_volume(layout, tmp_path / "in" / "lay.nrrd")
     out_dir = tmp_path / "out"
     res = _run("synthesize", "--reference", ref, "--layout", lay, "--model", tiny_checkpoint, "--output", out_dir / "s.nrrd")

@@ -13,6 +13,7 @@ from lungddpm.generation.export import LABEL_SETS
 from lungddpm.layout.nodules import NODULE_KINDS
 from lungddpm.model.config import NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE
 from lungddpm.runtime.precision import PRECISIONS
+from lungddpm.runtime.interrupt import exits_cleanly
 from lungddpm.runtime.progress import PROGRESS_MODES
 from lungddpm.sampling.options import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS, SAMPLERS, VARIANTS
 
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)

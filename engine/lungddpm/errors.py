@@ -27,3 +27,7 @@ class SeriesError(InputError):
     def __init__(self, folder: object, problem: str, fix: str) -> None:
         super().__init__(f"{folder}: {problem}; {fix}")
         self.problem = problem  # what is wrong, without the folder and the fix (a `lungddpm prepare` skip reason)
+
+
+class OutputError(LungDDPMError):
+    """An output that cannot be written (no space left, no permission); nothing of it is left behind."""

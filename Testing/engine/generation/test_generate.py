@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +21,8 @@ from lungddpm.errors import ConfigError
 from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
 from lungddpm.generation.shards import Shard, parse_shard, shard_from_env, shard_items, variant_seed, work_items
 from lungddpm.demo.phantom import make_phantom, phantom_grid
+from lungddpm.cli import main
+from lungddpm.io.atomic import is_temporary
 from lungddpm.io.volume import read_volume, same_grid, write_volume
 
 REPO = Path(__file__).resolve().parents[3]
@@ -200,3 +204,46 @@ def test_torchrun_two_processes_share_the_work(refs_dir, tmp_path):
     assert any(e["event"] == "done" and e["complete"] for e in events)
     assert len(_nnunet_check(tmp_path / "Dataset501_LungDDPMSynthetic")) == 4
     assert finalize(dataset_folder(tmp_path, 501, "LungDDPMSynthetic"))["cases"] == 4
+
+
+KILLED_WHILE_MOVING_IN = textwrap.dedent("""
+    import os, signal, sys
+    from lungddpm.cli import main
+    real_replace = os.replace
+    def replace_then_die(source, target):
+        real_replace(source, target)
+        if str(target).endswith("_v001_0000.nii.gz"):  # the second case's image is in place, its labels are not
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace_then_die
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_finalize_after_a_kill_counts_complete_cases_and_a_resume_leaves_nothing_stale(refs_dir, tmp_path, capsys):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "chest0.nii.gz").symlink_to(refs_dir / "chest0.nii.gz")
+    args = ["generate", "--references", str(refs), "--model", "demo", "--output", str(tmp_path), "--variants", "2",
+            "--nodules", "1", "--diameter-range", "20", "25", "--sampler", "dpmpp2m", "--steps", "2", "--device", "cpu",
+            "--threads", "1", "--progress", "none"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "engine"), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_MOVING_IN, *args], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    paths = dataset_folder(tmp_path, 501, "LungDDPMSynthetic")
+    first, second = "LUNGSYN_chest0_v000", "LUNGSYN_chest0_v001"
+    assert paths.image(second).is_file() and not paths.provenance(second).exists()  # half a case on disk
+    assert any(is_temporary(p) for p in paths.staging.iterdir())  # and what the kill left in the staging folder
+
+    assert main([*args, "--finalize"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["cases"], summary["set_aside"]) == (1, [second])
+    assert _nnunet_check(paths.root) == [first]  # numTraining 1 = the images in imagesTr
+    assert [e["case"] for e in json.loads((paths.root / "datalist.json").read_text())["training"]] == [first]
+
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["made"] == 1
+    assert _nnunet_check(paths.root) == [first, second]
+    assert not paths.staging.exists() and not [p for p in paths.root.rglob("*") if is_temporary(p)]
+    assert sorted(p.name for p in paths.root.iterdir()) == ["datalist.json", "dataset.json", "imagesTr", "labelsTr",
+                                                            "manifest.csv", "manifest.jsonl", "provenance"]

@@ -50,10 +50,11 @@ def _flip(path: Path, position: int) -> Path:
 
 
 def _with_inf(path: Path) -> Path:
-    """A float32 image with 3 non-finite voxels (NaN, +Inf, -Inf), written by write_volume."""
+    """A float32 image with 3 non-finite voxels (NaN, +Inf, -Inf), written by SimpleITK (write_volume refuses them)."""
     array = _hu(np.float32)
     array[1, 2, 3], array[4, 5, 6], array[7, 8, 9] = np.nan, np.inf, -np.inf
-    return write_volume(Volume(array), path)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=True)
+    return path
 
 
 def _detached_short(folder: Path, suffix: str) -> Path:

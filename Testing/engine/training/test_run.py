@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from lungddpm.training.objective import loss_at
 from lungddpm.training.prepare import prepare_dataset
 from lungddpm.training.config import build_run_config
 from lungddpm.training.run import TrainingRun
+from lungddpm.io.atomic import is_temporary
 
 ENGINE = Path(__file__).resolve().parents[3] / "engine"
 def _env():
@@ -102,6 +104,46 @@ def test_killed_run_resumes_to_the_same_weights(prepared16, tmp_path, one_thread
     assert all(abs(r["loss"] - losses[r["step"]]) < 1e-6 for r in read_log(tmp_path / "run"))
 
 
+SIGNALLER = textwrap.dedent("""
+    import os, signal, sys, torch
+    from lungddpm.training import run as trainrun
+    from lungddpm.cli import main
+    sig, step = int(sys.argv[1]), int(sys.argv[2])
+    original_step, original_save = trainrun.TrainingRun.train_step, torch.save
+    def train_step(self):
+        if sig == signal.SIGTERM and self.step == step:
+            os.kill(os.getpid(), sig)  # e.g. a scheduler ending the job
+        return original_step(self)
+    def save(obj, f, *args, **kwargs):
+        original_save(obj, f, *args, **kwargs)
+        if sig == signal.SIGKILL and obj["step"] == step:
+            os.kill(os.getpid(), sig)  # the checkpoint is written, not yet renamed into place
+    trainrun.TrainingRun.train_step, torch.save = train_step, save
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def test_signals_end_a_run_at_its_last_checkpoint_and_the_resumed_run_leaves_nothing_stale(prepared16, tmp_path, one_thread):
+    run = tmp_path / "run"
+    common = ["train", "--data", str(prepared16), "--threads", "1", "--batch-size", "1", *TINY, "--set", "save_every=2",
+              "--set", "workers=1", "--output", str(run), "--steps", "5"]
+
+    def child(sig, step, *extra):
+        return subprocess.run([sys.executable, "-c", SIGNALLER, str(int(sig)), str(step), *common, *extra], env=_env(),
+                              capture_output=True, text=True, timeout=300)
+
+    terminated = child(signal.SIGTERM, 3)
+    assert terminated.returncode == 143 and terminated.stderr.splitlines() == [
+        f"lungddpm: interrupted; kept the checkpoint of step 2 ({run / 'latest.pt'}); continue with --resume"]
+    killed = child(signal.SIGKILL, 4, "--resume")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    stale = [p for p in run.rglob("*") if is_temporary(p)]
+    assert [p.parent.name for p in stale] == ["checkpoints"] and read_checkpoint(run / "latest.pt")["step"] == 2
+    assert main([*common, "--resume"]) == 0
+    assert read_checkpoint(run / "latest.pt")["step"] == 5 and [p for p in run.rglob("*") if is_temporary(p)] == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000002.pt", "step-0000004.pt", "step-0000005.pt"]
+
+
 def _run(prepared, output, **settings):
     overrides = [TINY[i + 1] for i in range(0, len(TINY), 2)] + [f"{k}={json.dumps(v)}" for k, v in settings.items()]
     config = build_run_config(None, overrides, data=[str(prepared)], output=str(output), workers=0)
@@ -114,8 +156,10 @@ def test_crash_while_saving_leaves_latest_checkpoint_intact(prepared16, tmp_path
     latest = run.save()
     before = latest.read_bytes()
     run.train_step()
+    written = []
 
     def crash(obj, f, *args, **kwargs):
+        written.append(Path(f))
         Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
@@ -124,7 +168,8 @@ def test_crash_while_saving_leaves_latest_checkpoint_intact(prepared16, tmp_path
         run.save()
     monkeypatch.undo()
     assert latest.read_bytes() == before and load_model(latest).source.step == 1
-    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and is_temporary(p)]
+    assert is_temporary(written[0]) and not written[0].exists()
     assert leftovers == [] and not (tmp_path / "checkpoints" / "step-0000002.pt").exists()
 
 

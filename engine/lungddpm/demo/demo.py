@@ -14,6 +14,7 @@ from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.runtime.preview import slice_panels, write_png
 from lungddpm.runtime.progress import Progress
 from lungddpm.synthesis.synthesize import synthesize, write_result
+from lungddpm.io.atomic import outputs_together
 from lungddpm.io.volume import Volume, write_volume
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo-native-32.pt"
@@ -29,16 +30,16 @@ def demo_case(seed: int = 0) -> tuple[Volume, Volume, list[dict]]:
 
 
 def run_demo(output: Path, *, seed: int = 0, device: str = "auto", progress: str = "bar", model: Path = DEMO_MODEL) -> dict:
-    """Make a phantom, its automatic lung mask and random nodules, synthesise, write files and a PNG."""
-    output.mkdir(parents=True, exist_ok=True)
+    """Make a phantom, its automatic lung mask and random nodules, synthesise, write files and a PNG (all or none)."""
     start = time.perf_counter()
     reference, layout, nodules = demo_case(seed)
-    ref_path = write_volume(reference, output / "reference.nrrd", metadata={"descrip": "procedural phantom (not a patient)"})
-    lay_path = write_volume(layout, output / "layout.nrrd", metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"})
     result = synthesize(reference, layout, model, seed=seed, device=device, progress=Progress(progress))
-    result.metadata.update({"reference": ref_path.name, "layout": lay_path.name})
-    image_path, labels_path = write_result(result, output / "synthetic.nrrd", protect=(ref_path, lay_path))
-    png = write_png(slice_panels([reference, result.image], layout, focus_label=NODULE), output / "preview.png")
+    with outputs_together():
+        ref_path = write_volume(reference, output / "reference.nrrd", metadata={"descrip": "procedural phantom (not a patient)"})
+        lay_path = write_volume(layout, output / "layout.nrrd", metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"})
+        result.metadata.update({"reference": ref_path.name, "layout": lay_path.name})
+        image_path, labels_path = write_result(result, output / "synthetic.nrrd", protect=(ref_path, lay_path))
+        png = write_png(slice_panels([reference, result.image], layout, focus_label=NODULE), output / "preview.png")
     region = layout.array > 0
     diff = np.abs(result.image.array.astype(np.float64) - reference.array)
     return {

@@ -10,12 +10,13 @@ import torch
 
 from lungddpm import __version__
 from lungddpm.evaluation.backbones import BackboneInfo
-from lungddpm.generation.export import DatasetPaths, read_provenance, write_text_atomic
+from lungddpm.generation.export import DatasetPaths, read_provenance
 from lungddpm.evaluation.paired import (BLOB_MARGIN_MM, BLOB_MIN_VOLUME_MM3, SOFT_TISSUE_HU, distribution_metrics, iter_cases, paired_metrics, summarize)
 from lungddpm.evaluation.features import DEFAULT_FEATURE_SIZE
 from lungddpm.layout.labels import NODULE
 from lungddpm.runtime.preview import slice_panels, write_png
 from lungddpm.synthesis.profiles import NATIVE_HU_WINDOW
+from lungddpm.io.atomic import outputs_together, write_text
 from lungddpm.io.volume import read_volume
 
 PAIRED_COLUMNS = ("mse_model", "mse_hu2", "seam_score", "nodule_adherence", "spurious_blobs")
@@ -24,15 +25,16 @@ PAIRED_COLUMNS = ("mse_model", "mse_hu2", "seam_score", "nodule_adherence", "spu
 def evaluate_dataset(paths: DatasetPaths, output: Path, backbone: torch.nn.Module, info: BackboneInfo, *,
                      real: list[Path] | None = None, feature_size: int = DEFAULT_FEATURE_SIZE, device: str = "cpu",
                      previews: int = 4, soft_tissue_hu: tuple[float, float] = SOFT_TISSUE_HU) -> dict:
-    """Paired metrics of every case, FID/MMD of real vs synthetic, preview PNGs; writes report.json and report.md."""
-    output.mkdir(parents=True, exist_ok=True)
-    rows, images = [], []
+    """Paired metrics of every case, FID/MMD of real vs synthetic, preview PNGs; writes report.json and report.md.
+
+    The PNGs and both reports are written together at the end: an interrupted evaluation leaves none of them.
+    """
+    rows, panels = [], {}
     for record, synthetic, reference, layout in iter_cases(paths):
         rows.append({"case": record["case"], "reference_id": record["reference_id"],
                      **paired_metrics(synthetic, reference, layout, soft_tissue_hu=soft_tissue_hu)})
-        if len(images) < previews:
-            png = write_png(slice_panels([reference, synthetic], layout, focus_label=NODULE), output / f"{record['case']}.png")
-            images.append(png.name)
+        if len(panels) < previews:
+            panels[f"{record['case']}.png"] = slice_panels([reference, synthetic], layout, focus_label=NODULE)
     records = read_provenance(paths)
     real_paths = real or sorted({Path(r["reference_path"]) for r in records})
     synthetic_paths = [paths.root / r["image"] for r in records]
@@ -47,10 +49,13 @@ def evaluate_dataset(paths: DatasetPaths, output: Path, backbone: torch.nn.Modul
                      "soft_tissue_hu": list(soft_tissue_hu), "blob_margin_mm": BLOB_MARGIN_MM,
                      "blob_min_volume_mm3": BLOB_MIN_VOLUME_MM3},
         "paired": {"summary": summarize([{k: r[k] for k in PAIRED_COLUMNS} for r in rows]), "cases": rows},
-        "distribution": distribution, "previews": images,
+        "distribution": distribution, "previews": list(panels),
     }
-    write_text_atomic(output / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
-    write_text_atomic(output / "report.md", markdown(report))
+    with outputs_together():
+        for name, rgb in panels.items():
+            write_png(rgb, output / name)
+        write_text(output / "report.json", json.dumps(_json_safe(report), indent=2) + "\n")
+        write_text(output / "report.md", markdown(report))
     return report
 
 

@@ -9,10 +9,10 @@ Layout of ``<root>/Dataset<NNN>_<Name>/``::
     dataset.json                  nnU-Net v2 description; datalist.json: MONAI (decathlon) datalist
     manifest.jsonl, manifest.csv  one provenance record per case
 
-Each case's files are written under ``.partial/`` and moved into place with ``os.replace`` (atomic
-on one file system), so an interrupted run leaves either a finished case or none. The data-set
-level files are rebuilt from the provenance files found on disk, so shards running on different
-machines need no communication.
+Each case's files are written under the hidden ``.partial/`` (where nnU-Net does not look for cases)
+and moved into place together, the provenance last (``io.atomic.outputs_together``), so an
+interrupted run leaves either a finished case or none. The data-set level files are rebuilt from
+the provenance files found on disk, so shards running on different machines need no communication.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 
 from lungddpm.errors import ConfigError, InputError
 from lungddpm.layout.labels import NODULE
+from lungddpm.io.atomic import outputs_together, write_text
 from lungddpm.io.volume import Volume, write_volume
 
 FILE_ENDING = ".nii.gz"
@@ -58,6 +57,11 @@ class DatasetPaths:
     def layout(self, case: str) -> Path:
         """The case's full 0/1/2 layout (written when labelsTr holds nodule-only labels)."""
         return self.root / "layouts" / f"{case}{FILE_ENDING}"
+
+    @property
+    def staging(self) -> Path:
+        """The hidden folder where case files are written before they move into place."""
+        return self.root / ".partial"
 
     def provenance(self, case: str) -> Path:
         """The case's provenance record; its presence marks the case done."""
@@ -89,41 +93,20 @@ def label_image(layout: Volume, label_set: str) -> Volume:
 
 def write_case(paths: DatasetPaths, case: str, image: Volume, layout: Volume, label_set: str, record: dict,
                metadata: dict[str, str], protect: tuple[str | Path, ...] = ()) -> None:
-    """Write one case's image, labels (and layout) and finally its provenance, each moved into place atomically."""
-    partial = paths.root / ".partial"
-    partial.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=partial))
-    try:
-        label_meta = {**metadata, "descrip": f"labels of a SYNTHETIC CT ({_label_text(label_set)})"}
-        files = [(image, paths.image(case), metadata), (label_image(layout, label_set), paths.label(case), label_meta)]
-        if label_set != "layout":
-            files.append((layout, paths.layout(case), {**metadata, "descrip": "layout of a SYNTHETIC CT (0 bg, 1 lung, 2 nodule)"}))
-        for n, (volume, final, meta) in enumerate(files):
-            staged = write_volume(volume, staging / f"{n}-{final.name}", metadata=meta, protect=protect)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-        write_text_atomic(paths.provenance(case), json.dumps(record, indent=2, sort_keys=True) + "\n")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Write one case's image, labels (and layout) and its provenance: they appear together, or none of them."""
+    label_meta = {**metadata, "descrip": f"labels of a SYNTHETIC CT ({_label_text(label_set)})"}
+    files = [(image, paths.image(case), metadata), (label_image(layout, label_set), paths.label(case), label_meta)]
+    if label_set != "layout":
+        files.append((layout, paths.layout(case), {**metadata, "descrip": "layout of a SYNTHETIC CT (0 bg, 1 lung, 2 nodule)"}))
+    with outputs_together(paths.staging):
+        for volume, final, meta in files:
+            write_volume(volume, final, metadata=meta, protect=protect)
+        write_text(paths.provenance(case), json.dumps(record, indent=2, sort_keys=True) + "\n")  # moved last
 
 
 def _label_text(label_set: str) -> str:
     """The label values of a label set as text, e.g. '0 background, 1 nodule'."""
     return ", ".join(f"{v} {k}" for k, v in LABEL_SETS[label_set].items())
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write text to a temporary file beside path, then move it onto path (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_provenance(paths: DatasetPaths) -> list[dict]:
@@ -141,12 +124,32 @@ def read_provenance(paths: DatasetPaths) -> list[dict]:
     return records
 
 
+def set_aside_incomplete(paths: DatasetPaths) -> list[str]:
+    """Move the files of cases that are on disk in part only (a killed run) to the staging folder; returns the cases.
+
+    nnU-Net takes every image in imagesTr as a case, so a leftover image would contradict numTraining;
+    generate makes such cases again.
+    """
+    leftovers: dict[str, list[Path]] = {}
+    for folder, ending in (("imagesTr", f"_0000{FILE_ENDING}"), ("labelsTr", FILE_ENDING), ("layouts", FILE_ENDING),
+                           ("provenance", ".json")):
+        for file in sorted((paths.root / folder).glob(f"[!.]*{ending}")):
+            case = file.name[: -len(ending)]
+            if not paths.is_done(case):
+                leftovers.setdefault(case, []).append(file)
+    aside = paths.staging / "incomplete"
+    for file in (f for files in leftovers.values() for f in files):
+        (aside / file.parent.name).mkdir(parents=True, exist_ok=True)
+        os.replace(file, aside / file.parent.name / file.name)
+    return sorted(leftovers)
+
+
 def finalize(paths: DatasetPaths, *, description: str = "") -> dict:
-    """(Re)write dataset.json, datalist.json and the manifests from the finished cases on disk."""
+    """(Re)write dataset.json, datalist.json and the manifests from the finished cases on disk (complete ones only)."""
     records = read_provenance(paths)
-    partial = paths.root / ".partial"
-    if partial.is_dir() and not any(partial.iterdir()):
-        partial.rmdir()
+    set_aside = set_aside_incomplete(paths)
+    if paths.staging.is_dir() and not any(paths.staging.iterdir()):
+        paths.staging.rmdir()
     if not records:
         raise InputError(f"{paths.root} holds no finished cases; run lungddpm generate first")
     label_sets = sorted({r["label_set"] for r in records})
@@ -162,14 +165,15 @@ def finalize(paths: DatasetPaths, *, description: str = "") -> dict:
         "file_ending": FILE_ENDING,
         "reference": "Jiang et al., Lung-DDPM, IEEE TBME 2025 (synthesis); see manifest.jsonl for each case's provenance",
     }
-    write_text_atomic(paths.root / "dataset.json", json.dumps(dataset, indent=2) + "\n")
     datalist = {"description": dataset["description"], "labels": {str(v): k for k, v in dataset["labels"].items()},
                 "training": [{"image": r["image"], "label": r["label"], "case": r["case"], "synthetic": True} for r in records]}
-    write_text_atomic(paths.root / "datalist.json", json.dumps(datalist, indent=2) + "\n")
-    write_text_atomic(paths.root / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)
-    write_text_atomic(paths.root / "manifest.csv", buffer.getvalue())
-    return {"dataset": str(paths.root), "cases": len(records), "labels": dataset["labels"]}
+    with outputs_together():
+        write_text(paths.root / "dataset.json", json.dumps(dataset, indent=2) + "\n")
+        write_text(paths.root / "datalist.json", json.dumps(datalist, indent=2) + "\n")
+        write_text(paths.root / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_text(paths.root / "manifest.csv", buffer.getvalue())
+    return {"dataset": str(paths.root), "cases": len(records), "labels": dataset["labels"], "set_aside": set_aside}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +24,11 @@ from lungddpm.errors import CheckpointError, ConfigError, InputError
 from lungddpm.generation.shards import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import random_nodules
+from lungddpm.runtime.interrupt import NOTHING_WRITTEN, leaves
 from lungddpm.runtime.progress import BatchProgress
 from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
 from lungddpm.synthesis.synthesize import synthesize
+from lungddpm.io.atomic import is_temporary
 from lungddpm.io.volume import READABLE_SUFFIXES, Volume, read_volume
 
 LAYOUT_SUFFIX = "_layout"  # in a folder of references, <id>_layout.<ext> is the layout of <id>.<ext>
@@ -115,7 +118,8 @@ def _reference_from_row(row: dict, source: Path, n: int) -> Reference:
 
 def _references_in_folder(folder: Path) -> list[Reference]:
     """Every image file in a folder except layouts, paired with <id>_layout.<ext> where present."""
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and any(p.name.lower().endswith(s) for s in READABLE_SUFFIXES)]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not is_temporary(p)
+             and any(p.name.lower().endswith(s) for s in READABLE_SUFFIXES)]
     layouts = {_image_stem(p)[: -len(LAYOUT_SUFFIX)]: p for p in files if _image_stem(p).endswith(LAYOUT_SUFFIX)}
     refs = [Reference(safe_id(_image_stem(p)), p, layouts.get(_image_stem(p))) for p in files
             if not _image_stem(p).endswith(LAYOUT_SUFFIX)]
@@ -221,6 +225,7 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     report = BatchProgress(progress, shard.rank, shard.world_size)
     model = None
     made = skipped = 0
+    leaves(_kept(paths, sum(paths.is_done(i.case) for i in items), len(items)))
     for n, item in enumerate(mine, start=1):
         ref = by_id[item.reference_id]
         fresh = not paths.is_done(item.case)
@@ -239,10 +244,19 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
             made += 1
         done_total = sum(paths.is_done(i.case) for i in items)
+        leaves(_kept(paths, done_total, len(items)))
         report.case_done(item.case, n, len(mine), done_total, len(items), made=fresh)
     complete = all(paths.is_done(i.case) for i in items)
     summary = {"rank": shard.rank, "world_size": shard.world_size, "shard_cases": len(mine), "made": made,
                "skipped": skipped, "total_cases": len(items), "complete": complete, "dataset": str(paths.root)}
     if complete:
         summary["finalized"] = finalize(paths)
+        shutil.rmtree(paths.staging, ignore_errors=True)  # what killed runs left; no rank writes cases any more
     return summary
+
+
+def _kept(paths: DatasetPaths, done: int, total: int) -> str:
+    """What an interruption leaves: the finished cases, which a rerun of the same command skips."""
+    if not done:
+        return NOTHING_WRITTEN
+    return f"kept {done} finished case(s) of {total} in {paths.root}; run the same command again to make the rest"

@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import ArrayLike
 
-from lungddpm.errors import InputError
+from lungddpm.errors import InputError, OutputError
+from lungddpm.io.atomic import atomic_output
 from lungddpm.io.integrity import nonfinite_count, require_finite, verify_file, verify_slice_files, verify_slice_positions
 
 
@@ -164,7 +165,7 @@ def _itk_reason(error: Exception) -> str:
 
 def write_volume(volume: Volume, path: str | Path, *, metadata: dict[str, str] | None = None,
                  protect: Iterable[str | Path] = ()) -> Path:
-    """Write a Volume as NRRD, NIfTI or MHA (by extension, compressed) with metadata; never overwrite `protect`.
+    """Write a Volume as NRRD, NIfTI or MHA (by extension, compressed) with metadata, atomically; never overwrite `protect`.
 
     Metadata become header key/value pairs in NRRD and MHA. NIfTI has no such pairs: there the text of
     metadata["descrip"], or else "key=value; ..." of all pairs, goes into the 80-byte descrip field.
@@ -174,17 +175,22 @@ def write_volume(volume: Volume, path: str | Path, *, metadata: dict[str, str] |
         raise InputError(f"{path}: cannot write {_suffix(path) or 'a file without extension'!r}; "
                          f"use one of {', '.join(WRITABLE_SUFFIXES)}")
     refuse_protected(path, protect)
+    require_finite(f"the image to write to {path}", nonfinite_count(volume.array))
     image = volume.with_array(_writable_array(volume.array)).to_sitk()
     for key, value in (metadata or {}).items():
         image.SetMetaData(str(key), str(value))
     if _suffix(path) in (".nii", ".nii.gz") and metadata:
         image.SetMetaData("ITK_FileNotes", _nifti_description(metadata))  # ITK writes descrip from this key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sitk.WriteImage(image, str(path), useCompression=True)
-    except RuntimeError as error:
-        raise InputError(f"{path}: cannot be written ({_itk_reason(error)}); "
-                         f"check the folder and its permissions") from error
+    with atomic_output(path) as temporary:
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+            verify_file(temporary)  # ITK's NIfTI writer reports success after a short write on a full disk
+        except RuntimeError as error:
+            raise OutputError(f"{path}: cannot be written ({_itk_reason(error)}); "
+                              f"check the folder and its permissions") from error
+        except InputError as error:
+            raise OutputError(f"{path}: the written file came out incomplete ({error}); check the free space and "
+                              "the disk, then write it again") from error
     return path
 
 

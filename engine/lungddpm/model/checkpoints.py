@@ -11,10 +11,8 @@ weights (``model`` and ``ema``), so a model file describes itself. Files are alw
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from lungddpm.model.config import ATTENTIONS, PATCH_PROFILE, RELEASED_PROFILE, M
 from lungddpm.runtime.device import resolve_device
 from lungddpm.model.diffusion import SCHEDULE_BUFFERS, schedule_tensors
 from lungddpm.errors import CheckpointError, ConfigError
+from lungddpm.io.atomic import atomic_output
 from lungddpm.model.lungddpm import LungDDPM
 
 PROJECT_FORMAT = "lungddpm-checkpoint"
@@ -253,7 +252,6 @@ def save_checkpoint(
     ``store`` selects the weights written: the model's, the EMA's (``ema`` or else the model's), or both.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "format": PROJECT_FORMAT,
         "format_version": PROJECT_FORMAT_VERSION,
@@ -265,17 +263,8 @@ def save_checkpoint(
     for name in store:
         payload[name] = {k: v.detach().cpu() for k, v in nets[name].state_dict().items()}
     payload.update(extra or {})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a model file is as readable as any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
     return path
 
 

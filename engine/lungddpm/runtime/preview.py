@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from lungddpm.errors import OutputError
+from lungddpm.io.atomic import atomic_output
 from lungddpm.io.volume import Volume
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (level −600, width 1500)
@@ -96,8 +98,12 @@ def _focus(lab: np.ndarray | None, focus_label: int, shape: tuple[int, ...]) -> 
 
 
 def write_png(rgb: np.ndarray, path: str | Path) -> Path:
-    """Write an (H, W, 3) uint8 array as PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True), str(path))
-    return path
+    """Write an (H, W, 3) uint8 array as PNG, atomically."""
+    with atomic_output(path) as temporary:
+        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True), str(temporary))
+        try:
+            sitk.ReadImage(str(temporary))  # ITK's PNG writer reports success after a short write on a full disk
+        except RuntimeError as error:
+            raise OutputError(f"{path}: the written PNG came out incomplete; check the free space and the disk, "
+                              "then write it again") from error
+    return Path(path)

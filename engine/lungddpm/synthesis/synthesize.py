@@ -14,6 +14,7 @@ import torch
 
 from lungddpm import __version__
 from lungddpm.errors import ConfigError
+from lungddpm.io.atomic import outputs_together
 from lungddpm.io.volume import Volume, read_volume, refuse_protected, write_volume
 from lungddpm.layout.labels import validate_layout
 from lungddpm.model.checkpoints import load_model
@@ -144,11 +145,12 @@ def planned_outputs(output: str | Path) -> tuple[Path, Path]:
 
 
 def write_result(result: SynthesisResult, output: str | Path, *, protect: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:
-    """Write the synthetic CT and its labels (see planned_outputs); never overwrite a protected input."""
+    """Write the synthetic CT and its labels (see planned_outputs), both or neither; never overwrite a protected input."""
     image_path, labels_path = planned_outputs(output)
     for target in (image_path, labels_path):
         refuse_protected(target, protect)
-    write_volume(result.image, image_path, metadata=result.metadata, protect=protect)
     labels_meta = {**result.metadata, "descrip": "layout of a SYNTHETIC CT (0 background, 1 lung, 2 nodule)"}
-    write_volume(result.labels, labels_path, metadata=labels_meta, protect=protect)
+    with outputs_together():
+        write_volume(result.image, image_path, metadata=result.metadata, protect=protect)
+        write_volume(result.labels, labels_path, metadata=labels_meta, protect=protect)
     return image_path, labels_path

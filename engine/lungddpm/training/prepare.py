@@ -22,6 +22,7 @@ Profile ``released-patch`` (Lung-DDPM+): one sample per nodule cube instead of o
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -32,12 +33,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungddpm.layout.annotations import DicomHeaders, SliceMap, is_lidc_xml, lidc_mask, read_dicom_headers, voc_mask
-from lungddpm.errors import InputError, LungDDPMError, SeriesError
+from lungddpm.errors import InputError, LungDDPMError, OutputError, SeriesError
 from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
 from lungddpm.synthesis.patches import encode_patch, nodule_components, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
+from lungddpm.io.atomic import atomic_output, outputs_together, remove_temporaries, write_text
 from lungddpm.io.volume import Volume, itk_warnings_off, read_volume, refuse_protected, resample_like, write_volume
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha")
@@ -177,9 +179,9 @@ def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders]:
 
 def write_sample(out_dir: Path, space: ModelSpace, prof: ReleasedProfile | NativeProfile, description: str) -> None:
     """x.npy and cond.npy (model space) plus ct.nii.gz (HU) and layout.nii.gz (labels) on the model grid."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "x.npy", space.x_ref[0].numpy().astype(np.float32))
-    np.save(out_dir / "cond.npy", space.cond[0].numpy().astype(np.float16))
+    for name, array in (("x.npy", space.x_ref[0].numpy().astype(np.float32)), ("cond.npy", space.cond[0].numpy().astype(np.float16))):
+        with atomic_output(out_dir / name) as temporary:
+            np.save(temporary, array)
     grid = Volume.from_sitk(space.grid)
     write_volume(grid.with_array(prof.decode(space.x_ref, space).astype(np.float32)), out_dir / "ct.nii.gz",
                  metadata={"descrip": f"{description} (HU)"})
@@ -275,35 +277,39 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
     cond_channels = default_cond_channels(profile, cond_channels)
     output = Path(output)
     refuse_protected(output, inputs)
-    samples, skipped, prepared = [], [], 0
-    sources = discover_cases(inputs)
-    for done, source in enumerate(sources, start=1):
-        folder = output / "cases" / source.case_id
-        try:
-            if patch:
-                records = prepare_patch_case(source, folder, size, patch_spacing_mm)
+    with outputs_together():  # every file of the prepared set appears at the end, or none does
+        samples, skipped, prepared = [], [], 0
+        for done, source in enumerate(discover_cases(inputs), start=1):
+            folder = output / "cases" / source.case_id
+            try:
+                with outputs_together():  # a case that fails half-way leaves none of its files
+                    if patch:
+                        records = prepare_patch_case(source, folder, size, patch_spacing_mm)
+                    else:
+                        records = [{**prepare_case(source, folder, profile, size, cond_channels),
+                                    "folder": f"cases/{source.case_id}"}]
+            except OutputError:
+                raise  # no space left: stop, not a reason to skip the case
+            except SkipCase as exc:
+                skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": str(exc)})
+            except (LungDDPMError, RuntimeError, OSError, ValueError) as exc:
+                skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": f"unreadable: {exc}"})
             else:
-                records = [{**prepare_case(source, folder, profile, size, cond_channels), "folder": f"cases/{source.case_id}"}]
-        except SkipCase as exc:
-            skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": str(exc)})
-        except (LungDDPMError, RuntimeError, OSError, ValueError) as exc:
-            skipped.append({"case_id": source.case_id, "source": str(source.folder), "reason": f"unreadable: {exc}"})
-        else:
-            samples += records
-            prepared += 1
-        if progress is not None:
-            progress({"case": source.case_id, "done": done, "skipped": len(skipped)})
-    validation = split_patients([c["patient_id"] for c in samples], val_fraction, seed)
-    for c in samples:
-        c["split"] = "validation" if c["patient_id"] in validation else "train"
-    space = {"profile": profile, "size": size, "cond_channels": cond_channels}
-    if patch:
-        space["patch_spacing_mm"] = patch_spacing_mm
-    manifest = {"space": space, "split": {"val_fraction": val_fraction, "seed": seed}, "cases": samples}
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    (output / "skipped.json").write_text(json.dumps(skipped, indent=2))
-    _write_csv(output / "manifest.csv", samples, patch)
+                samples += records
+                prepared += 1
+            if progress is not None:
+                progress({"case": source.case_id, "done": done, "skipped": len(skipped)})
+        validation = split_patients([c["patient_id"] for c in samples], val_fraction, seed)
+        for c in samples:
+            c["split"] = "validation" if c["patient_id"] in validation else "train"
+        space = {"profile": profile, "size": size, "cond_channels": cond_channels}
+        if patch:
+            space["patch_spacing_mm"] = patch_spacing_mm
+        manifest = {"space": space, "split": {"val_fraction": val_fraction, "seed": seed}, "cases": samples}
+        write_text(output / "manifest.json", json.dumps(manifest, indent=2))
+        write_text(output / "skipped.json", json.dumps(skipped, indent=2))
+        _write_csv(output / "manifest.csv", samples, patch)
+    remove_temporaries(output)  # left by a killed earlier attempt
     return {"prepared": prepared, "samples": len(samples), "skipped": len(skipped), "manifest": str(output / "manifest.json")}
 
 
@@ -313,8 +319,9 @@ def _write_csv(path: Path, cases: list[dict], patch: bool = False) -> None:
                "spacing_mm", "model_spacing_mm", "shape_ijk", "lung_volume_l", "source"]
     if patch:
         columns[4:4] = ["cube", "cube_start_ijk", "case_nodule_count"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        for c in cases:
-            writer.writerow({k: ";".join(map(str, c[k])) if isinstance(c[k], list) else c[k] for k in columns})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    for c in cases:
+        writer.writerow({k: ";".join(map(str, c[k])) if isinstance(c[k], list) else c[k] for k in columns})
+    write_text(path, buffer.getvalue())

@@ -25,9 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from lungddpm.errors import CheckpointError, ConfigError
+from lungddpm.io.atomic import atomic_output, remove_temporaries, write_text
 from lungddpm.model.checkpoints import load_model, read_checkpoint, save_checkpoint
 from lungddpm.model.config import ModelConfig
 from lungddpm.model.lungddpm import LungDDPM
+from lungddpm.runtime.interrupt import leaves
 from lungddpm.runtime.precision import autocast
 from lungddpm.training.config import RunConfig
 from lungddpm.training.data import PreparedCases, RunSampler, check_space, load_cases
@@ -46,12 +48,11 @@ def checkpoint_path(output: str | Path, step: int) -> Path:
 def point_latest(path: Path, output: str | Path) -> Path:
     """Make output/latest.pt the checkpoint at path, atomically (hard link or copy to a temporary name, then rename)."""
     latest = Path(output) / LATEST
-    tmp = latest.with_name(f".{LATEST}.{os.getpid()}.tmp")
-    try:
-        os.link(path, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, latest)
+    with atomic_output(latest) as temporary:
+        try:
+            os.link(path, temporary)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(path, temporary)
     return latest
 
 
@@ -171,7 +172,9 @@ class TrainingRun:
         }
         path = save_checkpoint(checkpoint_path(self.config.output, self.step), self.model, ema=self.ema,
                                step=self.step, extra=extra)
-        return point_latest(path, self.config.output)
+        latest = point_latest(path, self.config.output)
+        leaves(_kept(self.config.output, self.step))
+        return latest
 
     def preview(self) -> Path:
         """PNG of the middle slices (axial, coronal, sagittal) of a case and of an EMA sample (DDIM) for its layout."""
@@ -193,8 +196,8 @@ class TrainingRun:
         """Train up to config.steps, logging, saving and previewing on schedule; returns this call's losses."""
         cfg = self.config
         if self.ctx.is_main:
-            Path(cfg.output).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.output) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            write_text(Path(cfg.output) / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            leaves(_kept(cfg.output, self.step))
         losses: list[float] = []
         start = mark = time.perf_counter()
         mark_step = self.step
@@ -216,7 +219,15 @@ class TrainingRun:
         barrier(self.ctx)
         if self.log is not None:
             self.log.close()
+            remove_temporaries(Path(cfg.output))  # left by a killed earlier attempt; rank 0 alone writes here
         return losses
+
+
+def _kept(output: str | Path, step: int) -> str:
+    """What an interrupted run leaves: its latest checkpoint, or before the first one its settings and log only."""
+    if step == 0:
+        return f"wrote no checkpoint yet (only the settings and log in {output})"
+    return f"kept the checkpoint of step {step} ({Path(output) / LATEST}); continue with --resume"
 
 
 def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lungddpm.errors import ConfigError
+from lungddpm.io.atomic import write_text
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -35,7 +36,7 @@ class RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_log(output) if r["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             try:
