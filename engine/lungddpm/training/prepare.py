@@ -35,8 +35,9 @@ from lungddpm.layout.annotations import DicomHeaders, SliceMap, is_lidc_xml, lid
 from lungddpm.errors import InputError, LungDDPMError, SeriesError
 from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.layout.sidecar import equivalent_diameter_mm, nodule_components
 from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
-from lungddpm.synthesis.patches import encode_patch, nodule_components, plan_patches
+from lungddpm.synthesis.patches import encode_patch, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
 from lungddpm.io.volume import Volume, itk_warnings_off, read_volume, refuse_protected, resample_like, write_volume
 
@@ -127,9 +128,8 @@ def nodule_diameters_mm(layout: Volume) -> list[float]:
 def component_diameters_mm(components: np.ndarray, labels: Iterable[int], spacing: Sequence[float]) -> list[float]:
     """Equivalent-sphere diameter (mm) of the given labels of a component array, largest first."""
     counts = np.bincount(components.ravel())
-    voxel_mm3 = float(np.prod(spacing))
-    sizes = (counts[label] for label in labels if label < counts.size and counts[label])
-    return sorted((round(float((6 * c * voxel_mm3 / np.pi) ** (1 / 3)), 2) for c in sizes), reverse=True)
+    sizes = (int(counts[label]) for label in labels if label < counts.size and counts[label])
+    return sorted((equivalent_diameter_mm(c, spacing) for c in sizes), reverse=True)
 
 
 def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[Volume, str]:
