@@ -88,7 +88,7 @@ def test_calcification_patterns():
 
 
 @pytest.mark.parametrize("prompt, low, high", [("cavitary", -1024, -900), ("fat internal structure", -150, -50),
-                                               ("fluid internal structure", -10, 30),
+                                               ("fluid internal structure", -15, 20),
                                                ("soft tissue internal structure", 20, 60)])
 def test_internal_structure_fills_the_centre(prompt, low, high):
     hu, mask, _ = described(prompt, noise_hu=15.0)
@@ -147,6 +147,7 @@ def test_record_names_every_drawn_value():
     ({"attributes": "solid", "kind": "solid"}, "describe a plain nodule"),
     ({"attributes": {"texture": 3}, "diameter_mm": None}, "needs its size"),
     ({"attributes": "spiky"}, "not in the nodule vocabulary"),
+    ({"attributes": [3]}, "must be a NoduleAttributes"),
 ])
 def test_described_spec_mistakes(spec, fragment):
     with pytest.raises(InputError, match=fragment):
@@ -161,6 +162,10 @@ def test_random_described_nodules_lie_in_the_lung_and_repeat():
                                                   "margin", "lobulation", "spiculation", "diameter_mm"}
                for n in first.nodules)
     validate_layout(first.ct, first.layout)  # every nodule in or at the lung
+    assert len(np.unique(sitk.GetArrayFromImage(sitk.ConnectedComponent(
+        sitk.GetImageFromArray((first.layout.array == NODULE).astype(np.uint8)), True)))) == 1 + 3  # none touch
+    with pytest.raises(InputError, match="for a count of random nodules"):
+        make_phantom(nodules=[], nodule_attributes=True)
 
 
 def test_a_described_nodule_leaves_plain_nodules_and_anatomy_unchanged():

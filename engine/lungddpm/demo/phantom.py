@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -291,6 +292,9 @@ def make_phantom(grid: Volume | None = None, *, body_center_lps_mm: tuple[float,
     grid = phantom_grid() if grid is None else grid
     if noise_hu < 0:
         raise InputError(f"noise_hu={noise_hu} must be >= 0 (standard deviation of the CT noise in HU)")
+    if nodule_attributes and not isinstance(nodules, int):
+        raise InputError("nodule_attributes=True draws random characteristics for a count of random nodules; "
+                         "describe listed nodules with their 'attributes' instead")
     center = _grid_center(grid) if body_center_lps_mm is None else np.asarray(body_center_lps_mm, dtype=float)
     anatomy_seq, nodule_seq, noise_seq, look_seq = np.random.SeedSequence(seed).spawn(4)
     anatomy = _anatomy(int(np.random.default_rng(anatomy_seq).integers(2**31)))
@@ -655,8 +659,10 @@ def _described_from_spec(spec: dict, body_center: np.ndarray, look_rng: np.rando
     attributes = spec["attributes"]
     if isinstance(attributes, str):
         attributes = parse_prompt(attributes)
-    elif not isinstance(attributes, NoduleAttributes):
+    elif isinstance(attributes, Mapping):
         attributes = NoduleAttributes.from_dict(attributes)
+    elif not isinstance(attributes, NoduleAttributes):
+        raise InputError(f"nodule spec {spec!r}: 'attributes' must be a NoduleAttributes, a dict of them or a prompt")
     try:
         center = np.asarray(spec["center_lps_mm"], dtype=float).reshape(3)
         diameter = None if spec.get("diameter_mm") is None else float(spec["diameter_mm"])
@@ -713,8 +719,9 @@ def _first_fitting(candidates: np.ndarray, reach: float, probes: np.ndarray, gri
     margin = reach / np.asarray([np.linalg.norm(grid.steps[:, a]) for a in range(3)])
     ok = np.all((index >= margin) & (index <= np.asarray(grid.shape[::-1]) - 1 - margin), axis=1)
     ok &= _inside_lung(candidates)
-    for nodule in placed:
-        ok &= np.linalg.norm(candidates - nodule.center, axis=1) > reach + nodule.diameter_mm
+    for nodule in placed:  # a plain nodule keeps a diameter's clearance, a described one its reach and the margin
+        other = nodule.diameter_mm if nodule.look is None else nodule.look.reach_mm + NODULE_LUNG_MARGIN_MM
+        ok &= np.linalg.norm(candidates - nodule.center, axis=1) > reach + other
     for candidate in candidates[ok]:
         if _inside_lung(candidate + reach * probes).all():
             return candidate

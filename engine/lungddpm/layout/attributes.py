@@ -94,7 +94,7 @@ SYNONYMS: dict[str, tuple[str, int]] = {
     "malignant": ("malignancy", 5), "malignant-looking": ("malignancy", 5),
 }
 FILLER_WORDS = ("a", "an", "the", "and", "with", "nodule", "lesion", "rated", "diameter")
-SEPARATORS = ",;:.()"  # punctuation a prompt may hold; '-' and '/' join words ("part-solid" = "part solid")
+SEPARATORS = frozenset(",;:.()-/")  # punctuation a prompt may hold; '-' and '/' join words ("part-solid" = "part solid")
 LENGTH_UNITS_MM = {"mm": 1.0, "millimetre": 1.0, "millimetres": 1.0, "millimeter": 1.0, "millimeters": 1.0,
                    "cm": 10.0, "centimetre": 10.0, "centimetres": 10.0, "centimeter": 10.0, "centimeters": 10.0}
 DECIMALS = 2  # values are kept to 0.01: means over the 4 LIDC readers are exact, thirds (3 readers) to 0.005
@@ -259,7 +259,7 @@ def _vocabulary_line() -> str:
 def parse_prompt(text: str) -> NoduleAttributes:
     """The record a prompt describes (the inverse of render_prompt); an unknown word is an InputError listing the vocabulary."""
     tokens = [m.group() for m in re.finditer(r"\d+(?:\.\d+)?|[a-z]+|\S", text.lower().replace("\u2013", "-"))]
-    tokens = [t for t in tokens if t not in SEPARATORS + "-/"]
+    tokens = [t for t in tokens if t not in SEPARATORS]
     found: dict[str, tuple[float | int, str]] = {}
     position = 0
     while position < len(tokens):
