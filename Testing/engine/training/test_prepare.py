@@ -14,6 +14,7 @@ from lungddpm.cli import main
 from lungddpm.demo.phantom import make_phantom
 from lungddpm.training.prepare import prepare_dataset, split_patients
 from lungddpm.io.volume import Volume, read_volume, write_volume
+from lungddpm.layout.sidecar import NoduleRecord, write_sidecar
 
 
 def test_polygon_pixels_fill_outline_and_inside():
@@ -180,3 +181,22 @@ def test_prepare_writes_each_nodules_characteristics(tmp_path):
     prepare_dataset([tmp_path / "in" / "lidc"], tmp_path / "cubes", profile="released-patch", size=16)
     (cube,) = json.loads((tmp_path / "cubes" / "manifest.json").read_text())["cases"]
     assert cube["nodules"] == [lidc]
+
+
+def test_prepare_reads_the_attributes_of_a_masks_sidecar(tmp_path):
+    ph = make_phantom(seed=2, nodules=2, nodule_attributes=True)
+    for name in ("described", "moved"):
+        write_volume(ph.ct, tmp_path / "in" / name / "ct.nrrd")
+        write_volume(ph.layout.with_array((ph.layout.array == 2).astype(np.uint8)), tmp_path / "in" / name / "nodules.nrrd")
+    records = ph.nodule_records()
+    write_sidecar(tmp_path / "in" / "described" / "nodules.nrrd", records)
+    write_sidecar(tmp_path / "in" / "moved" / "nodules.nrrd", [NoduleRecord(1, (0.0, 0.0, 0.0), records[0].attributes)])
+    prepare_dataset([tmp_path / "in"], tmp_path / "out", size=16, val_fraction=0.0)
+    (case,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert case["nodules"] == [r.to_dict() for r in records]
+    by_centre = {tuple(n["center_lps_mm"]): n["attributes"] for n in ph.nodules}
+    for record in records:  # the phantom's drawn values (diameter: the mask's)
+        drawn = min(by_centre, key=lambda c: np.linalg.norm(np.subtract(c, record.center_lps_mm)))
+        assert {**by_centre[drawn].to_dict(), "diameter_mm": record.attributes.diameter_mm} == record.attributes.to_dict()
+    (skipped,) = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert skipped["case_id"] == "moved" and skipped["reason"].startswith("invalid nodule sidecar: nodule record 1 ")

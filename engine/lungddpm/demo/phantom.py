@@ -15,8 +15,8 @@ nodules of the list are the same with or without them.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ from lungddpm.demo.phantom_attributes import NoduleLook, nodule_look, paint_look
 from lungddpm.errors import InputError
 from lungddpm.layout.attributes import NoduleAttributes, parse_prompt
 from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.layout.sidecar import NoduleRecord, layout_records, match_records
 from lungddpm.layout.nodules import NODULE_KINDS
 from lungddpm.io.volume import Volume
 
@@ -164,6 +165,12 @@ class Phantom:
     ct: Volume
     layout: Volume
     nodules: list[dict]
+
+    def nodule_records(self) -> list[NoduleRecord]:
+        """A sidecar record per nodule of the layout: described nodules' attributes, every diameter from the layout."""
+        described = [NoduleRecord(n, record["center_lps_mm"], record["attributes"])
+                     for n, record in enumerate(self.nodules, start=1) if "attributes" in record]
+        return layout_records(self.layout, match_records(self.layout, described))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ train and validation is by patient, with a seed.
 Per nodule (26-connected component of the case layout, numbered as ``layout.sidecar`` numbers them):
 ``manifest.json`` lists under ``nodules`` its component, centre (LPS mm, the CT's frame) and attributes
 (diameter from the mask; for LIDC annotations the readers' characteristics, summarised per consensus
-nodule, with the number of readers who rated it), and ``nodules.csv`` has one row per nodule and sample
+nodule, with the number of readers who rated it; for a mask, the records of its sidecar
+``nodules.nodules.json`` if there is one, matched to the nodules by centre), and ``nodules.csv`` has one row per nodule and sample
 (the characteristics as columns, lists joined with ';', plus the nodule's sentence in the prompt
 vocabulary); ``manifest.csv`` stays one row per sample.
 
@@ -44,7 +45,8 @@ from lungddpm.layout.attributes import CHARACTERISTICS, NoduleAttributes, render
 from lungddpm.errors import InputError, LungDDPMError, SeriesError
 from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
-from lungddpm.layout.sidecar import equivalent_diameter_mm, layout_records, nodule_components
+from lungddpm.layout.sidecar import (equivalent_diameter_mm, layout_records, match_records, nodule_components,
+                                     read_sidecar, sidecar_path)
 from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
 from lungddpm.synthesis.patches import encode_patch, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
@@ -181,6 +183,11 @@ def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[
         validate_layout(ct, layout, ct_name=f"{source.case_id} CT", layout_name=f"{source.case_id} layout")
     except InputError as exc:
         raise SkipCase(f"invalid layout: {exc}") from None
+    if source.mask is not None and sidecar_path(source.mask).is_file():
+        try:
+            return layout, kind, match_records(layout, read_sidecar(source.mask))
+        except InputError as exc:
+            raise SkipCase(f"invalid nodule sidecar: {exc}") from None
     return layout, kind, component_attributes(layout, consensus)
 
 
