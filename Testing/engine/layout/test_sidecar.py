@@ -91,6 +91,10 @@ def test_unreadable_sidecars_are_one_line_errors(tmp_path):
     (tmp_path / "bad.nodules.json").write_text('{"format": "something else", "nodules": []}')
     with pytest.raises(InputError, match="not a 'lungddpm nodule attributes' version 1 file"):
         read_sidecar(tmp_path / "bad.nrrd")
+    (tmp_path / "flat.nodules.json").write_text('{"format": "lungddpm nodule attributes", "version": 1, '
+                                                '"nodules": [{"component": 1, "center_lps_mm": [1, 2]}]}')
+    with pytest.raises(InputError, match=r"centre \[1, 2\] is not \(x, y, z\) mm"):
+        read_sidecar(tmp_path / "flat.nrrd")
     (tmp_path / "cut.nodules.json").write_text('{"format": "lungddpm nod')
     with pytest.raises(InputError, match="rewrite it with write_sidecar"):
         read_sidecar(tmp_path / "cut.nrrd")

@@ -116,11 +116,18 @@ def read_sidecar(layout_path: str | Path) -> list[NoduleRecord]:
         document = json.loads(path.read_text())
         if document.get("format") != SIDECAR_FORMAT or document.get("version") != SIDECAR_VERSION:
             raise ValueError(f"format {document.get('format')!r} version {document.get('version')!r}")
-        return [NoduleRecord(int(n["component"]), tuple(float(v) for v in n["center_lps_mm"]),  # type: ignore[arg-type]
-                             NoduleAttributes.from_dict(n.get("attributes", {}))) for n in document["nodules"]]
+        return [_record(n) for n in document["nodules"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: not a {SIDECAR_FORMAT!r} version {SIDECAR_VERSION} file ({exc}); "
                          f"rewrite it with write_sidecar") from None
+
+
+def _record(entry: Mapping) -> NoduleRecord:
+    """One sidecar entry as a record; a malformed one raises ValueError, KeyError or TypeError."""
+    centre = tuple(float(v) for v in entry["center_lps_mm"])
+    if len(centre) != 3:
+        raise ValueError(f"centre {entry['center_lps_mm']!r} is not (x, y, z) mm")
+    return NoduleRecord(int(entry["component"]), centre, NoduleAttributes.from_dict(entry.get("attributes", {})))  # type: ignore[arg-type]
 
 
 def match_records(layout: Volume, records: Iterable[NoduleRecord]) -> dict[int, NoduleAttributes]:

@@ -18,9 +18,9 @@ Per nodule (26-connected component of the case layout, numbered as ``layout.side
 ``manifest.json`` lists under ``nodules`` its component, centre (LPS mm, the CT's frame) and attributes
 (diameter from the mask; for LIDC annotations the readers' characteristics, summarised per consensus
 nodule, with the number of readers who rated it; for a mask, the records of its sidecar
-``nodules.nodules.json`` if there is one, matched to the nodules by centre), and ``nodules.csv`` has one row per nodule and sample
-(the characteristics as columns, lists joined with ';', plus the nodule's sentence in the prompt
-vocabulary); ``manifest.csv`` stays one row per sample.
+``nodules.nodules.json`` if there is one, matched to the nodules by centre). ``nodules.csv`` has one
+row per nodule and sample (the characteristics as columns, lists joined with ';', and the nodule's
+sentence in the prompt vocabulary); ``manifest.csv`` stays one row per sample.
 
 Profile ``released-patch`` (Lung-DDPM+): one sample per nodule cube instead of one per case, in
 ``cases/<id>/cube-<n>/``, cut and pre-processed by ``patches.plan_patches`` / ``patches.encode_patch``
