@@ -26,6 +26,36 @@ def copy_series(real_ct_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def lidc_roi(z: float, points: list[tuple[int, int]], inclusion: str = "TRUE") -> str:
+    """One LIDC-IDRI <roi>: a contour of pixel points (x, y) on the slice at z (mm)."""
+    edges = "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>" for x, y in points)
+    return (f"<roi><imageZposition>{z}</imageZposition><imageSOP_UID>1.2.{z}</imageSOP_UID>"
+            f"<inclusion>{inclusion}</inclusion>{edges}</roi>")
+
+
+def lidc_square(x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int]]:
+    """The corners of an axis-aligned pixel rectangle."""
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def lidc_session(*nodules: str | tuple[str, dict[str, int]]) -> str:
+    """One reader's <readingSession>: each nodule its <roi>s, or (rois, its <characteristics> codes by LIDC tag)."""
+    body = ""
+    for number, nodule in enumerate(nodules):
+        rois, ratings = (nodule, None) if isinstance(nodule, str) else nodule
+        rated = ("" if ratings is None else
+                 "<characteristics>" + "".join(f"<{t}>{v}</{t}>" for t, v in ratings.items()) + "</characteristics>")
+        body += f"<unblindedReadNodule><noduleID>{number}</noduleID>{rated}{rois}</unblindedReadNodule>"
+    return (f"<readingSession><servicingRadiologistID>r</servicingRadiologistID>{body}"
+            f"<nonNodule><imageZposition>-5.0</imageZposition></nonNodule></readingSession>")
+
+
+def lidc_message(*sessions: str) -> str:
+    """An LIDC-IDRI XML file holding the reading sessions."""
+    return ('<?xml version="1.0"?><LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader/>'
+            + "".join(sessions) + "</LidcReadMessage>")
+
+
 def small_config(**overrides) -> ModelConfig:
     """A 16³, two-level, 32-channel configuration with T = 8 (fast on CPU)."""
     base = dict(image_size=16, num_channels=32, channel_mult=(1, 2), attention_resolutions=(8,), timesteps=8)

@@ -94,8 +94,14 @@ def test_prepare_writes_one_cube_per_nodule_as_sampling_encodes_it(phantoms, pre
             assert record["nodule_diameters_mm"][0] == pytest.approx((6 * truth / np.pi) ** (1 / 3), abs=0.01)
             assert record["model_spacing_mm"] == record["spacing_mm"] == [2.8, 2.8, 5.0]
             assert read_volume(folder / "layout.nii.gz").array.sum() == NODULE * (inside > 0).sum()
+            (nodule,) = record["nodules"]  # the cube's nodule: its component, centre in the CT's mm, its size
+            assert nodule["component"] == label and nodule["attributes"] == {"diameter_mm": record["nodule_diameters_mm"][0]}
+            drawn = min(np.linalg.norm(np.subtract(nodule["center_lps_mm"], n["center_lps_mm"])) for n in ph.nodules)
+            assert drawn < 2.5  # mm: half a slice from the phantom's nodule centre
     csv_header = (out / "manifest.csv").read_text().splitlines()[0]
     assert csv_header.startswith("case_id,patient_id,split,folder,cube,cube_start_ijk,case_nodule_count,")
+    nodule_rows = (out / "nodules.csv").read_text().splitlines()
+    assert nodule_rows[0].startswith("case_id,cube,split,folder,component,center_lps_mm,diameter_mm,") and len(nodule_rows) == 4
 
 
 def test_prepare_patch_spacing_resamples_the_cube(phantoms, tmp_path):

@@ -8,12 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import copy_series
+from helpers import copy_series, lidc_message, lidc_roi, lidc_session, lidc_square
 from lungddpm.layout.annotations import SliceMap, lidc_mask, polygon_pixels, read_dicom_headers, voc_mask
 from lungddpm.cli import main
 from lungddpm.demo.phantom import make_phantom
 from lungddpm.training.prepare import prepare_dataset, split_patients
 from lungddpm.io.volume import Volume, read_volume, write_volume
+from lungddpm.layout.sidecar import NoduleRecord, write_sidecar
 
 
 def test_polygon_pixels_fill_outline_and_inside():
@@ -23,29 +24,14 @@ def test_polygon_pixels_fill_outline_and_inside():
     assert triangle == {(x, y) for x in range(5) for y in range(5) if x + y <= 4}
 
 
-def _roi(z, points, inclusion="TRUE"):
-    edges = "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>" for x, y in points)
-    return f"<roi><imageZposition>{z}</imageZposition><imageSOP_UID>1.2.{z}</imageSOP_UID><inclusion>{inclusion}</inclusion>{edges}</roi>"
-
-
-def _square(x0, y0, x1, y1):
-    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-
-
-def _session(*nodules):
-    body = "".join(f"<unblindedReadNodule><noduleID>{n}</noduleID>{rois}</unblindedReadNodule>" for n, rois in enumerate(nodules))
-    return f"<readingSession><servicingRadiologistID>r</servicingRadiologistID>{body}<nonNodule><imageZposition>-5.0</imageZposition></nonNodule></readingSession>"
-
-
 def test_lidc_consensus_matches_hand_computed_mask(tmp_path):
     # CT of 8 slices 20 x 20, z = -10 + 2.5 k; three readers outline one nodule on z = -5 (k = 2)
     ct = Volume(np.zeros((8, 20, 20), np.int16), origin=(0.0, 0.0, -10.0), spacing=(1.0, 1.0, 2.5))
-    a = _roi(-5.0, _square(2, 2, 6, 6)) + _roi(-5.0, _square(5, 5, 6, 6), "FALSE")  # reader A, with a hole
-    b = _roi(-5.0, _square(4, 4, 8, 8)) + _roi(-2.5, _square(4, 4, 8, 8))  # reader B, two slices
-    c = _roi(-5.0, _square(4, 2, 8, 6))
-    far = _roi(2.5, _square(15, 15, 17, 17)) + _roi(100.0, _square(1, 1, 3, 3))  # only C; z = 100 is off the CT
-    xml = ('<?xml version="1.0"?><LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader/>'
-           + _session(a) + _session(b) + _session(c, far) + "</LidcReadMessage>")
+    a = lidc_roi(-5.0, lidc_square(2, 2, 6, 6)) + lidc_roi(-5.0, lidc_square(5, 5, 6, 6), "FALSE")  # reader A, a hole
+    b = lidc_roi(-5.0, lidc_square(4, 4, 8, 8)) + lidc_roi(-2.5, lidc_square(4, 4, 8, 8))  # reader B, two slices
+    c = lidc_roi(-5.0, lidc_square(4, 2, 8, 6))
+    far = lidc_roi(2.5, lidc_square(15, 15, 17, 17)) + lidc_roi(100.0, lidc_square(1, 1, 3, 3))  # only C; z = 100 is off the CT
+    xml = lidc_message(lidc_session(a), lidc_session(b), lidc_session(c, far))
     (tmp_path / "069.xml").write_text(xml)
     mask = lidc_mask([tmp_path / "069.xml"], SliceMap(ct))
 
@@ -154,3 +140,63 @@ def test_split_is_by_patient_and_seeded():
     assert split_patients(patients, 0.4, seed=1) == val
     assert any(split_patients(patients, 0.4, seed=s) != val for s in range(2, 10))
     assert split_patients(["only"], 0.5, seed=0) == set()  # one patient: it trains
+
+
+def test_prepare_writes_each_nodules_characteristics(tmp_path):
+    # an LIDC case: three readers outline the phantom nodule's bounding square on each of its slices and rate it
+    ph = make_phantom(seed=0, nodules=1)
+    write_volume(ph.ct, tmp_path / "in" / "lidc" / "ct.nrrd")
+    _phantom_case(tmp_path / "in" / "mask", 1)
+    nodule = ph.layout.array == 2
+    rois, boxed = "", np.zeros_like(nodule)
+    for k in np.unique(np.nonzero(nodule)[0]):
+        j, i = np.nonzero(nodule[k])
+        rois += lidc_roi(ph.ct.origin[2] + k * ph.ct.spacing[2], lidc_square(i.min(), j.min(), i.max(), j.max()))
+        boxed[k, j.min():j.max() + 1, i.min():i.max() + 1] = True
+    tags = ("texture", "spiculation", "malignancy", "calcification")
+    codes = {"A": (3, 5, 4, 6), "B": (3, 4, 5, 6), "C": (2, 5, 5, 3)}
+    sessions = [lidc_session((rois, dict(zip(tags, c)))) for c in codes.values()]
+    (tmp_path / "in" / "lidc" / "reading.xml").write_text(lidc_message(*sessions))
+    prepare_dataset([tmp_path / "in"], tmp_path / "out", size=16, val_fraction=0.0)
+    cases = {c["case_id"]: c for c in json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]}
+    # by hand: texture (3+3+2)/3, spiculation (5+4+5)/3, malignancy (5+4+5)/3 -> 2.67, 4.67, 4.67; calcification
+    # 6 twice; diameter and centre of the boxed voxels (identity direction: LPS = origin + spacing · (i, j, k))
+    k, j, i = np.nonzero(boxed)
+    centre = np.asarray(ph.ct.origin) + np.asarray(ph.ct.spacing) * [i.mean(), j.mean(), k.mean()]
+    diameter = round((6 * boxed.sum() * np.prod(ph.ct.spacing) / np.pi) ** (1 / 3), 2)
+    (lidc,) = cases["lidc"]["nodules"]
+    assert lidc["component"] == 1 and lidc["center_lps_mm"] == pytest.approx(centre.tolist(), abs=1e-3)
+    assert lidc["attributes"] == {"texture": 2.67, "spiculation": 4.67, "malignancy": 4.67, "calcification": 6,
+                                  "readers": 3, "diameter_mm": diameter}
+    assert cases["lidc"]["nodule_diameters_mm"] == [diameter]
+    (masked,) = cases["mask"]["nodules"]  # a mask says where and how large, nothing more
+    assert masked["attributes"] == {"diameter_mm": cases["mask"]["nodule_diameters_mm"][0]}
+    rows = {r.split(",")[0]: r for r in (tmp_path / "out" / "nodules.csv").read_text().splitlines()}
+    assert rows["case_id"].startswith("case_id,split,folder,component,center_lps_mm,diameter_mm,readers,subtlety,")
+    assert rows["lidc"].endswith(f",{diameter},3,,,6,,,,4.67,2.67,4.67,"
+                                 f"\"{diameter:g} mm nodule with no calcification, rated spiculation 4.67, "
+                                 f"texture 2.67, malignancy 4.67 (mean of 3 readers)\"")
+    assert (tmp_path / "out" / "manifest.csv").read_text().splitlines()[0].endswith("lung_volume_l,source")
+
+    prepare_dataset([tmp_path / "in" / "lidc"], tmp_path / "cubes", profile="released-patch", size=16)
+    (cube,) = json.loads((tmp_path / "cubes" / "manifest.json").read_text())["cases"]
+    assert cube["nodules"] == [lidc]
+
+
+def test_prepare_reads_the_attributes_of_a_masks_sidecar(tmp_path):
+    ph = make_phantom(seed=2, nodules=2, nodule_attributes=True)
+    for name in ("described", "moved"):
+        write_volume(ph.ct, tmp_path / "in" / name / "ct.nrrd")
+        write_volume(ph.layout.with_array((ph.layout.array == 2).astype(np.uint8)), tmp_path / "in" / name / "nodules.nrrd")
+    records = ph.nodule_records()
+    write_sidecar(tmp_path / "in" / "described" / "nodules.nrrd", records)
+    write_sidecar(tmp_path / "in" / "moved" / "nodules.nrrd", [NoduleRecord(1, (0.0, 0.0, 0.0), records[0].attributes)])
+    prepare_dataset([tmp_path / "in"], tmp_path / "out", size=16, val_fraction=0.0)
+    (case,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert case["nodules"] == [r.to_dict() for r in records]
+    by_centre = {tuple(n["center_lps_mm"]): n["attributes"] for n in ph.nodules}
+    for record in records:  # the phantom's drawn values (diameter: the mask's)
+        drawn = min(by_centre, key=lambda c: np.linalg.norm(np.subtract(c, record.center_lps_mm)))
+        assert {**by_centre[drawn].to_dict(), "diameter_mm": record.attributes.diameter_mm} == record.attributes.to_dict()
+    (skipped,) = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert skipped["case_id"] == "moved" and skipped["reason"].startswith("invalid nodule sidecar: nodule record 1 ")

@@ -4,18 +4,28 @@ The anatomy is a set of analytic shapes in body coordinates: millimetres relativ
 axes along LPS (+x patient Left, +y Posterior, +z Superior). Every voxel is evaluated at its physical
 position p = origin + D @ (spacing * ijk), so any grid (size, anisotropic spacing, LPS/RAS/oblique
 direction, clipped field of view) samples the same body, and everything is deterministic given the seed.
+
+Nodules are plain (solid, part-solid or ground-glass spheres with slight lobes) unless described: a nodule
+spec with ``attributes`` (or ``make_phantom(nodule_attributes=True)`` for random nodules) is drawn with its
+LIDC characteristics by ``demo.phantom_attributes``, and its record carries the complete attributes drawn.
+Described nodules of a spec list draw from a fourth seed stream, so the anatomy, the noise and the plain
+nodules of the list are the same with or without them.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from lungddpm.demo.phantom_attributes import NoduleLook, nodule_look, paint_look, random_attributes
 from lungddpm.errors import InputError
+from lungddpm.layout.attributes import NoduleAttributes, parse_prompt
 from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.layout.sidecar import NoduleRecord, layout_records, match_records
 from lungddpm.layout.nodules import NODULE_KINDS
 from lungddpm.io.volume import Volume
 
@@ -156,6 +166,12 @@ class Phantom:
     layout: Volume
     nodules: list[dict]
 
+    def nodule_records(self) -> list[NoduleRecord]:
+        """A sidecar record per nodule of the layout: described nodules' attributes, every diameter from the layout."""
+        described = [NoduleRecord(n, record["center_lps_mm"], record["attributes"])
+                     for n, record in enumerate(self.nodules, start=1) if "attributes" in record]
+        return layout_records(self.layout, match_records(self.layout, described))
+
 
 @dataclass(frozen=True)
 class _Tube:
@@ -197,6 +213,13 @@ class _Nodule:
     lobe_axes: np.ndarray
     lobe_weights: np.ndarray
     lobulation: float
+    look: NoduleLook | None = None  # a described nodule's characteristics (None: a plain nodule)
+
+    def record(self) -> dict:
+        """What make_phantom reports of the nodule: centre, diameter and kind, or attributes when described."""
+        if self.look is None:
+            return {"center_lps_mm": self.center_lps_mm, "diameter_mm": self.diameter_mm, "kind": self.kind}
+        return {"center_lps_mm": self.center_lps_mm, "diameter_mm": self.diameter_mm, "attributes": self.look.attributes}
 
 
 @dataclass(frozen=True)
@@ -263,23 +286,29 @@ def phantom_grid(size: tuple[int, int, int] = DEFAULT_SIZE, spacing: tuple[float
 
 
 def make_phantom(grid: Volume | None = None, *, body_center_lps_mm: tuple[float, float, float] | None = None,
-                 seed: int = 0, nodules: int | list[dict] = 0, noise_hu: float = 15.0) -> Phantom:
+                 seed: int = 0, nodules: int | list[dict] = 0, noise_hu: float = 15.0,
+                 nodule_attributes: bool = False) -> Phantom:
     """Sample the procedural chest on `grid` (default `phantom_grid()`): CT in HU, exact layout and nodule list.
 
     The body is centred on `body_center_lps_mm` (default: the grid's physical centre). `nodules` is a count
     of random nodules (placed inside the lungs, away from their boundary, within the grid) or a list of
-    specs {"center_lps_mm": (x, y, z), "diameter_mm": d, "kind": one of NODULE_KINDS, "lobulation": 0.08}.
+    specs {"center_lps_mm": (x, y, z), "diameter_mm": d, "kind": one of NODULE_KINDS, "lobulation": 0.08},
+    or of described ones {"center_lps_mm": ..., "attributes": NoduleAttributes, a dict of them or a prompt,
+    "diameter_mm": d (else the attributes')}. nodule_attributes: random nodules get random characteristics.
     """
     grid = phantom_grid() if grid is None else grid
     if noise_hu < 0:
         raise InputError(f"noise_hu={noise_hu} must be >= 0 (standard deviation of the CT noise in HU)")
+    if nodule_attributes and not isinstance(nodules, int):
+        raise InputError("nodule_attributes=True draws random characteristics for a count of random nodules; "
+                         "describe listed nodules with their 'attributes' instead")
     center = _grid_center(grid) if body_center_lps_mm is None else np.asarray(body_center_lps_mm, dtype=float)
-    anatomy_seq, nodule_seq, noise_seq = np.random.SeedSequence(seed).spawn(3)
+    anatomy_seq, nodule_seq, noise_seq, look_seq = np.random.SeedSequence(seed).spawn(4)
     anatomy = _anatomy(int(np.random.default_rng(anatomy_seq).integers(2**31)))
     sampler = _Grid(grid, center)
-    nodule_rng = np.random.default_rng(nodule_seq)
-    placed = (_random_nodules(nodules, sampler, nodule_rng) if isinstance(nodules, int)
-              else [_nodule_from_spec(spec, center, nodule_rng) for spec in nodules])
+    nodule_rng, look_rng = np.random.default_rng(nodule_seq), np.random.default_rng(look_seq)
+    placed = (_random_nodules(nodules, sampler, nodule_rng, look_rng if nodule_attributes else None)
+              if isinstance(nodules, int) else [_nodule_from_spec(spec, center, nodule_rng, look_rng) for spec in nodules])
 
     hu = np.full(sampler.shape, AIR_HU, dtype=np.float32)
     lung = _paint_anatomy(hu, sampler, anatomy)
@@ -288,8 +317,7 @@ def make_phantom(grid: Volume | None = None, *, body_center_lps_mm: tuple[float,
     if noise_hu > 0:
         hu += _correlated_noise(sampler.shape, noise_hu, np.random.default_rng(noise_seq))
     ct = np.clip(np.rint(hu), *HU_CLIP).astype(np.int16)
-    records = [{"center_lps_mm": n.center_lps_mm, "diameter_mm": n.diameter_mm, "kind": n.kind} for n in placed]
-    return Phantom(grid.with_array(ct), grid.with_array(layout), records)
+    return Phantom(grid.with_array(ct), grid.with_array(layout), [n.record() for n in placed])
 
 
 # ================================================================ geometry helpers
@@ -611,8 +639,11 @@ def _clear_tubes(mask: np.ndarray, grid: _Grid, tubes: tuple[_Tube, ...], margin
 
 
 # ================================================================ nodules
-def _nodule_from_spec(spec: dict, body_center: np.ndarray, rng: np.random.Generator) -> _Nodule:
+def _nodule_from_spec(spec: dict, body_center: np.ndarray, rng: np.random.Generator,
+                      look_rng: np.random.Generator) -> _Nodule:
     """Validate a nodule spec (absolute LPS centre) and turn it into a body-relative nodule."""
+    if "attributes" in spec:
+        return _described_from_spec(spec, body_center, look_rng)
     try:
         center = np.asarray(spec["center_lps_mm"], dtype=float).reshape(3)
         diameter = float(spec["diameter_mm"])
@@ -626,20 +657,47 @@ def _nodule_from_spec(spec: dict, body_center: np.ndarray, rng: np.random.Genera
     return _new_nodule(center, body_center, diameter, kind, lobulation, rng)
 
 
+def _described_from_spec(spec: dict, body_center: np.ndarray, look_rng: np.random.Generator) -> _Nodule:
+    """A described nodule spec (centre, attributes, optional diameter) as a body-relative nodule with its look."""
+    plain = sorted({"kind", "lobulation"} & set(spec))
+    if plain:
+        raise InputError(f"nodule spec {spec!r}: {plain} describe a plain nodule; with 'attributes' give texture "
+                         f"and lobulation among the attributes instead")
+    attributes = spec["attributes"]
+    if isinstance(attributes, str):
+        attributes = parse_prompt(attributes)
+    elif isinstance(attributes, Mapping):
+        attributes = NoduleAttributes.from_dict(attributes)
+    elif not isinstance(attributes, NoduleAttributes):
+        raise InputError(f"nodule spec {spec!r}: 'attributes' must be a NoduleAttributes, a dict of them or a prompt")
+    try:
+        center = np.asarray(spec["center_lps_mm"], dtype=float).reshape(3)
+        diameter = None if spec.get("diameter_mm") is None else float(spec["diameter_mm"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"nodule spec {spec!r} needs 'center_lps_mm' (x, y, z mm) and a numeric 'diameter_mm' "
+                         f"(or a diameter among its attributes)") from error
+    look = nodule_look(attributes, diameter, look_rng)  # all its draws from look_rng: plain nodules' stay the same
+    return _new_nodule(center, body_center, 2 * look.radius_mm, "ground-glass", NODULE_LOBULATION, look_rng, look)
+
+
 def _new_nodule(center_lps: np.ndarray, body_center: np.ndarray, diameter: float, kind: str, lobulation: float,
-                rng: np.random.Generator) -> _Nodule:
-    """A nodule at an LPS position with seeded HU values and lobulation axes."""
+                rng: np.random.Generator, look: NoduleLook | None = None) -> _Nodule:
+    """A nodule at an LPS position with seeded HU values and lobulation axes (a described one: its look)."""
     core = rng.uniform(*SOLID_NODULE_HU_RANGE)
     halo = rng.uniform(*(GROUND_GLASS_HU_RANGE if kind == "ground-glass" else PART_SOLID_HALO_HU_RANGE))
     axes = rng.normal(size=(NODULE_LOBES, 3))
     weights = rng.uniform(0.2, 1.0, NODULE_LOBES)
     return _Nodule(center_lps - body_center, tuple(float(v) for v in center_lps), diameter, kind, float(core),
                    float(halo),
-                   axes / np.linalg.norm(axes, axis=1, keepdims=True), weights / weights.sum(), lobulation)
+                   axes / np.linalg.norm(axes, axis=1, keepdims=True), weights / weights.sum(), lobulation, look)
 
 
-def _random_nodules(count: int, grid: _Grid, rng: np.random.Generator) -> list[_Nodule]:
-    """`count` random nodules inside the lungs, clear of the lung boundary, each other and the grid edge."""
+def _random_nodules(count: int, grid: _Grid, rng: np.random.Generator,
+                    look_rng: np.random.Generator | None = None) -> list[_Nodule]:
+    """`count` random nodules inside the lungs, clear of the lung boundary, each other and the grid edge.
+
+    With `look_rng`, each gets random characteristics (phantom_attributes.random_attributes) drawn from it.
+    """
     if count < 0:
         raise InputError(f"nodules={count} must be >= 0 or a list of nodule specs")
     probes = rng.normal(size=(NODULE_SPHERE_PROBES, 3))
@@ -648,14 +706,16 @@ def _random_nodules(count: int, grid: _Grid, rng: np.random.Generator) -> list[_
     for _ in range(count):
         diameter = float(rng.uniform(*RANDOM_NODULE_DIAMETER_MM))
         kind = str(rng.choice(NODULE_KINDS))
-        reach = diameter / 2.0 * (1.0 + NODULE_LOBULATION) + NODULE_LUNG_MARGIN_MM
+        look = None if look_rng is None else nodule_look(random_attributes(look_rng), diameter, look_rng)
+        reach = (diameter / 2.0 * (1.0 + NODULE_LOBULATION) if look is None else look.reach_mm) + NODULE_LUNG_MARGIN_MM
         candidates = rng.uniform(-1.0, 1.0, (NODULE_CANDIDATES, 3)) * [BODY_HALF_WIDTH_MM, BODY_HALF_DEPTH_MM,
                                                                         LUNG_APEX_Z_MM + 10.0]
         center = _first_fitting(candidates, reach, probes, grid, placed)
         if center is None:
             raise InputError(f"no room for nodule {len(placed) + 1} of {count} (diameter {diameter:.1f} mm) inside "
                              "the lungs within this grid; use a grid that covers more lung or fewer/smaller nodules")
-        placed.append(_new_nodule(center + grid.body_center, grid.body_center, diameter, kind, NODULE_LOBULATION, rng))
+        placed.append(_new_nodule(center + grid.body_center, grid.body_center, diameter,
+                                  kind if look is None else "ground-glass", NODULE_LOBULATION, rng, look))
     return placed
 
 
@@ -666,8 +726,9 @@ def _first_fitting(candidates: np.ndarray, reach: float, probes: np.ndarray, gri
     margin = reach / np.asarray([np.linalg.norm(grid.steps[:, a]) for a in range(3)])
     ok = np.all((index >= margin) & (index <= np.asarray(grid.shape[::-1]) - 1 - margin), axis=1)
     ok &= _inside_lung(candidates)
-    for nodule in placed:
-        ok &= np.linalg.norm(candidates - nodule.center, axis=1) > reach + nodule.diameter_mm
+    for nodule in placed:  # a plain nodule keeps a diameter's clearance, a described one its reach and the margin
+        other = nodule.diameter_mm if nodule.look is None else nodule.look.reach_mm + NODULE_LUNG_MARGIN_MM
+        ok &= np.linalg.norm(candidates - nodule.center, axis=1) > reach + other
     for candidate in candidates[ok]:
         if _inside_lung(candidate + reach * probes).all():
             return candidate
@@ -675,10 +736,10 @@ def _first_fitting(candidates: np.ndarray, reach: float, probes: np.ndarray, gri
 
 
 def _paint_nodules(hu: np.ndarray, layout: np.ndarray, grid: _Grid, nodules: list[_Nodule]) -> None:
-    """Paint each nodule (solid, part-solid core and halo, or ground glass) and label it in `layout`."""
+    """Paint each nodule (solid, part-solid core and halo, ground glass, or described) and label it in `layout`."""
     for nodule in nodules:
         radius = nodule.diameter_mm / 2.0
-        reach = radius * (1.0 + nodule.lobulation)
+        reach = radius * (1.0 + nodule.lobulation) if nodule.look is None else nodule.look.reach_mm
         block = grid.blocks((nodule.center - reach)[None], (nodule.center + reach)[None])[0]
         if block is None:
             continue
@@ -687,9 +748,14 @@ def _paint_nodules(hu: np.ndarray, layout: np.ndarray, grid: _Grid, nodules: lis
         distance = np.sqrt(dx * dx + dy * dy + dz * dz)
         cosines = [(dx * a[0] + dy * a[1] + dz * a[2]) / np.maximum(distance, 1e-6) for a in nodule.lobe_axes]
         legendre4 = [(35.0 * c**4 - 30.0 * c**2 + 3.0) / 8.0 for c in cosines]  # zero mean: volume kept
-        surface = radius * (1.0 + nodule.lobulation * sum(w * p for w, p in zip(nodule.lobe_weights, legendre4)))
-        inside = distance <= surface
+        lobes = sum(w * p for w, p in zip(nodule.lobe_weights, legendre4))
         view = hu[block]
+        if nodule.look is not None:
+            inside = paint_look(view, (dx, dy, dz), lobes, nodule.look, nodule.core_hu, nodule.halo_hu)
+            layout[block][inside] = NODULE
+            continue
+        surface = radius * (1.0 + nodule.lobulation * lobes)
+        inside = distance <= surface
         if nodule.kind == "solid":
             _paint(view, inside, nodule.core_hu)
         else:

@@ -10,7 +10,9 @@ with ``roi`` contours (``imageZposition``, ``imageSOP_UID``, ``inclusion``, ``ed
 contour marks the pixels on its outline and inside it (``inclusion`` FALSE: a hole, removed). The
 readers' nodules are grouped into one nodule when they overlap or their centroids lie within
 ``MATCH_MM``; the nodule is the set of voxels marked by at least half of the readers who annotated
-it (pylidc's ``consensus(clevel=0.5)``).
+it (pylidc's ``consensus(clevel=0.5)``). Each reader's ``characteristics`` of a nodule (rated for nodules
+of 3 mm or more) are kept with the outline; a consensus nodule carries their summary over the readers who
+rated it (``attributes.reader_summary``: the mean of ordinal ratings, the most frequent category).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import SimpleITK as sitk
 
 from lungddpm.errors import InputError
 from lungddpm.io.volume import Volume, index_to_physical, physical_to_index
+from lungddpm.layout.attributes import CHARACTERISTICS, NoduleAttributes, reader_summary
 
 MATCH_MM = 5.0  # two readers' nodules are the same nodule when their centroids are this close (or they overlap)
 CONSENSUS_LEVEL = 0.5
@@ -144,10 +147,34 @@ def _linear(kji: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass
 class ReaderNodule:
-    """One radiologist's outline of one nodule, as flat voxel indices of the CT."""
+    """One radiologist's outline of one nodule, as flat voxel indices of the CT, and the reader's ratings of it."""
 
     reader: int
     voxels: np.ndarray
+    ratings: dict[str, int] = field(default_factory=dict)  # codes by NoduleAttributes field; empty below 3 mm
+
+
+@dataclass
+class ConsensusNodule:
+    """One physical nodule: the voxels ≥ level of its readers marked, and the summary of their ratings."""
+
+    voxels: np.ndarray  # flat indices of the CT
+    readers: int  # how many readers outlined it
+    attributes: NoduleAttributes | None  # None when no reader rated it (nodules < 3 mm)
+
+
+def _ratings(nodule: ET.Element, where: str) -> dict[str, int]:
+    """The codes in an unblindedReadNodule's <characteristics> by field name; a code off its scale is an InputError."""
+    element = next((e for e in nodule if _local(e.tag) == "characteristics"), None)
+    ratings: dict[str, int] = {}
+    for c in CHARACTERISTICS if element is not None else ():
+        text = _child_text(element, c.tag)
+        if text:
+            if not text.isdigit() or not 1 <= int(text) <= c.top:
+                raise InputError(f"{where}: <{c.tag}> is {text!r}, not a code 1..{c.top}; repair the rating or "
+                                 f"remove the file")
+            ratings[c.field] = int(text)
+    return ratings
 
 
 def read_lidc_xml(path: str | Path, slices: SliceMap, reader_offset: int = 0) -> list[ReaderNodule]:
@@ -160,7 +187,8 @@ def read_lidc_xml(path: str | Path, slices: SliceMap, reader_offset: int = 0) ->
     nodules = []
     sessions = [e for e in root if _local(e.tag) == "readingSession"]
     for reader, session in enumerate(sessions, start=reader_offset):
-        for nodule in (e for e in session if _local(e.tag) == "unblindedReadNodule"):
+        for number, nodule in enumerate(e for e in session if _local(e.tag) == "unblindedReadNodule"):
+            ratings = _ratings(nodule, f"{path}: reading session {reader - reader_offset + 1}, nodule {number + 1}")
             keep, holes = set(), set()
             for roi in (e for e in nodule if _local(e.tag) == "roi"):
                 xy = np.array([[float(_child_text(p, "xCoord")), float(_child_text(p, "yCoord"))]
@@ -175,7 +203,7 @@ def read_lidc_xml(path: str | Path, slices: SliceMap, reader_offset: int = 0) ->
                 (keep if (_child_text(roi, "inclusion") or "TRUE").upper() == "TRUE" else holes).update(flat)
             voxels = np.array(sorted(keep - holes), dtype=np.int64)
             if voxels.size:
-                nodules.append(ReaderNodule(reader, voxels))
+                nodules.append(ReaderNodule(reader, voxels, ratings))
     return nodules
 
 
@@ -202,23 +230,52 @@ def group_nodules(nodules: list[ReaderNodule], ct: Volume, match_mm: float = MAT
     return list(groups.values())
 
 
-def consensus_mask(nodules: list[ReaderNodule], ct: Volume, level: float = CONSENSUS_LEVEL) -> np.ndarray:
-    """Boolean mask on the CT grid: per grouped nodule, voxels marked by ≥ level of the readers who annotated it."""
-    mask = np.zeros(ct.array.size, dtype=bool)
+def consensus_nodules(nodules: list[ReaderNodule], ct: Volume, level: float = CONSENSUS_LEVEL) -> list[ConsensusNodule]:
+    """Per grouped nodule: voxels marked by ≥ level of the readers who annotated it, and their ratings' summary."""
+    found = []
     for group in group_nodules(nodules, ct):
         readers = sorted({n.reader for n in group})
         per_reader = [np.unique(np.concatenate([n.voxels for n in group if n.reader == r])) for r in readers]
         voxels, votes = np.unique(np.concatenate(per_reader), return_counts=True)
-        mask[voxels[votes >= level * len(readers)]] = True
-    return mask.reshape(ct.array.shape)
+        rated: dict[int, dict[str, int]] = {}
+        for n in group:  # one rating per reader: that of the reader's first rated outline
+            if n.ratings:
+                rated.setdefault(n.reader, n.ratings)
+        consensus = voxels[votes >= level * len(readers)]
+        if consensus.size:
+            found.append(ConsensusNodule(consensus, len(readers), reader_summary(list(rated.values())) if rated else None))
+    return found
+
+
+def union_mask(nodules: list[ConsensusNodule], shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask of the given shape (the CT's) holding every consensus nodule's voxels."""
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    for nodule in nodules:
+        mask[nodule.voxels] = True
+    return mask.reshape(shape)
+
+
+def consensus_mask(nodules: list[ReaderNodule], ct: Volume, level: float = CONSENSUS_LEVEL) -> np.ndarray:
+    """Boolean mask on the CT grid: per grouped nodule, voxels marked by ≥ level of the readers who annotated it."""
+    return union_mask(consensus_nodules(nodules, ct, level), ct.array.shape)
+
+
+def _case_readings(xml_files: list[Path], slices: SliceMap) -> list[ReaderNodule]:
+    """Every reader's nodules in the LIDC XML files of a case (readers of different files are different readers)."""
+    nodules: list[ReaderNodule] = []
+    for number, path in enumerate(xml_files):
+        nodules += read_lidc_xml(path, slices, reader_offset=READERS_PER_FILE * number)
+    return nodules
+
+
+def lidc_nodules(xml_files: list[Path], slices: SliceMap, level: float = CONSENSUS_LEVEL) -> list[ConsensusNodule]:
+    """The consensus nodules of all LIDC XML files of a case, with their readers' ratings summarised."""
+    return consensus_nodules(_case_readings(xml_files, slices), slices.ct, level)
 
 
 def lidc_mask(xml_files: list[Path], slices: SliceMap, level: float = CONSENSUS_LEVEL) -> np.ndarray:
     """The consensus nodule mask of all LIDC XML files of a case."""
-    nodules: list[ReaderNodule] = []
-    for number, path in enumerate(xml_files):  # readers of different files are different readers
-        nodules += read_lidc_xml(path, slices, reader_offset=READERS_PER_FILE * number)
-    return consensus_mask(nodules, slices.ct, level)
+    return consensus_mask(_case_readings(xml_files, slices), slices.ct, level)
 
 
 def is_lidc_xml(path: Path) -> bool:

@@ -26,7 +26,7 @@ import torch
 
 from lungddpm.errors import InputError
 from lungddpm.io.volume import Volume, to_pixel_type
-from lungddpm.layout.labels import NODULE
+from lungddpm.layout.sidecar import nodule_components
 from lungddpm.model.config import PATCH_PROFILE, ModelConfig
 from lungddpm.synthesis.profiles import CaseSpace, ModelSpace, ReleasedProfile
 
@@ -42,14 +42,6 @@ class NodulePatch:
     start: np.ndarray  # continuous reference index (i, j, k) of the cube's first voxel centre
     step: np.ndarray  # reference voxels per cube voxel along (i, j, k)
     components: list[int]  # labels (in nodule_components) of the nodules this cube pastes back
-
-
-def nodule_components(layout: Volume) -> tuple[np.ndarray, int]:
-    """26-connected components of the nodule label: a label array (k, j, i) and their number."""
-    mask = sitk.GetImageFromArray((layout.array == NODULE).astype(np.uint8))
-    labels = sitk.ConnectedComponent(mask, True)
-    array = sitk.GetArrayFromImage(labels)
-    return array, int(array.max())
 
 
 def _bounding_boxes(components: np.ndarray, count: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:

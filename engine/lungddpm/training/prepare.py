@@ -14,6 +14,14 @@ channel > 0) on the model grid for inspection. Then ``manifest.json`` / ``manife
 patient id, split, spacing, nodule count and sizes) and ``skipped.json`` (case, reason). The split into
 train and validation is by patient, with a seed.
 
+Per nodule (26-connected component of the case layout, numbered as ``layout.sidecar`` numbers them):
+``manifest.json`` lists under ``nodules`` its component, centre (LPS mm, the CT's frame) and attributes
+(diameter from the mask; for LIDC annotations the readers' characteristics, summarised per consensus
+nodule, with the number of readers who rated it; for a mask, the records of its sidecar
+``nodules.nodules.json`` if there is one, matched to the nodules by centre). ``nodules.csv`` has one
+row per nodule and sample (the characteristics as columns, lists joined with ';', and the nodule's
+sentence in the prompt vocabulary); ``manifest.csv`` stays one row per sample.
+
 Profile ``released-patch`` (Lung-DDPM+): one sample per nodule cube instead of one per case, in
 ``cases/<id>/cube-<n>/``, cut and pre-processed by ``patches.plan_patches`` / ``patches.encode_patch``
 (the functions sampling uses) with the nodule channel only; cases without a nodule are skipped.
@@ -32,12 +40,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungddpm.layout.annotations import DicomHeaders, SliceMap, is_lidc_xml, lidc_mask, read_dicom_headers, voc_mask
+from lungddpm.layout.annotations import (ConsensusNodule, DicomHeaders, SliceMap, is_lidc_xml, lidc_nodules,
+                                        read_dicom_headers, union_mask, voc_mask)
+from lungddpm.layout.attributes import CHARACTERISTICS, NoduleAttributes, render_prompt
 from lungddpm.errors import InputError, LungDDPMError, OutputError, SeriesError
 from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
+from lungddpm.layout.sidecar import (equivalent_diameter_mm, layout_records, match_records, nodule_components,
+                                     read_sidecar, sidecar_path)
 from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
-from lungddpm.synthesis.patches import encode_patch, nodule_components, plan_patches
+from lungddpm.synthesis.patches import encode_patch, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
 from lungddpm.io.atomic import atomic_output, outputs_together, remove_temporaries, write_text
 from lungddpm.io.volume import Volume, itk_warnings_off, read_volume, refuse_protected, resample_like, write_volume
@@ -129,13 +141,28 @@ def nodule_diameters_mm(layout: Volume) -> list[float]:
 def component_diameters_mm(components: np.ndarray, labels: Iterable[int], spacing: Sequence[float]) -> list[float]:
     """Equivalent-sphere diameter (mm) of the given labels of a component array, largest first."""
     counts = np.bincount(components.ravel())
-    voxel_mm3 = float(np.prod(spacing))
-    sizes = (counts[label] for label in labels if label < counts.size and counts[label])
-    return sorted((round(float((6 * c * voxel_mm3 / np.pi) ** (1 / 3)), 2) for c in sizes), reverse=True)
+    sizes = (int(counts[label]) for label in labels if label < counts.size and counts[label])
+    return sorted((equivalent_diameter_mm(c, spacing) for c in sizes), reverse=True)
 
 
-def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[Volume, str]:
-    """The case's layout (automatic lung mask + annotated nodules) and the kind of annotation used."""
+def component_attributes(layout: Volume, consensus: list[ConsensusNodule]) -> dict[int, NoduleAttributes]:
+    """The rated consensus nodules' attributes by the layout component holding most of each (the largest wins)."""
+    components = nodule_components(layout)[0].ravel()
+    best: dict[int, tuple[int, NoduleAttributes]] = {}
+    for nodule in consensus:
+        labels = components[nodule.voxels]
+        labels = labels[labels > 0]
+        if nodule.attributes is None or not labels.size:
+            continue
+        values, counts = np.unique(labels, return_counts=True)
+        label, count = int(values[np.argmax(counts)]), int(counts.max())  # ties: the lower component
+        if count > best.get(label, (0, None))[0]:
+            best[label] = (count, nodule.attributes)
+    return {label: attributes for label, (_, attributes) in sorted(best.items())}
+
+
+def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[Volume, str, dict[int, NoduleAttributes]]:
+    """The case's layout (automatic lung mask + annotated nodules), the kind of annotation used, rated nodules by component."""
     try:
         lung = lung_mask(ct)
     except InputError as exc:
@@ -143,10 +170,12 @@ def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[
     if not (lung.array > 0).any():
         raise SkipCase("no lung found by the automatic lung mask")
     slices = SliceMap(ct, headers)
+    consensus: list[ConsensusNodule] = []
     if source.mask is not None:
         nodules, kind = resample_like(read_volume(source.mask), ct, interpolator="nearest"), "mask"
     elif source.lidc:
-        nodules, kind = ct.with_array(lidc_mask(source.lidc, slices).astype(np.uint8)), "lidc-consensus"
+        consensus = lidc_nodules(source.lidc, slices)
+        nodules, kind = ct.with_array(union_mask(consensus, ct.array.shape).astype(np.uint8)), "lidc-consensus"
     elif source.voc is not None:
         nodules, kind = ct.with_array(voc_mask(source.voc, slices).astype(np.uint8)), "voc-boxes"
     else:
@@ -156,11 +185,16 @@ def case_layout(source: CaseSource, ct: Volume, headers: DicomHeaders) -> tuple[
         validate_layout(ct, layout, ct_name=f"{source.case_id} CT", layout_name=f"{source.case_id} layout")
     except InputError as exc:
         raise SkipCase(f"invalid layout: {exc}") from None
-    return layout, kind
+    if source.mask is not None and sidecar_path(source.mask).is_file():
+        try:
+            return layout, kind, match_records(layout, read_sidecar(source.mask))
+        except InputError as exc:
+            raise SkipCase(f"invalid nodule sidecar: {exc}") from None
+    return layout, kind, component_attributes(layout, consensus)
 
 
-def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders]:
-    """A case's CT, layout, annotation kind and DICOM headers, after the checks that may skip it."""
+def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders, dict[int, NoduleAttributes]]:
+    """A case's CT, layout, annotation kind, DICOM headers and rated nodules, after the checks that may skip it."""
     try:
         ct = read_volume(source.ct)  # a DICOM series is checked there for missing, duplicated or unreadable slices
     except SeriesError as exc:
@@ -170,11 +204,11 @@ def read_case(source: CaseSource) -> tuple[Volume, Volume, str, DicomHeaders]:
     headers = read_dicom_headers(source.dicom) if source.dicom else DicomHeaders()
     if headers.contrast_agent and headers.contrast_agent.upper() not in ("NONE", "NO"):
         raise SkipCase(f"contrast-enhanced: DICOM ContrastBolusAgent is {headers.contrast_agent!r}")
-    layout, kind = case_layout(source, ct, headers)
+    layout, kind, attributes = case_layout(source, ct, headers)
     blood = mediastinum_hu(ct, layout)
     if blood is not None and blood > CONTRAST_HU:
         raise SkipCase(f"contrast-enhanced: median soft tissue between the lungs is {blood:.0f} HU (> {CONTRAST_HU:.0f})")
-    return ct, layout, kind, headers
+    return ct, layout, kind, headers, attributes
 
 
 def write_sample(out_dir: Path, space: ModelSpace, prof: ReleasedProfile | NativeProfile, description: str) -> None:
@@ -204,19 +238,20 @@ def _case_record(source: CaseSource, ct: Volume, layout: Volume, kind: str, head
 
 def prepare_case(source: CaseSource, out_dir: Path, profile: str, size: int, cond_channels: int) -> dict:
     """Prepare one case into out_dir; returns its manifest record or raises SkipCase."""
-    ct, layout, kind, headers = read_case(source)
+    ct, layout, kind, headers, attributes = read_case(source)
     prof = get_profile(profile)
     space = prof.encode(ct, layout, size, cond_channels)
     write_sample(out_dir, space, prof, f"{source.case_id} in {profile} model space")
     diameters = nodule_diameters_mm(layout)
     return {**_case_record(source, ct, layout, kind, headers),
             "model_spacing_mm": [round(s, 4) for s in space.grid.GetSpacing()],
-            "nodule_count": len(diameters), "nodule_diameters_mm": diameters}
+            "nodule_count": len(diameters), "nodule_diameters_mm": diameters,
+            "nodules": [r.to_dict() for r in layout_records(layout, attributes)]}
 
 
 def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spacing_mm: float | None) -> list[dict]:
     """Prepare one case as Lung-DDPM+ nodule cubes in out_dir/cube-<n>; returns one record per cube or raises SkipCase."""
-    ct, layout, kind, headers = read_case(source)
+    ct, layout, kind, headers, attributes = read_case(source)
     if not (layout.array == NODULE).any():
         raise SkipCase("no nodule: Lung-DDPM+ trains on nodule cubes; annotate the nodules or leave the case out")
     try:
@@ -224,6 +259,7 @@ def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spaci
     except InputError as exc:
         raise SkipCase(f"nodule too large for the patch: {exc}") from None
     shared = {**_case_record(source, ct, layout, kind, headers), "case_nodule_count": int(components.max())}
+    nodules = layout_records(layout, attributes)
     records = []
     for index, patch in enumerate(patches):
         space = encode_patch(ct, layout, patch)
@@ -233,6 +269,7 @@ def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spaci
         records.append({**shared, "cube": index, "cube_start_ijk": [round(float(v), 3) for v in patch.start],
                         "model_spacing_mm": [round(s, 4) for s in patch.grid.GetSpacing()],
                         "nodule_count": len(diameters), "nodule_diameters_mm": diameters,
+                        "nodules": [nodules[label - 1].to_dict() for label in patch.components],
                         "folder": f"cases/{source.case_id}/cube-{index:02d}"})
     return records
 
@@ -309,6 +346,7 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
         write_text(output / "manifest.json", json.dumps(manifest, indent=2))
         write_text(output / "skipped.json", json.dumps(skipped, indent=2))
         _write_csv(output / "manifest.csv", samples, patch)
+        _write_nodules_csv(output / "nodules.csv", samples, patch)
     remove_temporaries(output)  # left by a killed earlier attempt
     return {"prepared": prepared, "samples": len(samples), "skipped": len(skipped), "manifest": str(output / "manifest.json")}
 
@@ -324,4 +362,22 @@ def _write_csv(path: Path, cases: list[dict], patch: bool = False) -> None:
     writer.writeheader()
     for c in cases:
         writer.writerow({k: ";".join(map(str, c[k])) if isinstance(c[k], list) else c[k] for k in columns})
+    write_text(path, buffer.getvalue())
+
+
+def _write_nodules_csv(path: Path, samples: list[dict], patch: bool = False) -> None:
+    """One row per nodule of each sample: where it is, its characteristics (empty: unknown) and its prompt sentence."""
+    sample_columns = ["case_id"] + (["cube"] if patch else []) + ["split", "folder"]
+    attribute_columns = ["diameter_mm", "readers"] + [c.field for c in CHARACTERISTICS]
+    columns = sample_columns + ["component", "center_lps_mm"] + attribute_columns + ["prompt"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    for sample in samples:
+        for nodule in sample["nodules"]:
+            attributes = nodule["attributes"]
+            writer.writerow({**{k: sample[k] for k in sample_columns}, "component": nodule["component"],
+                             "center_lps_mm": ";".join(map(str, nodule["center_lps_mm"])),
+                             **{k: attributes.get(k, "") for k in attribute_columns},
+                             "prompt": render_prompt(NoduleAttributes.from_dict(attributes))})
     write_text(path, buffer.getvalue())
