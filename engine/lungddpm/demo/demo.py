@@ -13,7 +13,8 @@ from lungddpm.layout.nodules import random_nodules
 from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.runtime.preview import slice_panels, write_png
 from lungddpm.runtime.progress import Progress
-from lungddpm.synthesis.synthesize import synthesize, write_result
+from lungddpm.synthesis.synthesize import output_bytes, synthesize, write_result
+from lungddpm.io.outputs import check_output_folder
 from lungddpm.io.volume import Volume, write_volume
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo-native-32.pt"
@@ -30,9 +31,12 @@ def demo_case(seed: int = 0) -> tuple[Volume, Volume, list[dict]]:
 
 def run_demo(output: Path, *, seed: int = 0, device: str = "auto", progress: str = "bar", model: Path = DEMO_MODEL) -> dict:
     """Make a phantom, its automatic lung mask and random nodules, synthesise, write files and a PNG."""
-    output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     reference, layout, nodules = demo_case(seed)
+    # the reference and its layout, then the synthetic CT and its labels (write_result)
+    check_output_folder(output, protect=(model,),
+                        needed_bytes=reference.array.nbytes + layout.array.size + output_bytes(reference))
+    output.mkdir(parents=True, exist_ok=True)
     ref_path = write_volume(reference, output / "reference.nrrd", metadata={"descrip": "procedural phantom (not a patient)"})
     lay_path = write_volume(layout, output / "layout.nrrd", metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"})
     result = synthesize(reference, layout, model, seed=seed, device=device, progress=Progress(progress))
