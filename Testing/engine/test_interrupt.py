@@ -181,4 +181,4 @@ def test_an_interrupted_demo_or_prepare_leaves_no_files(inputs, tmp_path, monkey
     assert _files(tmp_path / "prepared") == ["cases/case0/cond.npy", "cases/case0/ct.nii.gz", "cases/case0/layout.nii.gz",
                                              "cases/case0/x.npy", "cases/case1/cond.npy", "cases/case1/ct.nii.gz",
                                              "cases/case1/layout.nii.gz", "cases/case1/x.npy", "manifest.csv",
-                                             "manifest.json", "skipped.json"]
+                                             "manifest.json", "nodules.csv", "skipped.json"]

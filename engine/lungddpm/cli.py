@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from lungddpm import __version__
-from lungddpm.errors import LungDDPMError
+from lungddpm.cli_checks import (COUNT, MILLIMETRES, POSITIVE, SEED, SEED_HELP, OneLineParser, OrderedPair, internal_error,
+                                 number, user_error)
+from lungddpm.errors import ConfigError, InputError, LungDDPMError
 from lungddpm.generation.export import LABEL_SETS
-from lungddpm.layout.nodules import NODULE_KINDS
+from lungddpm.layout.nodules import NODULE_KINDS, RANDOM_DIAMETERS_MM
 from lungddpm.model.config import NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE
 from lungddpm.runtime.precision import PRECISIONS
 from lungddpm.runtime.interrupt import exits_cleanly
@@ -42,36 +44,45 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_synthesize(args: argparse.Namespace) -> int:
     """Synthesise a CT from a reference CT and a layout (or lung + nodule masks) and write it with its labels."""
     if args.nodule_mask and not args.lung_mask:
-        raise LungDDPMError("--nodule-mask goes with --lung-mask; with --layout, nodules are label 2 of the layout")
+        raise ConfigError("--nodule-mask goes with --lung-mask; with --layout, nodules are label 2 of the layout")
+    from lungddpm.io.outputs import check_output_file
+    from lungddpm.io.volume import read_volume
     from lungddpm.runtime.progress import Progress
-    from lungddpm.synthesis.synthesize import planned_outputs, synthesize, write_result
-    from lungddpm.io.volume import refuse_protected
+    from lungddpm.synthesis.synthesize import output_bytes, planned_outputs, synthesize, write_result
 
     _set_threads(args.threads)
     model = _model_path(args.model)
     sources = [p for p in (args.layout, args.lung_mask, args.nodule_mask) if p]
     protect = (args.reference, *sources, model)
+    reference = read_volume(args.reference)
+    if args.layout:
+        layout, layout_name = read_volume(args.layout), args.layout
+    else:
+        layout, layout_name = _layout_from_masks(args.lung_mask, args.nodule_mask)
     for target in planned_outputs(args.output):  # refuse before hours of sampling, not after
-        refuse_protected(target, protect)
-    layout = args.layout or _layout_from_masks(args.lung_mask, args.nodule_mask)
-    result = synthesize(args.reference, layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        check_output_file(target, protect=protect, needed_bytes=output_bytes(reference))
+    result = synthesize(reference, layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
                         device=args.device, progress=Progress(args.progress), variant=args.variant,
-                        precision=args.precision, patch_spacing_mm=args.patch_spacing)
+                        precision=args.precision, patch_spacing_mm=args.patch_spacing,
+                        reference_name=args.reference, layout_name=layout_name)
+    if args.nodule_mask:  # provenance names files, without their folders
+        result.metadata["layout"] = f"{Path(args.lung_mask).name} + {Path(args.nodule_mask).name}"
     image_path, labels_path = write_result(result, args.output, protect=protect)
     _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path)})
     return 0
 
 
 def _layout_from_masks(lung_path: str, nodule_path: str | None):
-    """A layout (0/1/2) from a lung mask file and an optional nodule mask file (nonzero = inside)."""
+    """A layout (0/1/2) from a lung mask file and an optional nodule mask file (nonzero = inside), and its name."""
     from lungddpm.layout.labels import compose_layout
     from lungddpm.io.volume import read_volume, require_same_grid
 
     lung = read_volume(lung_path)
-    nodules = read_volume(nodule_path) if nodule_path else None
-    if nodules is not None:
-        require_same_grid(lung, nodules, names=(f"lung mask {lung_path}", f"nodule mask {nodule_path}"))
-    return compose_layout(lung, nodules)
+    if nodule_path is None:
+        return compose_layout(lung, None), lung_path
+    nodules = read_volume(nodule_path)
+    require_same_grid(lung, nodules, names=(f"lung mask {lung_path}", f"nodule mask {nodule_path}"))
+    return compose_layout(lung, nodules), f"{lung_path} + {nodule_path}"
 
 
 def _set_threads(threads: int | None) -> None:
@@ -84,10 +95,12 @@ def _set_threads(threads: int | None) -> None:
 
 def _cmd_lung_mask(args: argparse.Namespace) -> int:
     """Write an automatic lung mask (label 1) of a CT."""
+    from lungddpm.io.outputs import check_output_file
     from lungddpm.layout.lung_mask import lung_mask
     from lungddpm.io.volume import read_volume, write_volume
 
     ct = read_volume(args.ct)
+    check_output_file(args.output, protect=(args.ct,), needed_bytes=ct.array.size)  # a uint8 mask
     mask = lung_mask(ct)
     litres = float((mask.array > 0).sum()) * _voxel_ml(mask) / 1000
     path = write_volume(mask, args.output, metadata={"descrip": "lung mask made by lungddpm (1 = lung)"}, protect=(args.ct,))
@@ -103,24 +116,48 @@ def _voxel_ml(volume) -> float:
 
 def _cmd_add_nodule(args: argparse.Namespace) -> int:
     """Add a nodule at a point, or random nodules, to a layout and write the new layout."""
+    from lungddpm.io.outputs import check_output_file
+    from lungddpm.layout.labels import require_layout_labels
     from lungddpm.layout.nodules import add_nodule, random_nodules
     from lungddpm.io.volume import read_volume, write_volume
 
+    _check_nodule_options(args)
     layout = read_volume(args.layout)
+    require_layout_labels(layout, args.layout)
+    check_output_file(args.output, protect=(args.layout,), needed_bytes=layout.array.size)  # a uint8 layout
     if args.random:
-        layout, specs = random_nodules(layout, args.random, tuple(args.diameter_range), kinds=tuple(args.kinds), seed=args.seed)
+        layout, specs = random_nodules(layout, args.random, args.diameter_range or RANDOM_DIAMETERS_MM,
+                                       kinds=tuple(args.kinds), seed=args.seed, irregularity=args.irregularity)
     else:
-        if args.center is None or args.diameter is None:
-            raise LungDDPMError("add-nodule needs --center X Y Z and --diameter MM, or --random N")
         center = list(args.center)
         if args.ras:
             center = [-center[0], -center[1], center[2]]
-        layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=args.irregularity, seed=args.seed,
+        irregularity = args.irregularity or 0.0
+        layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=irregularity, seed=args.seed,
                             require_in_lung=not args.allow_outside_lung)
-        specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": args.irregularity}]
+        specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": irregularity}]
     path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=(args.layout,))
     print(json.dumps({"output": str(path), "nodules": specs}, default=float))
     return 0
+
+
+def _check_nodule_options(args: argparse.Namespace) -> None:
+    """Refuse add-nodule options that the chosen mode (--center or --random) would ignore."""
+    if args.random:
+        ignored = [flag for flag, value in (("--center", args.center), ("--diameter", args.diameter), ("--ras", args.ras),
+                                            ("--allow-outside-lung", args.allow_outside_lung)) if value]
+        if ignored:
+            raise ConfigError(f"--random N places nodules at random inside the lung; {', '.join(ignored)} "
+                              f"{'is' if len(ignored) == 1 else 'are'} for one nodule at a point (--center X Y Z "
+                              "--diameter MM): give one or the other")
+        return
+    if args.center is None or args.diameter is None:
+        raise ConfigError("add-nodule needs --center X Y Z and --diameter MM, or --random N")
+    if args.diameter_range is not None:
+        raise ConfigError("--diameter-range goes with --random N; with --center give the one nodule's --diameter MM")
+    if len(args.kinds) > 1:
+        raise ConfigError(f"--center places one nodule: give one --kinds value, not {len(args.kinds)} "
+                          "(several kinds go with --random N)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -173,7 +210,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               previews=args.previews, soft_tissue_hu=tuple(args.soft_tissue_hu))
     summary = {k: v["mean"] for k, v in report["paired"]["summary"].items()}
     dist = {k: report["distribution"].get(k) for k in ("fid", "mmd_rbf", "mmd_polynomial", "backbone")}
-    print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "paired_mean": summary, **dist}, default=str))
+    damaged = report["damaged"]
+    print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "damaged": len(damaged),
+                      "paired_mean": summary, **dist}, default=str))
+    if damaged and not args.skip_damaged:
+        raise InputError(f"{args.dataset}: {len(damaged)} damaged or missing case(s) left out of {output / 'report.md'}, "
+                         f"e.g. {damaged[0]['case']}: {damaged[0]['reason']} -- restore them, or pass --skip-damaged "
+                         "to accept the report without them")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train (or fine-tune, or resume) a model on prepared data, in one process or under torchrun."""
     from lungddpm.training.config import build_run_config
@@ -211,7 +257,7 @@ def _report(mode: str, record: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="lungddpm", description="Semantic-layout-guided chest CT synthesis (Lung-DDPM).")
+    parser = OneLineParser(prog="lungddpm", description="Semantic-layout-guided chest CT synthesis (Lung-DDPM).")
     parser.add_argument("--version", action="version", version=f"lungddpm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -227,20 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--nodule-mask", help="binary nodule mask on the reference grid (with --lung-mask)")
     syn.add_argument("--model", required=True, help="checkpoint (released Lung-DDPM or lungddpm format), or 'demo'")
     syn.add_argument("--output", required=True, help="output image (.nrrd, .nii.gz, .mha); labels go to <stem>_labels")
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=SEED, default=0, help=SEED_HELP)
     syn.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     syn.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                      help=f"ddim, dpmpp2m, dpmpp3m: few-step solvers (default {DEFAULT_SAMPLER}); ddpm: the released "
                           "ancestral sampler (all T steps)")
-    syn.add_argument("--steps", type=int, default=None,
+    syn.add_argument("--steps", type=POSITIVE, default=None,
                      help=f"network passes per sample (solvers: default {DEFAULT_SOLVER_STEPS}; ddpm: always the model's T)")
     syn.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS,
                      help="network precision: fp32, or bf16/fp16 autocast (see README for the measured tolerance)")
-    syn.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
+    syn.add_argument("--patch-spacing", type=MILLIMETRES, default=None, metavar="MM",
                      help="Lung-DDPM+ models: cube voxel size in mm (default: the model's; released: the CT's own voxels)")
     syn.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (see README)")
     syn.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
-    syn.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    syn.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch (default: torch's choice)")
     syn.set_defaults(func=_cmd_synthesize)
 
     lm = sub.add_parser("lung-mask", help="automatic lung mask of a CT (classical image processing, CPU)")
@@ -253,21 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--output", required=True)
     an.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="centre in mm (LPS, or RAS with --ras)")
     an.add_argument("--ras", action="store_true", help="--center is in RAS (as Slicer shows it)")
-    an.add_argument("--diameter", type=float, help="diameter in mm")
-    an.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS)
-    an.add_argument("--irregularity", type=float, default=0.0, help="0 (sphere) to 1 (strongly lobulated)")
-    an.add_argument("--random", type=int, default=0, metavar="N", help="place N random nodules inside the lung")
-    an.add_argument("--diameter-range", type=float, nargs=2, default=(4.0, 20.0), metavar=("MIN", "MAX"))
-    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--diameter", type=MILLIMETRES, help="diameter in mm (at most the largest ball that fits in the lung)")
+    an.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS,
+                    help="the nodule's kind (--center), or the kinds random nodules are drawn from (--random)")
+    an.add_argument("--irregularity", type=number(0.0, 1.0), default=None,
+                    help="0 (sphere) to 1 (strongly lobulated); --center: default 0; --random: every nodule's "
+                         "(default: each drawn from 0 to 0.5)")
+    an.add_argument("--random", type=POSITIVE, default=None, metavar="N", help="place N random nodules inside the lung")
+    an.add_argument("--diameter-range", type=MILLIMETRES, nargs=2, default=None, metavar=("MIN", "MAX"), action=OrderedPair,
+                    help=f"--random: diameters in mm, MIN <= MAX (default {RANDOM_DIAMETERS_MM[0]:g} {RANDOM_DIAMETERS_MM[1]:g})")
+    an.add_argument("--seed", type=SEED, default=0, help=f"{SEED_HELP} of the nodules' shapes and places")
     an.add_argument("--allow-outside-lung", action="store_true", help="accept a centre outside the lung label")
     an.set_defaults(func=_cmd_add_nodule)
 
     demo = sub.add_parser("demo", help="phantom -> layout -> synthesis with the bundled demo model -> files + PNG")
     demo.add_argument("--output", default="lungddpm-demo", help="output folder (created)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=SEED, default=0, help=SEED_HELP)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
-    demo.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    demo.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch")
     demo.set_defaults(func=_cmd_demo)
 
     gen = sub.add_parser("generate", help="batch: K synthetic variants per reference -> nnU-Net v2 / MONAI data set (sharded, resumable)")
@@ -276,20 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", required=True, help="root folder (nnUNet_raw-like); the data set goes to Dataset<ID>_<NAME> inside")
     gen.add_argument("--dataset-id", type=int, default=501)
     gen.add_argument("--dataset-name", default="LungDDPMSynthetic")
-    gen.add_argument("--variants", type=int, default=1, help="synthetic variants per reference (K)")
-    gen.add_argument("--seed", type=int, default=0, help="base seed; each case's seed derives from it, the reference id and the variant")
+    gen.add_argument("--variants", type=POSITIVE, default=1, help="synthetic variants per reference (K)")
+    gen.add_argument("--seed", type=SEED, default=0, help=f"base {SEED_HELP}; each case's seed derives from it, the reference id and the variant")
     gen.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
-    gen.add_argument("--steps", type=int, default=None,
+    gen.add_argument("--steps", type=POSITIVE, default=None,
                      help=f"solver steps (default {GENERATE_SOLVER_STEPS}); ddpm always runs the model's T")
     gen.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (ddpm only)")
-    gen.add_argument("--nodules", type=int, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
-    gen.add_argument("--diameter-range", type=float, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"))
+    gen.add_argument("--nodules", type=COUNT, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
+    gen.add_argument("--diameter-range", type=MILLIMETRES, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"), action=OrderedPair,
+                     help="nodule diameters in mm (MIN <= MAX)")
     gen.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS)
     gen.add_argument("--labels", default="layout", choices=sorted(LABEL_SETS), help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
     gen.add_argument("--shard", default=None, metavar="I/N", help="this process's shard (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     gen.add_argument("--device", default="auto", help="auto (= cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N, mps")
     gen.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
-    gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    gen.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch")
     gen.add_argument("--finalize", action="store_true", help="only rebuild dataset.json, datalist.json and manifests from finished cases")
     gen.set_defaults(func=_cmd_generate)
 
@@ -300,12 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backbone-weights", default=None, help="MedicalNet resnet_*.pth (architecture read from the file)")
     ev.add_argument("--backbone-depth", type=int, default=10, help="random backbone depth (a MedicalNet ResNet depth)")
     ev.add_argument("--backbone-shortcut", default="B", help="random backbone shortcut type (MedicalNet A or B)")
-    ev.add_argument("--backbone-seed", type=int, default=0, help="seed of the random backbone (without --backbone-weights)")
+    ev.add_argument("--backbone-seed", type=SEED, default=0, help=f"{SEED_HELP} of the random backbone (without --backbone-weights)")
     ev.add_argument("--feature-size", type=int, default=64, help="volumes are resized to this many voxels per side for features")
-    ev.add_argument("--soft-tissue-hu", type=float, nargs=2, default=(-300.0, 300.0), metavar=("LO", "HI"))
-    ev.add_argument("--previews", type=int, default=4, help="cases shown as slice images")
+    ev.add_argument("--soft-tissue-hu", type=number(), nargs=2, default=(-300.0, 300.0), metavar=("LO", "HI"),
+                    action=OrderedPair, equal_ok=False, help="HU range of soft tissue (LO < HI)")
+    ev.add_argument("--previews", type=COUNT, default=4, help="cases shown as slice images")
+    ev.add_argument("--skip-damaged", action="store_true",
+                    help="exit 0 when some cases are damaged or missing (they are left out and listed in the report)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch")
     ev.set_defaults(func=_cmd_evaluate)
     tr = sub.add_parser("train", help="train, fine-tune or resume a model on prepared data (one process or torchrun)",
                         description="Settings come from --config (TOML or YAML), then --set key=value, then the flags. "
@@ -314,14 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     tr.add_argument("--data", nargs="+", help="prepared folders (from `lungddpm prepare`)")
     tr.add_argument("--output", help="run folder: checkpoints, latest.pt, log.jsonl, tensorboard/, previews/")
-    tr.add_argument("--steps", type=int, help="train until this optimiser step")
-    tr.add_argument("--batch-size", type=int, help="samples per process per micro-step")
+    tr.add_argument("--steps", type=COUNT, help="train until this optimiser step")
+    tr.add_argument("--batch-size", type=POSITIVE, help="samples per process per micro-step")
     tr.add_argument("--init", help="fine-tune from this checkpoint (released or lungddpm format)")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest.pt (model, EMA, optimiser, step, RNG)")
     tr.add_argument("--device", help="auto, cpu, cuda (under torchrun: GPU LOCAL_RANK)")
     tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     tr.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in the backward pass")
-    tr.add_argument("--threads", type=int, default=None, help="CPU threads for torch per process")
+    tr.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch per process")
     tr.set_defaults(func=_cmd_train)
 
     pr = sub.add_parser("prepare", help="CT folders + nodule masks / LIDC XML / VOC boxes -> prepared training set")
@@ -332,10 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--size", type=int, default=128, help="model cube size")
     pr.add_argument("--cond-channels", type=int, default=None, choices=[1, 2],
                     help=f"2: lung + nodule (default); 1: nodule only (always for {PATCH_PROFILE})")
-    pr.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
+    pr.add_argument("--patch-spacing", type=MILLIMETRES, default=None, metavar="MM",
                     help=f"{PATCH_PROFILE}: isotropic cube voxel size in mm (default: the CT's own voxels, as released)")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients in the validation split")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    pr.add_argument("--seed", type=SEED, default=0, help=f"{SEED_HELP} of the patient split")
     pr.add_argument("--progress", default="none", choices=["json", "none"])
     pr.set_defaults(func=_cmd_prepare)
     return parser
@@ -348,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LungDDPMError as exc:
-        print(f"lungddpm: error: {exc}", file=sys.stderr)
-        return 2
+        return user_error(exc)
+    except Exception as exc:  # a bug, not a user mistake: one line here, the traceback saved to a file
+        return internal_error(exc)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 
 from lungddpm.evaluation.backbones import ResNet3D, _infer_architecture, load_backbone, random_backbone
 from lungddpm.demo.demo import DEMO_MODEL
-from lungddpm.generation.export import dataset_folder
+from lungddpm.generation.export import DatasetPaths, dataset_folder
 from lungddpm.evaluation.distances import fid, frechet_distance, mmd
 from lungddpm.errors import CheckpointError
 from lungddpm.evaluation.paired import lung_masked_mse, nodule_adherence, paired_metrics, spurious_blobs
@@ -186,14 +186,20 @@ def test_wrong_backbone_files_get_clear_errors(tmp_path):
         load_backbone(text)
 
 
-def test_evaluate_command_writes_a_report(tmp_path):
+def _generated(tmp_path: Path, cases: int) -> DatasetPaths:
+    """A data set made by generate from small phantoms c0, c1, ... (demo model, 2 solver steps, one nodule each)."""
     refs = tmp_path / "refs"
-    for n in range(2):
+    for n in range(cases):
         write_volume(make_phantom(phantom_grid(size=(80, 80, 48), spacing=(4.5, 4.5, 5.0)), seed=n).ct, refs / f"c{n}.nii.gz")
     paths = dataset_folder(tmp_path / "out", 505, "Eval")
     generate(read_references(refs), DEMO_MODEL, paths,
              GenerateSettings(variants=1, sampler="dpmpp2m", steps=2, device="cpu", nodules=NoduleRequest(1, (20.0, 25.0))),
              Shard(0, 1), progress="none")
+    return paths
+
+
+def test_evaluate_command_writes_a_report(tmp_path):
+    paths = _generated(tmp_path, 2)
     env = {"PYTHONPATH": str(REPO / "engine"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-m", "lungddpm", "evaluate", str(paths.root), "--output", str(tmp_path / "report"),
                           "--feature-size", "32", "--threads", "1", "--device", "cpu", "--backbone-seed", "5"],
@@ -209,3 +215,32 @@ def test_evaluate_command_writes_a_report(tmp_path):
     assert "| FID |" in page and "random init, seed 5" in page and "| seam_score |" in page
     for name in report["previews"]:
         assert f"![{name}]({name})" in page and (tmp_path / "report" / name).stat().st_size > 1000
+
+
+def test_evaluate_names_damaged_and_missing_cases_and_fails_unless_told_to_skip(tmp_path):
+    paths = _generated(tmp_path, 3)
+    truncated, missing, intact = (f"LUNGSYN_c{n}_v000" for n in range(3))
+    image = paths.image(truncated)
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # cut in the middle of its voxel data
+    paths.label(missing).unlink()
+    before = {p: p.read_bytes() for p in paths.root.rglob("*") if p.is_file()}
+    env = {"PYTHONPATH": str(REPO / "engine"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "lungddpm", "evaluate", str(paths.root), "--output", str(tmp_path / "report"),
+               "--feature-size", "16", "--threads", "1", "--device", "cpu"]
+    res = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lungddpm: error: ") and "Traceback" not in res.stderr
+    assert "2 damaged or missing case(s)" in lines[0] and "--skip-damaged" in lines[0]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    damaged = {d["case"]: d["reason"] for d in report["damaged"]}
+    assert set(damaged) == {truncated, missing} and report["cases"] == 1
+    assert image.name in damaged[truncated] and "truncated" in damaged[truncated]
+    assert paths.label(missing).name in damaged[missing] and "missing" in damaged[missing]
+    assert [row["case"] for row in report["paired"]["cases"]] == [intact]
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "Damaged or missing cases: 2" in page and truncated in page and missing in page
+    skipped = subprocess.run(command + ["--skip-damaged"], capture_output=True, text=True, timeout=300, env=env)
+    assert skipped.returncode == 0 and skipped.stderr == "", skipped.stderr[-2000:]
+    assert json.loads(skipped.stdout)["damaged"] == 2
+    assert {p: p.read_bytes() for p in paths.root.rglob("*") if p.is_file()} == before  # the data set is untouched

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from helpers import rotation
 from lungddpm.errors import InputError
-from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, validate_layout
+from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, require_layout_labels, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import add_nodule, nodule_mask, random_nodules
 from lungddpm.io.volume import Volume, index_to_physical, physical_to_index, resample_like
@@ -185,6 +185,17 @@ def test_validate_layout_rejects_bad_cases() -> None:
             validate_layout(image, labels)
 
 
+def test_layout_labels_refuse_a_ct_and_foreign_labels() -> None:
+    ct, layout = ct_and_layout()
+    assert require_layout_labels(layout).tolist() == [BACKGROUND, LUNG, NODULE]
+    with pytest.raises(InputError, match=r"ct.nrrd holds labels \[-850, 40\] outside .* it looks like an image"):
+        require_layout_labels(ct, "ct.nrrd")
+    odd = layout.with_array(np.where(layout.array == NODULE, 3, layout.array).astype(np.uint8))
+    odd.array[0, 0, 0] = 255
+    with pytest.raises(InputError, match=r"holds labels \[3, 255\] outside \{0 background, 1 lung, 2 nodule\}; relabel"):
+        require_layout_labels(odd)
+
+
 def test_validate_layout_accepts_nodule_touching_lung() -> None:
     ct, layout = ct_and_layout()
     lung = layout.array == LUNG
@@ -250,6 +261,32 @@ def test_add_nodule_returns_new_layout() -> None:
     with pytest.raises(InputError, match="not inside the lung"):
         add_nodule(layout, (34.0, 0.0, 0.0), 10.0)
     assert np.any(add_nodule(layout, (34.0, 0.0, 0.0), 10.0, require_in_lung=False).array == NODULE)
+
+
+def test_add_nodule_refuses_a_nodule_larger_than_the_lung_or_the_image() -> None:
+    layout = synthetic_layout()  # an ellipsoid lung of semi-axes 30 x 25 x 30 mm: the largest ball inside is ~50 mm,
+    # a little less measured between voxel centres (2 mm slices)
+    assert np.any(add_nodule(layout, (0.0, 0.0, 0.0), 45.0).array == NODULE)
+    with pytest.raises(InputError, match=r"diameter 60 mm is larger than the largest ball that fits in the lung \(4\d.\d mm\)"):
+        add_nodule(layout, (0.0, 0.0, 0.0), 60.0)
+    extent = min(np.multiply(layout.array.shape[::-1], layout.spacing))  # 76.8 mm
+    assert np.any(add_nodule(layout, (0.0, 0.0, 0.0), 60.0, require_in_lung=False).array == NODULE)
+    with pytest.raises(InputError, match="larger than the image's smallest extent"):
+        add_nodule(layout, (0.0, 0.0, 0.0), extent + 1, require_in_lung=False)
+    for diameter in (0.0, -3.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="diameter"):
+            add_nodule(layout, (0.0, 0.0, 0.0), diameter)
+
+
+def test_random_nodules_take_a_given_irregularity() -> None:
+    layout = synthetic_layout()
+    _, drawn = random_nodules(layout, 3, (4.0, 8.0), seed=5)
+    _, given = random_nodules(layout, 3, (4.0, 8.0), seed=5, irregularity=0.8)
+    assert [s["irregularity"] for s in given] == [0.8] * 3 and all(s["irregularity"] <= 0.5 for s in drawn)
+    for key in ("diameter_mm", "kind", "seed"):  # the other draws stay those of the same seed
+        assert [s[key] for s in given] == [s[key] for s in drawn]
+    with pytest.raises(InputError, match="irregularity"):
+        random_nodules(layout, 1, seed=5, irregularity=1.5)
 
 
 def test_random_nodules_deterministic_and_inside_lung() -> None:

@@ -75,8 +75,13 @@ def test_truncated_file_is_named(tmp_path, tiny_checkpoint):
 def test_text_file_and_missing_file(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a model")
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="could not be read: it is a text file") as error:
         load_model(text)
+    assert "weights_only" not in str(error.value)  # torch's advice would execute code; never the fix here
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt could not be read: the file is empty"):
+        load_model(empty)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "absent.pt")
 
@@ -133,3 +138,22 @@ def test_device_errors_name_the_alternative():
             resolve_device("cuda")
     with pytest.raises(DeviceError, match="unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("fmt, bad", [("lungddpm", float("nan")), ("released", float("inf"))])
+def test_weights_that_are_not_finite_are_refused_at_load(tmp_path, fmt, bad):
+    model = random_model()
+    path = tmp_path / "diverged.pt"
+    if fmt == "lungddpm":
+        save_checkpoint(path, model)
+        checkpoint, key = torch.load(path, weights_only=True), "out.2.weight"
+    else:
+        checkpoint, key = {"step": 5, "model": released_state_dict(model), "ema": released_state_dict(model)}, "denoise_fn.out.2.weight"
+    broken = checkpoint["ema"][key].clone()  # the file's model and EMA weights share storage
+    broken.view(-1)[:4] = bad
+    checkpoint["ema"][key] = broken
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"diverged.pt: 4 weight values in 1 tensor\(s\) are NaN or infinite "
+                                              r"\(e.g. out.2.weight\)"):
+        load_model(path)
+    load_model(path, weights="model")  # the file's other weights are finite

@@ -35,6 +35,9 @@ def test_network_passes_and_refusals():
         network_passes("ddim", 3, 8, variant="released")
     with pytest.raises(ConfigError, match="choose one of"):
         network_passes("euler", 3, 8)
+    for steps in (0, -1):  # not "the default": a count of passes below one is a mistake
+        with pytest.raises(ConfigError, match=f"steps={steps} \\(--steps\\): give at least 1"):
+            network_passes("dpmpp2m", steps, 250)
 
 
 def test_sample_batches_gives_each_sample_its_own_seed_and_one_progress_scale(one_thread):

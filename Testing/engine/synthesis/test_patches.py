@@ -14,7 +14,7 @@ from lungddpm import ConfigError, InputError, LungDDPM, Volume, load_model, read
 from lungddpm.model.checkpoints import released_state_dict
 from lungddpm.cli import main
 from lungddpm.layout.labels import LUNG, NODULE
-from lungddpm.synthesis.patches import nodule_components, plan_patches
+from lungddpm.synthesis.patches import PatchProfile, nodule_components, plan_patches
 
 
 def patch_model(size: int = 16, seed: int = 0, **overrides) -> LungDDPM:
@@ -104,6 +104,15 @@ def test_cubes_have_their_own_seeds_so_batching_does_not_change_the_result(monke
     assert calls[0] == (0, 4) and calls[-1] == (4, 4)  # two cubes of two passes each, one progress scale
     other = synthesize(reference, layout, model, seed=2, sampler="ddim", steps=2, device="cpu").image.array
     assert np.abs(together - other).max() > 1.0
+
+
+def test_a_seed_too_large_for_the_cube_seeds_is_refused():
+    profile = PatchProfile()
+    assert profile.sample_seeds(3, 2) == [3 * 1_000_003, 3 * 1_000_003 + 1]
+    largest = (2**64 - 2) // 1_000_003
+    assert profile.sample_seeds(largest, 2)[-1] < 2**64  # torch.Generator takes it
+    with pytest.raises(ConfigError, match=f"seed {largest + 1} .*too large for a Lung-DDPM\\+ patch model.*up to {largest}"):
+        profile.sample_seeds(largest + 1, 2)
 
 
 def test_released_lung_ddpm_plus_checkpoint_loads_as_a_patch_model(tmp_path):

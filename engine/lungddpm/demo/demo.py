@@ -13,8 +13,9 @@ from lungddpm.layout.nodules import random_nodules
 from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.runtime.preview import slice_panels, write_png
 from lungddpm.runtime.progress import Progress
-from lungddpm.synthesis.synthesize import synthesize, write_result
 from lungddpm.io.atomic import outputs_together
+from lungddpm.io.outputs import check_output_folder
+from lungddpm.synthesis.synthesize import output_bytes, synthesize, write_result
 from lungddpm.io.volume import Volume, write_volume
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo-native-32.pt"
@@ -33,6 +34,9 @@ def run_demo(output: Path, *, seed: int = 0, device: str = "auto", progress: str
     """Make a phantom, its automatic lung mask and random nodules, synthesise, write files and a PNG (all or none)."""
     start = time.perf_counter()
     reference, layout, nodules = demo_case(seed)
+    # the reference and its layout, then the synthetic CT and its labels (write_result)
+    check_output_folder(output, protect=(model,),
+                        needed_bytes=reference.array.nbytes + layout.array.size + output_bytes(reference))
     result = synthesize(reference, layout, model, seed=seed, device=device, progress=Progress(progress))
     with outputs_together():
         ref_path = write_volume(reference, output / "reference.nrrd", metadata={"descrip": "procedural phantom (not a patient)"})

@@ -10,16 +10,21 @@ import torch
 
 from lungddpm import __version__
 from lungddpm.evaluation.backbones import BackboneInfo
+from lungddpm.errors import InputError
+from lungddpm.evaluation.features import DEFAULT_FEATURE_SIZE, check_feature_size
+from lungddpm.evaluation.paired import (BLOB_MARGIN_MM, BLOB_MIN_VOLUME_MM3, SOFT_TISSUE_HU, case_volumes, distribution_metrics,
+                                        paired_metrics, summarize)
 from lungddpm.generation.export import DatasetPaths, read_provenance
-from lungddpm.evaluation.paired import (BLOB_MARGIN_MM, BLOB_MIN_VOLUME_MM3, SOFT_TISSUE_HU, distribution_metrics, iter_cases, paired_metrics, summarize)
-from lungddpm.evaluation.features import DEFAULT_FEATURE_SIZE
+from lungddpm.io.atomic import outputs_together, write_text
+from lungddpm.io.outputs import check_output_folder
+from lungddpm.io.volume import Volume, read_volume
 from lungddpm.layout.labels import NODULE
 from lungddpm.runtime.preview import slice_panels, write_png
 from lungddpm.synthesis.profiles import NATIVE_HU_WINDOW
-from lungddpm.io.atomic import outputs_together, write_text
-from lungddpm.io.volume import read_volume
 
 PAIRED_COLUMNS = ("mse_model", "mse_hu2", "seam_score", "nodule_adherence", "spurious_blobs")
+REPORT_BYTES = 1 << 20  # report.json and report.md: well below 1 MiB for thousands of cases
+PREVIEW_BYTES = 4 << 20  # one preview PNG: two RGB panels of a CT's largest slices, at most a few MiB
 
 
 def evaluate_dataset(paths: DatasetPaths, output: Path, backbone: torch.nn.Module, info: BackboneInfo, *,
@@ -28,28 +33,44 @@ def evaluate_dataset(paths: DatasetPaths, output: Path, backbone: torch.nn.Modul
     """Paired metrics of every case, FID/MMD of real vs synthetic, preview PNGs; writes report.json and report.md.
 
     The PNGs and both reports are written together at the end: an interrupted evaluation leaves none of them.
+    A damaged or missing case (an unreadable or missing file, its reference gone) is left out of every metric and
+    listed in report["damaged"] with the reason; the caller decides whether that is an error.
     """
-    rows, panels = [], {}
-    for record, synthetic, reference, layout in iter_cases(paths):
-        rows.append({"case": record["case"], "reference_id": record["reference_id"],
-                     **paired_metrics(synthetic, reference, layout, soft_tissue_hu=soft_tissue_hu)})
+    check_feature_size(feature_size)
+    records = read_provenance(paths, finished_only=False)
+    if not records:
+        raise InputError(f"{paths.root} holds no finished cases (provenance/*.json); give a folder made by lungddpm generate")
+    gone = [str(p) for p in real or () if not Path(p).exists()]
+    if gone:
+        raise InputError(f"the real set's images {gone[:3]} do not exist; fix the --real list")
+    check_output_folder(output, protect=(paths.root,), needed_bytes=REPORT_BYTES + previews * PREVIEW_BYTES)
+    rows, panels, evaluated, damaged = [], {}, [], []
+    references: dict[str, Volume] = {}  # the last reference read (see case_volumes)
+    for record in records:
+        try:
+            synthetic, reference, layout = case_volumes(paths, record, references)
+            metrics = paired_metrics(synthetic, reference, layout, soft_tissue_hu=soft_tissue_hu)
+        except InputError as error:
+            damaged.append({"case": record["case"], "reason": str(error)})
+            continue
+        evaluated.append(record)
+        rows.append({"case": record["case"], "reference_id": record["reference_id"], **metrics})
         if len(panels) < previews:
             panels[f"{record['case']}.png"] = slice_panels([reference, synthetic], layout, focus_label=NODULE)
-    records = read_provenance(paths)
-    real_paths = real or sorted({Path(r["reference_path"]) for r in records})
-    synthetic_paths = [paths.root / r["image"] for r in records]
+    real_paths = real or sorted({Path(r["reference_path"]) for r in evaluated})
+    synthetic_paths = [paths.root / r["image"] for r in evaluated]
     distribution = distribution_metrics((read_volume(p) for p in real_paths), (read_volume(p) for p in synthetic_paths),
                                         backbone, info, size=feature_size, device=device)
     distribution["real_set"] = "given list" if real else "the references of the data set"
     report = {
         "dataset": paths.root.name, "lungddpm_version": __version__, "cases": len(rows),
-        "models": sorted({f"{r['model']} sha256 {r['model_sha256']}" for r in records}),
-        "samplers": sorted({f"{r['sampler']} {r['steps']} steps" for r in records}),
+        "models": sorted({f"{r['model']} sha256 {r['model_sha256']}" for r in evaluated}),
+        "samplers": sorted({f"{r['sampler']} {r['steps']} steps" for r in evaluated}),
         "settings": {"mse_region": "layout >= 1 (lung and nodules)", "mse_model_window_hu": list(NATIVE_HU_WINDOW),
                      "soft_tissue_hu": list(soft_tissue_hu), "blob_margin_mm": BLOB_MARGIN_MM,
                      "blob_min_volume_mm3": BLOB_MIN_VOLUME_MM3},
         "paired": {"summary": summarize([{k: r[k] for k in PAIRED_COLUMNS} for r in rows]), "cases": rows},
-        "distribution": distribution, "previews": list(panels),
+        "distribution": distribution, "previews": list(panels), "damaged": damaged,
     }
     with outputs_together():
         for name, rgb in panels.items():
@@ -77,6 +98,14 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _damaged_section(damaged: list[dict]) -> list[str]:
+    """The Markdown lines naming the cases left out, with their reasons (none when every case was evaluated)."""
+    if not damaged:
+        return []
+    return [f"## Damaged or missing cases: {len(damaged)}, left out of every metric", "", "| case | reason |", "|---|---|",
+            *[f"| {d['case']} | {d['reason'].replace('|', '/')} |" for d in damaged], ""]
+
+
 def markdown(report: dict) -> str:
     """The report as a Markdown page: provenance, summary and per-case tables, distribution metrics, images."""
     s = report["settings"]
@@ -85,6 +114,7 @@ def markdown(report: dict) -> str:
         f"# Fidelity report: {report['dataset']} (SYNTHETIC data)", "",
         f"{report['cases']} synthetic cases; lungddpm {report['lungddpm_version']}; model(s): {', '.join(report['models'])}; "
         f"sampler(s): {', '.join(report['samplers'])}.", "",
+        *_damaged_section(report["damaged"]),
         "## Paired metrics (synthetic vs its reference)", "",
         f"- MSE over the lung region ({s['mse_region']}), in model space (HU window {s['mse_model_window_hu']} → [−1, 1]) and in HU².",
         "- Seam score: mean |∇HU| across the lung border, synthetic over reference (1 = no seam).",

@@ -8,10 +8,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from lungddpm.errors import ConfigError
 from lungddpm.synthesis.profiles import NATIVE_HU_WINDOW, PAD_HU, released_grid
 from lungddpm.io.volume import Volume
 
 DEFAULT_FEATURE_SIZE = 64  # voxels per side of the cube a volume is resized to before the backbone
+MIN_FEATURE_SIZE = 8  # the ResNet's stem and layer2 shrink the cube 8-fold: smaller cubes leave under one voxel
+
+
+def check_feature_size(size: int) -> int:
+    """The feature cube size itself, or ConfigError when it is below MIN_FEATURE_SIZE."""
+    if size < MIN_FEATURE_SIZE:
+        raise ConfigError(f"feature size {size} (--feature-size) is too small: give at least {MIN_FEATURE_SIZE} voxels "
+                          f"per side (default {DEFAULT_FEATURE_SIZE})")
+    return size
 
 
 def backbone_input(volume: Volume, size: int = DEFAULT_FEATURE_SIZE, window: tuple[float, float] = NATIVE_HU_WINDOW) -> torch.Tensor:

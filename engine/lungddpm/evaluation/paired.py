@@ -16,7 +16,7 @@ Distribution metrics (a real set vs a synthetic set): FID and MMD on the pooled 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from lungddpm.evaluation.backbones import BackboneInfo
-from lungddpm.generation.export import DatasetPaths, read_provenance
+from lungddpm.generation.export import DatasetPaths
 from lungddpm.evaluation.distances import fid, mmd
 from lungddpm.errors import InputError
 from lungddpm.evaluation.features import DEFAULT_FEATURE_SIZE, extract_features
@@ -125,17 +125,25 @@ def distribution_metrics(real: Iterable[Volume], synthetic: Iterable[Volume], ba
     return result
 
 
-def iter_cases(paths: DatasetPaths) -> Iterator[tuple[dict, Volume, Volume, Volume]]:
-    """(provenance, synthetic, reference, layout) of each finished case of a generated data set, one at a time."""
-    records = read_provenance(paths)
-    if not records:
-        raise InputError(f"{paths.root} holds no finished cases (provenance/*.json); give a folder made by lungddpm generate")
-    cached: tuple[str, Volume] | None = None  # cases are sorted by name, so a reference's variants come together
-    for r in records:
-        ref_path = Path(r["reference_path"])
-        if cached is None or cached[0] != r["reference_id"]:
-            if not ref_path.exists():
-                raise InputError(f"case {r['case']}: its reference {ref_path} is gone; restore it to compute paired metrics")
-            cached = (r["reference_id"], read_volume(ref_path))
-        layout = read_volume(paths.root / (r.get("layout_file") or r["label"]))
-        yield r, read_volume(paths.root / r["image"]), cached[1], layout
+def case_volumes(paths: DatasetPaths, record: dict, references: dict[str, Volume]) -> tuple[Volume, Volume, Volume]:
+    """(synthetic, reference, layout) of one case of a generated data set on one grid, or InputError naming the file.
+
+    ``references`` holds the last reference read (cases are sorted by name, so a reference's variants come together).
+    """
+    files = {role: paths.root / record[key] for role, key in (("image", "image"), ("label", "label"), ("layout", "layout_file"))
+             if record.get(key)}
+    for role, file in files.items():
+        if not file.is_file():
+            raise InputError(f"its {role} file {file} is missing; run lungddpm generate again to remake the case")
+    ref_path = Path(record["reference_path"])
+    if record["reference_id"] not in references:
+        if not ref_path.exists():
+            raise InputError(f"its reference {ref_path} is gone; restore it to compute paired metrics")
+        references.clear()
+        references[record["reference_id"]] = read_volume(ref_path)
+    reference = references[record["reference_id"]]
+    volumes = {role: read_volume(files[role]) for role in ("image", "layout" if "layout" in files else "label")}
+    for role, volume in volumes.items():
+        require_same_grid(reference, volume, names=(str(ref_path), str(files[role])))
+    synthetic, layout = volumes.values()
+    return synthetic, reference, layout

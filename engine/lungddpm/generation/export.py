@@ -109,13 +109,13 @@ def _label_text(label_set: str) -> str:
     return ", ".join(f"{v} {k}" for k, v in LABEL_SETS[label_set].items())
 
 
-def read_provenance(paths: DatasetPaths) -> list[dict]:
-    """The provenance records of every finished case on disk, sorted by case name."""
+def read_provenance(paths: DatasetPaths, *, finished_only: bool = True) -> list[dict]:
+    """The provenance records on disk, sorted by case name: of the finished cases (image and label there), or all."""
     folder = paths.root / "provenance"
     records = []
     for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         case = file.stem
-        if not paths.is_done(case):
+        if finished_only and not paths.is_done(case):
             continue
         try:
             records.append(json.loads(file.read_text(encoding="utf-8")))

@@ -29,6 +29,7 @@ from lungddpm.runtime.progress import BatchProgress
 from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
 from lungddpm.synthesis.synthesize import synthesize
 from lungddpm.io.atomic import is_temporary
+from lungddpm.io.outputs import check_output_folder, image_bytes
 from lungddpm.io.volume import READABLE_SUFFIXES, Volume, read_volume
 
 LAYOUT_SUFFIX = "_layout"  # in a folder of references, <id>_layout.<ext> is the layout of <id>.<ext>
@@ -148,8 +149,8 @@ class _CaseMaker:
         self.settings = settings
         self._cached: tuple[str, Volume, Volume] | None = None  # (id, reference, base layout) of the last reference
 
-    def inputs(self, item: WorkItem) -> tuple[Volume, Volume, dict]:
-        """The reference, the case's layout and how the layout was made."""
+    def inputs(self, item: WorkItem) -> tuple[Volume, Volume, dict, str]:
+        """The reference, the case's layout, how the layout was made, and its name for messages."""
         ref = self.refs[item.reference_id]
         if self._cached is None or self._cached[0] != ref.id:
             image = read_volume(ref.image)
@@ -158,6 +159,7 @@ class _CaseMaker:
         req = self.settings.nodules
         source = "file" if ref.layout else "lung_mask"
         info: dict = {"layout_source": source, "layout_path": str(ref.layout) if ref.layout else None, "nodules": []}
+        layout_name = str(ref.layout) if ref.layout else f"the automatic lung mask of {ref.image}"
         if req is not None and req.count > 0:
             try:
                 base, specs = random_nodules(base, req.count, req.diameter_range_mm, kinds=req.kinds, seed=item.seed)
@@ -165,7 +167,7 @@ class _CaseMaker:
                 raise InputError(f"{item.case}: {exc}") from None
             info["layout_source"] = source + "+random_nodules"
             info["nodules"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()} for s in specs]
-        return image, base, info
+        return image, base, info, layout_name
 
 
 def _record(item: WorkItem, ref: Reference, paths: DatasetPaths, settings: GenerateSettings, info: dict,
@@ -208,6 +210,14 @@ def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sh
     return want
 
 
+def _planned_bytes(items: list[WorkItem], refs: dict[str, Reference], settings: GenerateSettings) -> int:
+    """The most bytes the cases will write: per case its image in the reference's pixel type, and uint8 labels
+    (and layout), each at most the image's size."""
+    files_per_case = 2 if settings.label_set == "layout" else 3
+    sizes = {ref_id: image_bytes(refs[ref_id].image) for ref_id in {item.reference_id for item in items}}
+    return sum(files_per_case * sizes[item.reference_id] for item in items)
+
+
 def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths, settings: GenerateSettings,
              shard: Shard, *, progress: str = "bar") -> dict:
     """Make this rank's share of the cases (skipping finished ones); finalize the data set when all exist."""
@@ -220,6 +230,8 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     protect = tuple(p for r in refs for p in (r.image, r.layout) if p) + (Path(model_path),)
     if not Path(model_path).is_file():
         raise CheckpointError(f"model {model_path} does not exist or is not a file; give a checkpoint path or 'demo'")
+    todo = [item for item in mine if not paths.is_done(item.case)]
+    check_output_folder(paths.root, protect=protect, needed_bytes=_planned_bytes(todo, by_id, settings))
     model_sha256 = file_sha256(model_path)
     maker = _CaseMaker(by_id, settings)
     report = BatchProgress(progress, shard.rank, shard.world_size)
@@ -235,12 +247,12 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
         else:
             if model is None:
                 model = load_model(model_path, device=shard_device(settings.device, shard))
-            image, layout, info = maker.inputs(item)
+            image, layout, info, layout_name = maker.inputs(item)
             result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
-                                steps=settings.requested_steps,
-                                device=str(model.device), variant=settings.aas_variant)
+                                steps=settings.requested_steps, device=str(model.device), variant=settings.aas_variant,
+                                reference_name=str(ref.image), layout_name=layout_name)
             record = _record(item, ref, paths, settings, info, result.metadata, shard)
-            result.metadata.update({"case": item.case, "reference": ref.image.name})
+            result.metadata["case"] = item.case
             write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
             made += 1
         done_total = sum(paths.is_done(i.case) for i in items)

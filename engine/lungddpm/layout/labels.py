@@ -30,6 +30,8 @@ CT_MAX_ABOVE_HU = 0.0
 # A nodule must lie in the lung or within this distance of it (hand-drawn and thresholded labels leave
 # fragments a voxel or two outside the lung label; a nodule placed in the heart is centimetres away).
 NODULE_LUNG_TOLERANCE_MM = 5.0
+# A label image with more foreign values than this, or negative ones, is an intensity image (a CT) given as a layout.
+MAX_FOREIGN_LABELS = 10
 
 
 def compose_layout(lung: Volume, nodules: Volume | None) -> Volume:
@@ -58,15 +60,22 @@ def validate_layout(ct: Volume, layout: Volume, *, ct_name: str = "reference", l
     """Raise InputError unless the layout fits the CT: same grid, labels 0/1/2, lungs, nodules in or at the lung."""
     require_same_grid(ct, layout, names=(ct_name, layout_name))
     require_ct_like(ct, ct_name)
+    if NODULE in require_layout_labels(layout, layout_name):
+        _require_nodules_at_lung(layout, layout_name)
+
+
+def require_layout_labels(layout: Volume, layout_name: str = "layout") -> np.ndarray:
+    """The label values of a layout, or InputError for values outside 0/1/2 (e.g. a CT given as the layout) or no lung."""
     labels = np.unique(layout.array)
     unknown = [value for value in labels.tolist() if value not in LABELS]
     if unknown:
-        raise InputError(f"{layout_name} holds labels {unknown} outside {{0 background, 1 lung, 2 nodule}}; "
-                         f"relabel it")
+        shown = f"{unknown[:5]}"[:-1] + (", ...]" if len(unknown) > 5 else "]")
+        fix = ("it looks like an image, not a layout: give a label image (`lungddpm lung-mask CT` makes one)"
+               if len(unknown) > MAX_FOREIGN_LABELS or min(unknown) < 0 else "relabel it")
+        raise InputError(f"{layout_name} holds labels {shown} outside {{0 background, 1 lung, 2 nodule}}; {fix}")
     if LUNG not in labels:
         raise InputError(f"{layout_name} has no lung voxels (label {LUNG}); add a lung mask (e.g. lung_mask)")
-    if NODULE in labels:
-        _require_nodules_at_lung(layout, layout_name)
+    return labels
 
 
 def _require_nodules_at_lung(layout: Volume, layout_name: str) -> None:

@@ -16,6 +16,8 @@ NODULE_KINDS = ("solid", "part-solid", "ground-glass")
 # Lobulation: the radius varies by up to this fraction of itself at irregularity 1.
 LOBULATION_AMPLITUDE = 0.35
 LOBULATION_DEGREES = (2, 4, 6)
+RANDOM_DIAMETERS_MM = (4.0, 20.0)  # default diameter range of random nodules
+RANDOM_IRREGULARITY = (0.0, 0.5)  # random nodules' irregularity is drawn from this range unless one is given
 
 
 def _check_nodule_parameters(diameter_mm: float, kind: str, irregularity: float) -> None:
@@ -85,7 +87,32 @@ def _voxel_at(grid: Volume, point_lps_mm: Sequence[float]) -> tuple[int, int, in
 
 def add_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: float, *, kind: str = "solid",
                irregularity: float = 0.0, seed: int = 0, require_in_lung: bool = True) -> Volume:
-    """A new layout with a nodule (label 2) painted at an LPS centre in mm; the input is left unchanged."""
+    """A new layout with a nodule (label 2) painted at an LPS centre in mm; the input is left unchanged.
+
+    Refused (InputError): a centre outside the image or (with require_in_lung) outside the lung, and a nodule
+    wider than the largest ball that fits in the lung (labels 1 and 2), or without require_in_lung, than the image.
+    """
+    _check_nodule_parameters(diameter_mm, kind, irregularity)
+    _require_room(layout, diameter_mm, require_in_lung)
+    return _paint_nodule(layout, center_lps_mm, diameter_mm, kind=kind, irregularity=irregularity, seed=seed,
+                         require_in_lung=require_in_lung)
+
+
+def _require_room(layout: Volume, diameter_mm: float, in_lung: bool) -> None:
+    """Raise InputError for a diameter above the largest ball in the lung region (in_lung) or the image's extent."""
+    if in_lung:
+        depth_mm, _ = _depth_in(layout, layout.array >= LUNG, "lung voxels (labels 1, 2)")
+        largest, inside = 2.0 * float(depth_mm.max()), "the largest ball that fits in the lung"
+    else:
+        largest, inside = float(min(np.multiply(layout.array.shape[::-1], layout.spacing))), "the image's smallest extent"
+    if diameter_mm > largest:
+        raise InputError(f"nodule diameter {diameter_mm:g} mm is larger than {inside} ({largest:.1f} mm); give a "
+                         f"diameter up to {largest:.1f} mm")
+
+
+def _paint_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: float, *, kind: str,
+                  irregularity: float, seed: int, require_in_lung: bool) -> Volume:
+    """add_nodule without the room check (random_nodules keeps its nodules clear of the lung's border itself)."""
     voxel = _voxel_at(layout, center_lps_mm)
     if voxel is None:
         raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm lies outside the layout image; "
@@ -98,21 +125,25 @@ def add_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: floa
     return layout.with_array(painted)
 
 
-def random_nodules(layout: Volume, count: int, diameter_range_mm: tuple[float, float] = (4.0, 20.0), *,
-                   kinds: Sequence[str] = ("solid",), seed: int = 0) -> tuple[Volume, list[dict]]:
-    """Add `count` random, non-overlapping nodules lying inside the lung; deterministic for a seed."""
+def random_nodules(layout: Volume, count: int, diameter_range_mm: tuple[float, float] = RANDOM_DIAMETERS_MM, *,
+                   kinds: Sequence[str] = ("solid",), seed: int = 0,
+                   irregularity: float | None = None) -> tuple[Volume, list[dict]]:
+    """Add `count` random, non-overlapping nodules lying inside the lung; deterministic for a seed.
+
+    ``irregularity``: every nodule's (0 round .. 1 lobulated); None: each one's drawn from RANDOM_IRREGULARITY.
+    """
     low, high = diameter_range_mm
     if count < 0 or not 0 < low <= high:
-        raise InputError(f"random_nodules needs count >= 0 and 0 < min <= max diameter; got count={count}, "
-                         f"diameter_range_mm={diameter_range_mm}")
+        raise InputError(f"random nodules need count >= 0 and 0 < min <= max diameter (--random, --diameter-range); "
+                         f"got count={count}, diameter_range_mm={diameter_range_mm}")
     for kind in kinds:
-        _check_nodule_parameters(low, kind, 0.0)
+        _check_nodule_parameters(low, kind, irregularity or 0.0)
     rng = np.random.default_rng(seed)
-    depth_mm, voxels = _lung_depth(layout)
+    depth_mm, voxels = _depth_in(layout, layout.array == LUNG, f"free lung voxels (label {LUNG}) to place nodules in")
     centres = index_to_physical(layout, voxels[:, ::-1])
     specs: list[dict] = []
     for _ in range(count):
-        spec = _draw_nodule(rng, (low, high), kinds)
+        spec = _draw_nodule(rng, (low, high), kinds, irregularity)
         clearance = _max_radius_mm(spec["diameter_mm"], spec["irregularity"])
         free = depth_mm >= clearance
         for other in specs:
@@ -125,26 +156,30 @@ def random_nodules(layout: Volume, count: int, diameter_range_mm: tuple[float, f
         specs.append(spec)
     painted = layout
     for spec in specs:
-        painted = add_nodule(painted, spec["center_lps_mm"], spec["diameter_mm"], kind=spec["kind"],
-                             irregularity=spec["irregularity"], seed=spec["seed"])
+        painted = _paint_nodule(painted, spec["center_lps_mm"], spec["diameter_mm"], kind=spec["kind"],
+                                irregularity=spec["irregularity"], seed=spec["seed"], require_in_lung=True)
     return painted, specs
 
 
-def _draw_nodule(rng: np.random.Generator, diameter_range_mm: tuple[float, float], kinds: Sequence[str]) -> dict:
-    """Draw a nodule's diameter, kind, irregularity and shape seed (its centre is chosen afterwards)."""
-    return {
+def _draw_nodule(rng: np.random.Generator, diameter_range_mm: tuple[float, float], kinds: Sequence[str],
+                 irregularity: float | None) -> dict:
+    """Draw a nodule's diameter, kind, irregularity (unless given) and shape seed (its centre is chosen afterwards)."""
+    spec = {
         "diameter_mm": float(rng.uniform(*diameter_range_mm)),
         "kind": str(kinds[rng.integers(len(kinds))]),
-        "irregularity": float(rng.uniform(0.0, 0.5)),
+        "irregularity": float(rng.uniform(*RANDOM_IRREGULARITY)),  # drawn even when given: later draws stay the same
         "seed": int(rng.integers(2**31)),
     }
+    if irregularity is not None:
+        spec["irregularity"] = float(irregularity)
+    return spec
 
 
-def _lung_depth(layout: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Distance in mm from each free lung voxel (label 1) to the nearest non-lung voxel, and their (k, j, i)."""
-    lung = mask_image(layout.array == LUNG, layout)
-    depth = sitk.SignedMaurerDistanceMap(lung, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
-    voxels = np.argwhere(layout.array == LUNG)
+def _depth_in(layout: Volume, region: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Distance in mm from each voxel of a region to the nearest voxel outside it, and their (k, j, i)."""
+    voxels = np.argwhere(region)
     if voxels.size == 0:
-        raise InputError(f"the layout has no free lung voxels (label {LUNG}) to place nodules in; add a lung mask")
+        raise InputError(f"the layout has no {what}; add a lung mask")
+    depth = sitk.SignedMaurerDistanceMap(mask_image(region, layout), insideIsPositive=True, squaredDistance=False,
+                                         useImageSpacing=True)
     return sitk.GetArrayFromImage(depth)[tuple(voxels.T)], voxels

@@ -62,19 +62,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on foreign or damaged files
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"checkpoint {path} holds Python objects other than tensors and plain containers; it is refused "
                 "because loading it would execute code. Use a released Lung-DDPM file or one written by lungddpm"
             ) from None
+        # torch's own text would advise weights_only=False, which is never the fix here
         raise CheckpointError(
-            f"checkpoint {path} could not be read as a PyTorch file (truncated download or not a model file?): "
-            f"{first_line}. Download it again and compare its SHA-256"
+            f"checkpoint {path} could not be read: {_unreadable_reason(path)}; give a released Lung-DDPM or lungddpm "
+            "model file (a damaged download: download it again and compare its SHA-256)"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict; it is not a Lung-DDPM model file")
     return obj
+
+
+def _unreadable_reason(path: Path) -> str:
+    """What a file that torch.load refused looks like: empty, text, a damaged PyTorch file, or something else."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "it is a truncated or damaged PyTorch file"
+    if all(c.isprintable() or c in "\t\n\r" for c in head.decode("utf-8", "replace")):
+        return "it is a text file, not a model"
+    return "it is not a PyTorch file"
 
 
 def _strip_module_prefix(sd: StateDict) -> StateDict:
@@ -169,6 +182,16 @@ def _load_weights(model: LungDDPM, weights: StateDict, source: str) -> None:
     model.denoise_fn.load_state_dict(weights)
 
 
+def _require_finite(weights: StateDict, source: str) -> None:
+    """Raise CheckpointError when weights hold NaN or infinite values (a diverged training run or a damaged file)."""
+    bad = {name: int((~torch.isfinite(w)).sum()) for name, w in weights.items() if w.is_floating_point()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        raise CheckpointError(f"{source}: {sum(bad.values())} weight values in {len(bad)} tensor(s) are NaN or infinite "
+                              f"(e.g. {next(iter(bad))}): the training diverged or the file is damaged; use another "
+                              "checkpoint")
+
+
 def _check_expected(config: ModelConfig, expect: dict[str, Any] | None, source: str) -> None:
     """Raise CheckpointError when a requested configuration value differs from the file's."""
     for key, want in (expect or {}).items():
@@ -212,6 +235,7 @@ def load_model(
             f"({{'step', 'model', 'ema'}} GaussianDiffusion state dicts) or a lungddpm file; "
             f"found top-level keys {sorted(map(str, obj))[:8]}"
         )
+    _require_finite(unet, source)
     config.attention = attention
     config.validate()
     _check_expected(config, expect, source)

@@ -21,13 +21,16 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
+        index_text = name.split(":", 1)[1] if ":" in name else "0"
+        if name[4:5] not in ("", ":") or not index_text.isdigit():
+            raise DeviceError(f"unknown device {name!r}; use cuda or cuda:N with N a GPU number (0, 1, ...)")
         if not torch.cuda.is_available():
             build = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
             raise DeviceError(
                 f"device {name!r} was requested but no CUDA GPU is usable ({build}); use --device cpu, "
                 "or install a CUDA build of torch that matches your driver"
             )
-        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        index = int(index_text)
         if index >= torch.cuda.device_count():
             raise DeviceError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
         return torch.device("cuda", index)

@@ -18,6 +18,9 @@ DEFAULT_SOLVER_STEPS = 3
 GENERATE_SOLVER_STEPS = 10
 VARIANTS = ("paper", "released")  # AAS noise level of the pasted reference (see sampling.aas)
 X0_CORRECTIONS = ("clamp", "dynamic", "none")  # what the solvers do to each denoised estimate
+# Seeds run from 0 to MAX_SEED: numpy takes no negative seeds, torch.Generator none of 2**64 or above, and a
+# signed 64-bit integer holds every seed of this range.
+MAX_SEED = 2**63 - 1
 
 
 def check_sampler(sampler: str) -> str:
@@ -31,6 +34,8 @@ def network_passes(sampler: str, steps: int | None, timesteps: int, variant: str
                    default_steps: int = DEFAULT_SOLVER_STEPS) -> int:
     """The network passes of one sample (T for ddpm), or ConfigError for a sampler, steps or variant that do not fit."""
     check_sampler(sampler)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps={steps} (--steps): give at least 1 network pass, or omit it for the default")
     if variant not in VARIANTS:
         raise ConfigError(f"unknown AAS variant {variant!r}; choose one of {VARIANTS}")
     if sampler == ANCESTRAL:

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from lungddpm.errors import InputError
+from lungddpm.errors import ConfigError, InputError
 from lungddpm.io.volume import Volume, to_pixel_type
 from lungddpm.layout.sidecar import nodule_components
 from lungddpm.model.config import PATCH_PROFILE, ModelConfig
@@ -160,9 +160,13 @@ def _feather(mask: np.ndarray, reference: Volume, width_mm: float) -> np.ndarray
     return np.clip(1.0 - np.maximum(outside, 0.0) / width_mm, 0.0, 1.0)
 
 
+PATCH_SEED_FACTOR = 1_000_003
+GENERATOR_SEED_LIMIT = 2**64  # torch.Generator seeds lie below this
+
+
 def patch_seed(seed: int, index: int) -> int:
     """The seed of cube `index` of a run with `seed` (each cube has its own generator)."""
-    return int(seed) * 1_000_003 + int(index)
+    return int(seed) * PATCH_SEED_FACTOR + int(index)
 
 
 class PatchProfile:
@@ -186,7 +190,11 @@ class PatchProfile:
                          components)
 
     def sample_seeds(self, seed: int, count: int) -> list[int]:
-        """Each cube has its own generator (see patch_seed)."""
+        """Each cube has its own generator (see patch_seed); ConfigError for a seed too large for the last cube's."""
+        if patch_seed(seed, count - 1) >= GENERATOR_SEED_LIMIT:
+            largest = (GENERATOR_SEED_LIMIT - count) // PATCH_SEED_FACTOR
+            raise ConfigError(f"seed {seed} (--seed) is too large for a Lung-DDPM+ patch model, whose cube seeds are "
+                              f"seed x {PATCH_SEED_FACTOR} + cube; give a seed up to {largest}")
         return [patch_seed(seed, index) for index in range(count)]
 
     def decode_case(self, x0: torch.Tensor, case: CaseSpace, reference: Volume, layout: Volume) -> tuple[Volume, dict[str, str]]:

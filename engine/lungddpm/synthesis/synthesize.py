@@ -39,11 +39,11 @@ class SynthesisResult:
     metadata: dict[str, str]
 
 
-def _as_volume(value: str | Path | Volume) -> tuple[Volume, str]:
-    """A Volume and its path for messages, from a path or a Volume."""
+def _as_volume(value: str | Path | Volume, name: str | None, role: str) -> tuple[Volume, str]:
+    """A Volume and how messages and provenance name it: the name given, else its path, else 'in-memory <role>'."""
     if isinstance(value, Volume):
-        return value, "<in-memory volume>"
-    return read_volume(value), str(value)
+        return value, name or f"in-memory {role}"
+    return read_volume(value), name or str(value)
 
 
 def _as_model(model: str | Path | LungDDPM, device: torch.device) -> LungDDPM:
@@ -67,6 +67,8 @@ def synthesize(
     margin_mm: float | None = None,
     precision: str = "fp32",
     patch_spacing_mm: float | None = None,
+    reference_name: str | None = None,
+    layout_name: str | None = None,
 ) -> SynthesisResult:
     """Synthesise a CT from a reference CT and a layout (0 background, 1 lung, 2 nodule) on its grid.
 
@@ -78,9 +80,10 @@ def synthesize(
     once the model is loaded and the inputs are in model space, then per network pass.
     ``precision``: fp32, or bf16/fp16 autocast of the network. ``patch_spacing_mm`` overrides a patch
     model's cube voxel size (default: the model's; None there means the reference's own voxels).
+    ``reference_name`` / ``layout_name``: the files in-memory Volumes came from, for messages and provenance.
     """
-    ref, ref_name = _as_volume(reference)
-    lay, lay_name = _as_volume(layout)
+    ref, ref_name = _as_volume(reference, reference_name, "reference")
+    lay, lay_name = _as_volume(layout, layout_name, "layout")
     validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
     dev = resolve_device(device)
     net = _as_model(model, dev)
@@ -142,6 +145,11 @@ def planned_outputs(output: str | Path) -> tuple[Path, Path]:
     name = output.name
     ext = ".nii.gz" if name.lower().endswith(".nii.gz") else output.suffix
     return output, output.with_name(name[: len(name) - len(ext)] + "_labels" + ext)
+
+
+def output_bytes(reference: Volume) -> int:
+    """The most bytes write_result writes for a reference: the image in its pixel type plus uint8 labels, uncompressed."""
+    return reference.array.nbytes + reference.array.size
 
 
 def write_result(result: SynthesisResult, output: str | Path, *, protect: tuple[str | Path, ...] = ()) -> tuple[Path, Path]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE, RELEASED_CHANNEL_MULT, ModelConfig
 from lungddpm.errors import ConfigError
+from lungddpm.sampling.options import MAX_SEED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +77,8 @@ class RunConfig:
             raise ConfigError(f"lr {self.lr} must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay {self.ema_decay} must lie in [0, 1)")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed {self.seed} must lie in 0 .. {MAX_SEED} (2**63 - 1)")
 
     def model_config(self) -> ModelConfig:
         """The network + schedule this run builds when it does not start from a checkpoint."""

@@ -52,7 +52,8 @@ from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
 from lungddpm.synthesis.patches import encode_patch, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
 from lungddpm.io.atomic import atomic_output, outputs_together, remove_temporaries, write_text
-from lungddpm.io.volume import Volume, itk_warnings_off, read_volume, refuse_protected, resample_like, write_volume
+from lungddpm.io.outputs import check_output_folder
+from lungddpm.io.volume import Volume, itk_warnings_off, read_volume, resample_like, write_volume
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha")
 MASK_NAMES = ("nodules.nii.gz", "nodules.nii", "nodules.nrrd", "nodules.mha")
@@ -60,6 +61,11 @@ MASK_NAMES = ("nodules.nii.gz", "nodules.nii", "nodules.nrrd", "nodules.mha")
 # blood is 30-60 HU, enhanced blood 150-400 HU.
 CONTRAST_HU = 150.0
 MEDIASTINUM_HU = (-50.0, 600.0)
+MIN_CUBE_SIZE = 8  # the smallest model cube: fewer voxels per side hold no usable anatomy (the demo model has 32)
+# bytes per model-space voxel of one sample: x.npy (float32), ct.nii.gz (float32), layout.nii.gz (uint8), and
+# cond.npy (float16) per layout channel
+SAMPLE_BYTES_PER_VOXEL = 4 + 4 + 1
+COND_BYTES_PER_VOXEL = 2
 
 
 class SkipCase(Exception):
@@ -305,6 +311,9 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
     """
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction {val_fraction} must lie in [0, 1)")
+    if size < MIN_CUBE_SIZE:
+        raise InputError(f"size {size} (--size) is too small: give a model cube of at least {MIN_CUBE_SIZE} voxels per "
+                         "side, e.g. 128 (the released model) or 64 (Lung-DDPM+ cubes)")
     patch = profile == PATCH_PROFILE
     if not patch:
         get_profile(profile)
@@ -313,10 +322,13 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
                          "only; omit --patch-spacing for full-volume profiles")
     cond_channels = default_cond_channels(profile, cond_channels)
     output = Path(output)
-    refuse_protected(output, inputs)
+    sources = discover_cases(inputs)
+    sample_bytes = size**3 * (SAMPLE_BYTES_PER_VOXEL + COND_BYTES_PER_VOXEL * cond_channels)
+    # one sample per case (patch sets: per nodule cube, so this estimate is a lower bound there)
+    check_output_folder(output, protect=inputs, needed_bytes=len(sources) * sample_bytes)
     with outputs_together():  # every file of the prepared set appears at the end, or none does
         samples, skipped, prepared = [], [], 0
-        for done, source in enumerate(discover_cases(inputs), start=1):
+        for done, source in enumerate(sources, start=1):
             folder = output / "cases" / source.case_id
             try:
                 with outputs_together():  # a case that fails half-way leaves none of its files

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from lungddpm.errors import CheckpointError, ConfigError
 from lungddpm.io.atomic import atomic_output, remove_temporaries, write_text
+from lungddpm.io.outputs import check_output_folder
 from lungddpm.model.checkpoints import load_model, read_checkpoint, save_checkpoint
 from lungddpm.model.config import ModelConfig
 from lungddpm.model.lungddpm import LungDDPM
@@ -43,6 +44,11 @@ LATEST = "latest.pt"
 def checkpoint_path(output: str | Path, step: int) -> Path:
     """Where the checkpoint of a step goes."""
     return Path(output) / "checkpoints" / f"step-{step:07d}.pt"
+
+
+def checkpoint_bytes(model: LungDDPM) -> int:
+    """The bytes of one training checkpoint (model, EMA and Adam's two moments, float32); each save writes one more."""
+    return 4 * 4 * sum(p.numel() for p in model.denoise_fn.parameters())
 
 
 def point_latest(path: Path, output: str | Path) -> Path:
@@ -84,6 +90,9 @@ class TrainingRun:
         checkpoint = self._latest_checkpoint() if resume else None
         torch.manual_seed(config.seed)  # identical initial weights in every process
         self.model = self._build_model(checkpoint).to(self.device).train()
+        if ctx.is_main:
+            inputs = (*config.data, *([config.init] if config.init else []))
+            check_output_folder(config.output, protect=inputs, needed_bytes=checkpoint_bytes(self.model))
         self.model.denoise_fn.grad_checkpoint = config.grad_checkpoint
         cases, space = load_cases(config.data, "train")
         check_space(space, self.model.config)
