@@ -1,0 +1,125 @@
+"""The patient's body in a chest CT and the air outside it, found without assuming that the lungs clear the image border.
+
+A tight field of view (a clinical reconstruction, Slicer's Crop Volume) cuts the chest wall, so the lungs touch
+the image border just as the air outside the body does; the border alone cannot tell the two apart. The body's
+envelope can: per axial slice, the convex hull of the body tissue. The air outside the body lies mostly
+outside that hull; a lung lies inside it, up to the thin segment between the cut chest wall and the border.
+So an air region of a slice is outside air when most of it lies outside the hull.
+
+Voxels below PADDING_HU (values such as -2048 or -3024 outside the reconstruction circle) were never measured:
+they are neither air nor tissue, and the reconstruction circle cuts the body like an image border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from lungddpm.io.volume import Volume, mask_image
+from lungddpm.layout.morphology import bin_any, components, dilate1, erode1, slice_components
+
+# The body and the lungs' structure are found on the CT binned to voxels of about this size (integer factors per
+# axis), which keeps a 512 x 512 x 300 CT to seconds; lung boundaries and airways are refined on the full grid.
+WORK_SPACING_MM = 2.0
+# Air and aerated lung are about -1000 to -500 HU, fat about -100, soft tissue 0 to +100; -400 HU separates them
+# even where thick slices blur lung with vessels (partial volume).
+AIR_HU = -400.0
+# Air measures about -1000 HU, with noise rarely below -1200 HU even at low dose; scanners pad the corners outside
+# the reconstruction circle with -1024 (then it is air), -2000, -2048 or -3024 HU.
+PADDING_HU = -1500.0
+# The body is the tissue opened in-plane by one voxel of the binned CT (about 1.5 mm): sheets thinner than about
+# 3 such voxels (blankets, clothing, cables, thin shells of the table) do not shape its envelope; the chest wall,
+# at least 5 mm thick even in children, does.
+BODY_OPENING_AXES = (1, 2)
+# An air region of a slice lying outside the body's hull by at least this fraction of its area is outside air.
+# A lung cut by a straight image border lies wholly inside the hull; one cut by a reconstruction circle pokes out
+# only by the circular segment between the cut chest wall's ends (under a fifth of the lung's area in a slice).
+OUTSIDE_FRACTION = 0.5
+# The hull of each slice is the intersection of half-planes in this many directions: it exceeds the true convex
+# hull by at most r (1 / cos(pi / 64) - 1), 0.3 mm for a body of 250 mm radius.
+HULL_DIRECTIONS = 64
+
+
+@dataclass
+class ChestAir:
+    """A CT oriented to LPS (array axes inferior to superior, anterior to posterior, right to left), binned, and its air.
+
+    `air`, `body` and `outside` are on the binned grid (bins of `factors` voxels, `spacing` mm, both in k, j, i
+    order); `canonical` is the full-resolution LPS-oriented CT.
+    """
+
+    canonical: sitk.Image
+    orientation: str
+    factors: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    air: np.ndarray
+    body: np.ndarray
+    outside: np.ndarray
+
+    def to_input_grid(self, canonical_mask: np.ndarray, ct: Volume) -> Volume:
+        """A uint8 mask on the LPS-oriented full grid, oriented back onto the input CT's grid."""
+        back = sitk.DICOMOrient(mask_image(canonical_mask, self.canonical), self.orientation)
+        return ct.with_array(sitk.GetArrayFromImage(back).astype(np.uint8))
+
+
+def chest_air(ct: Volume) -> ChestAir:
+    """Orient a CT in HU to LPS, bin it to about WORK_SPACING_MM and find its air, its body and the air outside it."""
+    image = ct.to_sitk()
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    canonical = sitk.DICOMOrient(image, "LPS")
+    factors = tuple(max(1, round(WORK_SPACING_MM / s)) for s in canonical.GetSpacing())[::-1]
+    coarse = sitk.BinShrink(canonical, factors[::-1])
+    padding = bin_any(sitk.GetArrayViewFromImage(canonical) < PADDING_HU, factors)
+    air = is_air(sitk.GetArrayViewFromImage(coarse)) & ~padding
+    body = body_mask(~air & ~padding)
+    return ChestAir(canonical, orientation, factors, coarse.GetSpacing()[::-1], air, body, outside_air(air, body))
+
+
+def is_air(hu: np.ndarray) -> np.ndarray:
+    """Air (and aerated lung): measured voxels below AIR_HU, padding excluded."""
+    return (hu < AIR_HU) & (hu >= PADDING_HU)
+
+
+def body_mask(tissue: np.ndarray) -> np.ndarray:
+    """The body: the largest component of the (binned) tissue after an in-plane opening by one voxel."""
+    opened = dilate1(erode1(tissue, BODY_OPENING_AXES), BODY_OPENING_AXES)
+    labels, sizes = components(opened)
+    return labels == 1 if sizes.size else opened
+
+
+def slice_hulls(mask: np.ndarray) -> np.ndarray:
+    """The convex hull of each axial slice of a mask (HULL_DIRECTIONS half-planes), as a mask of the same shape."""
+    hull = np.zeros(mask.shape, bool)
+    filled = mask.any(axis=(1, 2))
+    if not filled.any():
+        return hull
+    slices = mask[filled]
+    columns = slices.shape[2]
+    present = slices.any(axis=2)
+    first = np.where(present, np.argmax(slices, axis=2), np.nan)  # a hull's extreme points are ends of rows
+    last = np.where(present, columns - 1 - np.argmax(slices[:, :, ::-1], axis=2), np.nan)
+    angles = 2.0 * np.pi * (np.arange(HULL_DIRECTIONS) + 0.5) / HULL_DIRECTIONS  # never exactly along an axis
+    cos, sin = np.cos(angles), np.sin(angles)
+    j = np.arange(slices.shape[1], dtype=float)[:, None]
+    reach = np.fmax(np.nanmax(first[..., None] * cos + j * sin, axis=1),
+                    np.nanmax(last[..., None] * cos + j * sin, axis=1))  # (slices, directions)
+    # Half-plane i cos + j sin <= reach, per row j: an upper bound on i where cos > 0, a lower bound where cos < 0.
+    bound = (reach[:, None, :] - j * sin) / cos  # (slices, rows, directions)
+    upper = np.min(np.where(cos > 0, bound, np.inf), axis=2)
+    lower = np.max(np.where(cos < 0, bound, -np.inf), axis=2)
+    i = np.arange(columns)
+    hull[filled] = (i >= lower[..., None] - 1e-6) & (i <= upper[..., None] + 1e-6)
+    return hull
+
+
+def outside_air(air: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """The air outside the body: each face-connected air region of a slice lying mostly outside the body's hull."""
+    regions = slice_components(air)
+    outside_hull = air & ~slice_hulls(body)
+    area = np.bincount(regions.ravel())
+    area_out = np.bincount(regions[outside_hull], minlength=area.size)
+    outside = area_out >= OUTSIDE_FRACTION * area
+    outside[0] = False
+    return outside[regions]
