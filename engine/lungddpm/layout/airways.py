@@ -14,8 +14,9 @@ import SimpleITK as sitk
 from lungddpm.layout.body import is_air
 from lungddpm.layout.morphology import bounding_box, upsample, with_spacing
 
-# The trachea in an axial slice: a round air region of 0.5 to 6 cm^2 (8 to 28 mm across) near the mid-line.
-TRACHEA_AREA_MM2 = (50.0, 600.0)
+# The trachea in an axial slice: a round air region of 0.2 to 6 cm^2 (5 mm across in infants, 28 mm in adults)
+# near the mid-line.
+TRACHEA_AREA_MM2 = (20.0, 600.0)
 TRACHEA_MIN_ROUNDNESS = 0.8
 TRACHEA_MIDLINE_MM = 30.0
 # Airways followed slice by slice downwards: an air region of at most the trachea's largest area that lies

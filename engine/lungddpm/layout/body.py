@@ -1,10 +1,12 @@
-"""The patient's body in a chest CT and the air outside it, found without assuming that the lungs clear the image border.
+"""The body in a chest CT and the air outside it, found without assuming that the lungs clear the image border.
 
 A tight field of view (a clinical reconstruction, Slicer's Crop Volume) cuts the chest wall, so the lungs touch
 the image border just as the air outside the body does; the border alone cannot tell the two apart. The body's
-envelope can: per axial slice, the convex hull of the body tissue. The air outside the body lies mostly
-outside that hull; a lung lies inside it, up to the thin segment between the cut chest wall and the border.
-So an air region of a slice is outside air when most of it lies outside the hull.
+envelope can: per axial slice, the pixels with body tissue on both sides along their row, their column or one of
+their two diagonals.
+A lung cut by the border lies inside it, flanked by the cut chest wall; the air outside the body, also the air
+that a table and the image border enclose, lies mostly outside it. So an air region of a slice is outside air
+when most of it lies outside the envelope.
 
 Voxels below PADDING_HU (values such as -2048 or -3024 outside the reconstruction circle) were never measured:
 they are neither air nor tissue, and the reconstruction circle cuts the body like an image border.
@@ -33,20 +35,18 @@ PADDING_HU = -1500.0
 # 3 such voxels (blankets, clothing, cables, thin shells of the table) do not shape its envelope; the chest wall,
 # at least 5 mm thick even in children, does.
 BODY_OPENING_AXES = (1, 2)
-# An air region of a slice lying outside the body's hull by at least this fraction of its area is outside air.
-# A lung cut by a straight image border lies wholly inside the hull; one cut by a reconstruction circle pokes out
-# only by the circular segment between the cut chest wall's ends (under a fifth of the lung's area in a slice).
+# An air region of a slice lying outside the body's envelope by at least this fraction of its area is outside air.
+# A lung cut by a straight image border lies wholly inside the envelope (the cut chest wall flanks it); one cut by
+# a reconstruction circle pokes out only by the circular segment between the cut chest wall's ends (under a fifth
+# of the lung's area in a slice). Air enclosed by a table and the image border lies wholly outside.
 OUTSIDE_FRACTION = 0.5
-# The hull of each slice is the intersection of half-planes in this many directions: it exceeds the true convex
-# hull by at most r (1 / cos(pi / 64) - 1), 0.3 mm for a body of 250 mm radius.
-HULL_DIRECTIONS = 64
 
 
 @dataclass
 class ChestAir:
-    """A CT oriented to LPS (array axes inferior to superior, anterior to posterior, right to left), binned, and its air.
+    """A CT oriented to LPS (array axes inferior to superior, anterior to posterior, right to left), binned; its air.
 
-    `air`, `body` and `outside` are on the binned grid (bins of `factors` voxels, `spacing` mm, both in k, j, i
+    `air`, `padding`, `body` and `outside` are on the binned grid (bins of `factors` voxels, `spacing` mm, both in k, j, i
     order); `canonical` is the full-resolution LPS-oriented CT.
     """
 
@@ -55,6 +55,7 @@ class ChestAir:
     factors: tuple[int, int, int]
     spacing: tuple[float, float, float]
     air: np.ndarray
+    padding: np.ndarray
     body: np.ndarray
     outside: np.ndarray
 
@@ -74,7 +75,8 @@ def chest_air(ct: Volume) -> ChestAir:
     padding = bin_any(sitk.GetArrayViewFromImage(canonical) < PADDING_HU, factors)
     air = is_air(sitk.GetArrayViewFromImage(coarse)) & ~padding
     body = body_mask(~air & ~padding)
-    return ChestAir(canonical, orientation, factors, coarse.GetSpacing()[::-1], air, body, outside_air(air, body))
+    return ChestAir(canonical, orientation, factors, coarse.GetSpacing()[::-1], air, padding, body,
+                    outside_air(air, body))
 
 
 def is_air(hu: np.ndarray) -> np.ndarray:
@@ -89,37 +91,31 @@ def body_mask(tissue: np.ndarray) -> np.ndarray:
     return labels == 1 if sizes.size else opened
 
 
-def slice_hulls(mask: np.ndarray) -> np.ndarray:
-    """The convex hull of each axial slice of a mask (HULL_DIRECTIONS half-planes), as a mask of the same shape."""
-    hull = np.zeros(mask.shape, bool)
-    filled = mask.any(axis=(1, 2))
-    if not filled.any():
-        return hull
-    slices = mask[filled]
-    columns = slices.shape[2]
-    present = slices.any(axis=2)
-    first = np.where(present, np.argmax(slices, axis=2), np.nan)  # a hull's extreme points are ends of rows
-    last = np.where(present, columns - 1 - np.argmax(slices[:, :, ::-1], axis=2), np.nan)
-    angles = 2.0 * np.pi * (np.arange(HULL_DIRECTIONS) + 0.5) / HULL_DIRECTIONS  # never exactly along an axis
-    cos, sin = np.cos(angles), np.sin(angles)
-    j = np.arange(slices.shape[1], dtype=float)[:, None]
-    reach = np.fmax(np.nanmax(first[..., None] * cos + j * sin, axis=1),
-                    np.nanmax(last[..., None] * cos + j * sin, axis=1))  # (slices, directions)
-    # Half-plane i cos + j sin <= reach, per row j: an upper bound on i where cos > 0, a lower bound where cos < 0.
-    bound = (reach[:, None, :] - j * sin) / cos  # (slices, rows, directions)
-    upper = np.min(np.where(cos > 0, bound, np.inf), axis=2)
-    lower = np.max(np.where(cos < 0, bound, -np.inf), axis=2)
-    i = np.arange(columns)
-    hull[filled] = (i >= lower[..., None] - 1e-6) & (i <= upper[..., None] + 1e-6)
-    return hull
+def slice_envelopes(body: np.ndarray) -> np.ndarray:
+    """The body's envelope per axial slice: pixels with body on both sides along their row, column or a diagonal."""
+    envelope = _between(body, axis=2)
+    rows, columns = body.shape[1:]
+    j, i = np.indices((rows, columns))
+    for slope in (-1, 0, 1):  # columns and diagonals, sheared into the columns of a wider array
+        line = i + slope * j + (rows - 1) * (slope < 0)
+        sheared = np.zeros((body.shape[0], rows, columns + rows - 1), bool)
+        sheared[:, j, line] = body
+        envelope |= _between(sheared, axis=1)[:, j, line]
+    return envelope
+
+
+def _between(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Pixels with mask before and after them along an axis."""
+    before = np.logical_or.accumulate(mask, axis=axis)
+    after = np.flip(np.logical_or.accumulate(np.flip(mask, axis), axis=axis), axis)
+    return before & after
 
 
 def outside_air(air: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """The air outside the body: each face-connected air region of a slice lying mostly outside the body's hull."""
+    """The air outside the body: each face-connected air region of a slice lying mostly outside the body's envelope."""
     regions = slice_components(air)
-    outside_hull = air & ~slice_hulls(body)
     area = np.bincount(regions.ravel())
-    area_out = np.bincount(regions[outside_hull], minlength=area.size)
+    area_out = np.bincount(regions[air & ~slice_envelopes(body)], minlength=area.size)
     outside = area_out >= OUTSIDE_FRACTION * area
     outside[0] = False
     return outside[regions]

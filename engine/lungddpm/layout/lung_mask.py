@@ -28,8 +28,8 @@ LUNG_MIN_FRACTION = 0.1
 SPLIT_DEPTHS_MM = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 # Closing radius that takes in the vessels at the lung border and smooths the mask.
 CLOSING_MM = 5.0
-# Solid regions enclosed by lung are filled in (vessels, bronchial walls) unless a ball of this radius fits in
-# them: pulmonary vessels inside the lung stay under 20 mm across; thicker regions are disease, not air.
+# Tissue the lungs enclose or indent is taken in (vessels, bronchial walls) unless a ball of this radius fits in
+# it: pulmonary vessels inside the lung stay under 20 mm across; thicker tissue is disease or the chest wall.
 SOLID_MIN_RADIUS_MM = 10.0
 
 _NO_LUNG = "CT: no air-filled lung found inside the body; give a chest CT in HU that shows the lungs"
@@ -44,30 +44,34 @@ def lung_mask(ct: Volume) -> Volume:
         raise InputError(_NO_LUNG)
     hu = sitk.GetArrayViewFromImage(chest.canonical)
     airways = central_airways(FineAir(hu, dilate1(inner), chest.factors), chest.canonical.GetSpacing()[::-1])
-    labels = _coarse_lungs(inner & ~bin_any(airways, chest.factors), chest.spacing)
+    labels = _coarse_lungs(inner & ~bin_any(airways, chest.factors), ~chest.air & ~chest.padding, chest.spacing)
     return chest.to_input_grid(_refine(hu, labels, airways, chest.factors), ct)
 
 
-def _coarse_lungs(inner: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+def _coarse_lungs(inner: np.ndarray, tissue: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
     """Each lung labelled (1, 2, ...), smoothed and apart from the other, from the air inside the body."""
     lungs = _large_components(inner)
     box = bounding_box(lungs, margin=[int(np.ceil(CLOSING_MM / s)) + 1 for s in spacing_kji])
     labels = np.zeros(inner.shape, np.uint8)
-    labels[box] = _separate(_smooth(_split_lungs(lungs[box], spacing_kji), spacing_kji))
+    thick = _thick(tissue[box], spacing_kji)
+    labels[box] = _separate(_smooth(_split_lungs(lungs[box], spacing_kji), thick, spacing_kji))
     return labels
 
 
 def _refine(hu: np.ndarray, labels: np.ndarray, airways: np.ndarray, factors_kji: Sequence[int]) -> np.ndarray:
-    """The full-grid mask: the coarse lungs' interior plus the air voxels within one coarse voxel of them."""
+    """The full-grid mask: the coarse lungs' interior plus the air voxels within one coarse voxel of them.
+
+    Holes left in a slice (vessels at the full grid's resolution) are filled where the coarse lungs reach in-plane,
+    so that a solid region the coarse lungs leave out stays out, also in thick slices.
+    """
     near = dilate1(labels)
     coarse_box = bounding_box(near > 0, margin=(0, 0, 0))
     box = tuple(slice(s.start * f, n if s.stop == c else s.stop * f)
                 for s, f, c, n in zip(coarse_box, factors_kji, labels.shape, hu.shape))
-    near = upsample(near, factors_kji, box)
     air = is_air(hu[box]) & ~airways[box]
-    fine = np.where(air, near, upsample(labels * erode1(labels > 0), factors_kji, box))
+    fine = np.where(air, upsample(near, factors_kji, box), upsample(labels * erode1(labels > 0), factors_kji, box))
     holes = fill_slices(fine > 0) & (fine == 0)
-    fine[holes] = near[holes]
+    fine[holes] = upsample(dilate1(labels, axes=(1, 2)), factors_kji, box)[holes]
     mask = np.zeros(hu.shape, bool)
     mask[box] = _large_components(_separate(fine) > 0)
     return mask
@@ -96,25 +100,27 @@ def _split_lungs(lungs: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def _smooth(labels: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
-    """Close each lung with a CLOSING_MM ball and fill its thin enclosed structures slice by slice (vessels)."""
+def _smooth(labels: np.ndarray, thick: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Close each lung with a CLOSING_MM ball and fill its holes slice by slice, except where the tissue is thick.
+
+    Vessels and airway walls come in; tissue where a ball of SOLID_MIN_RADIUS_MM fits (`thick`: a mass,
+    consolidation, effusion, the chest wall and mediastinum) stays out, also where a closing across thick slices
+    would take in the caps of a mass.
+    """
     smooth = np.zeros_like(labels)
     margin = [int(np.ceil(CLOSING_MM / s)) + 1 for s in spacing_kji]
     for value in np.unique(labels[labels > 0]):
         box = bounding_box(labels == value, margin)
         dilated = distance_mm(labels[box] == value, spacing_kji) <= CLOSING_MM
-        closed = distance_mm(~dilated, spacing_kji) > CLOSING_MM
-        filled = closed | _thin(fill_slices(closed) & ~closed, spacing_kji)
+        filled = fill_slices(distance_mm(~dilated, spacing_kji) > CLOSING_MM) & ~thick[box]
         smooth[box][filled & (smooth[box] == 0)] = value
     return smooth
 
 
-def _thin(solid: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
-    """The parts of a mask where no ball of SOLID_MIN_RADIUS_MM fits (the mask minus its opening by that ball)."""
-    cores = distance_mm(~solid, spacing_kji) > SOLID_MIN_RADIUS_MM
-    if not cores.any():
-        return solid
-    return solid & (distance_mm(cores, spacing_kji) > SOLID_MIN_RADIUS_MM)
+def _thick(tissue: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+    """The opening of a tissue mask by a ball of SOLID_MIN_RADIUS_MM: the parts of it where such a ball fits."""
+    cores = distance_mm(~tissue, spacing_kji) > SOLID_MIN_RADIUS_MM
+    return distance_mm(cores, spacing_kji) <= SOLID_MIN_RADIUS_MM if cores.any() else cores
 
 
 def _separate(labels: np.ndarray) -> np.ndarray:

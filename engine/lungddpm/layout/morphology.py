@@ -94,7 +94,7 @@ def _unstacked(image: sitk.Image, shape: Sequence[int]) -> np.ndarray:
 
 
 def fill_slices(mask: np.ndarray) -> np.ndarray:
-    """Fill the holes of each axial slice of a mask (the separator rows touch the image border: no hole crosses them)."""
+    """Fill the holes of each axial slice of a mask (separator rows touch the image border: no hole crosses them)."""
     return _unstacked(sitk.BinaryFillhole(_stacked(mask)), mask.shape) > 0
 
 
