@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from helpers import rotation
 from lungddpm.errors import InputError
-from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, validate_layout
+from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, validate_labels, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import add_nodule, nodule_mask, random_nodules
 from lungddpm.io.volume import Volume, index_to_physical, physical_to_index, resample_like
@@ -247,9 +247,12 @@ def test_add_nodule_returns_new_layout() -> None:
     assert result is not layout and np.count_nonzero(result.array == NODULE) > 0
     with pytest.raises(InputError, match="outside the layout image"):
         add_nodule(layout, (400.0, 0.0, 0.0), 10.0)
-    with pytest.raises(InputError, match="not inside the lung"):
-        add_nodule(layout, (34.0, 0.0, 0.0), 10.0)
-    assert np.any(add_nodule(layout, (34.0, 0.0, 0.0), 10.0, require_in_lung=False).array == NODULE)
+    juxtapleural = add_nodule(layout, (34.0, 0.0, 0.0), 10.0)  # centre 4 mm beyond the lung, nodule touching it
+    assert layout.array[tuple(np.round(physical_to_index(layout, (34.0, 0.0, 0.0))).astype(int)[::-1])] == BACKGROUND
+    validate_labels(juxtapleural)
+    with pytest.raises(InputError, match="neither lies in nor touches the lung"):
+        add_nodule(layout, (46.0, 0.0, 0.0), 10.0)  # 11 mm from the lung
+    assert np.any(add_nodule(layout, (46.0, 0.0, 0.0), 10.0, require_in_lung=False).array == NODULE)
 
 
 def test_random_nodules_deterministic_and_inside_lung() -> None:
