@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -16,9 +15,6 @@ from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, val
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import add_nodule, nodule_mask, random_nodules
 from lungddpm.io.volume import Volume, index_to_physical, physical_to_index, resample_like
-
-REPO = Path(__file__).resolve().parents[3]
-
 
 GRID_DIRECTIONS = {
     "lps": np.eye(3),
@@ -55,23 +51,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------------------
 # Real CT
-
-
-@pytest.fixture(scope="module")
-def report() -> ModuleType:
-    """bench/lung_mask_report.py, whose reference trachea and comparison the tests share."""
-    spec = importlib.util.spec_from_file_location("lung_mask_report", REPO / "bench" / "lung_mask_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def real_ct(real_ct_dir: Path) -> tuple[Volume, Volume]:
-    """The shared real CT and its crude layout."""
-    from lungddpm.io.volume import read_volume
-
-    return read_volume(real_ct_dir / "ct.nii.gz"), read_volume(real_ct_dir / "layout-crude.nii.gz")
 
 
 @pytest.fixture(scope="module")

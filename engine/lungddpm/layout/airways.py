@@ -22,6 +22,9 @@ TRACHEA_MIDLINE_MM = 30.0
 # Airways followed slice by slice downwards: an air region of at most the trachea's largest area that lies
 # within this distance (in-plane) of the airway found in the slice above; larger regions are lung.
 AIRWAY_REACH_MM = 5.0
+# Partial volume in thick or interpolated slices can merge the airway with the lung in a slice or two; the airway is
+# carried through such slices on its own footprint (it cannot grow there), for at most this distance.
+AIRWAY_BRIDGE_MM = 6.0
 
 
 class FineAir:
@@ -43,7 +46,8 @@ def central_airways(air: FineAir, spacing_kji: Sequence[float]) -> np.ndarray:
     """Trachea and main bronchi on the full grid: the trachea at the top, then followed down slice by slice.
 
     An air region of a slice belongs to the airways when it is no larger than a trachea and lies within
-    AIRWAY_REACH_MM of the airways of the slice above.
+    AIRWAY_REACH_MM of the airways of the slice above. Where none does (partial volume has merged the airway
+    with the lung), the airway goes on as the air of its own footprint, for at most AIRWAY_BRIDGE_MM.
     """
     airways = np.zeros(air.hu.shape, bool)
     seed = _trachea_seed(air, spacing_kji)
@@ -53,6 +57,7 @@ def central_airways(air: FineAir, spacing_kji: Sequence[float]) -> np.ndarray:
     reach = [int(round(AIRWAY_REACH_MM / s)) for s in spacing_kji[1:]]
     max_pixels = TRACHEA_AREA_MM2[1] / (spacing_kji[1] * spacing_kji[2])
     airways[top] = current
+    bridged_mm = 0.0
     for k in range(top - 1, -1, -1):
         labels = _slice_labels(air[k])
         box = bounding_box(current, margin=reach)
@@ -60,9 +65,10 @@ def central_airways(air: FineAir, spacing_kji: Sequence[float]) -> np.ndarray:
         near[box] = _dilate2d(current[box], reach)
         touched = np.unique(labels[near & (labels > 0)])
         small = touched[np.bincount(labels.ravel())[touched] <= max_pixels]
-        if small.size == 0:
+        bridged_mm = 0.0 if small.size else bridged_mm + spacing_kji[0]
+        current = np.isin(labels, small) if small.size else (labels > 0) & current
+        if bridged_mm > AIRWAY_BRIDGE_MM or not current.any():
             break
-        current = np.isin(labels, small)
         airways[k] = current
     return airways
 

@@ -118,9 +118,14 @@ def _smooth(labels: np.ndarray, thick: np.ndarray, spacing_kji: Sequence[float])
 
 
 def _thick(tissue: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
-    """The opening of a tissue mask by a ball of SOLID_MIN_RADIUS_MM: the parts of it where such a ball fits."""
+    """The opening of a tissue mask by a ball of SOLID_MIN_RADIUS_MM: the parts of it where such a ball fits.
+
+    The ball's centres are voxel centres; each covers the voxels it reaches to within half a voxel, so that thick
+    slices do not leave the caps of a thick region out of it.
+    """
     cores = distance_mm(~tissue, spacing_kji) > SOLID_MIN_RADIUS_MM
-    return distance_mm(cores, spacing_kji) <= SOLID_MIN_RADIUS_MM if cores.any() else cores
+    reach = SOLID_MIN_RADIUS_MM + 0.5 * max(spacing_kji)
+    return tissue & (distance_mm(cores, spacing_kji) <= reach) if cores.any() else cores
 
 
 def _separate(labels: np.ndarray) -> np.ndarray:
