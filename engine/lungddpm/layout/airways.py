@@ -37,9 +37,12 @@ class FineAir:
 
     def __getitem__(self, k: int) -> np.ndarray:
         """The air of axial slice k inside the body."""
+        return self.region(k, (slice(0, self.hu.shape[1]), slice(0, self.hu.shape[2])))
+
+    def region(self, k: int, box: tuple[slice, slice]) -> np.ndarray:
+        """The air inside the body of a box (rows, columns) of axial slice k."""
         coarse = self.coarse_air[min(k // self.factors[0], self.coarse_air.shape[0] - 1)]
-        whole_slice = (slice(0, self.hu.shape[1]), slice(0, self.hu.shape[2]))
-        return is_air(self.hu[k]) & upsample(coarse, self.factors[1:], whole_slice)
+        return is_air(self.hu[k][box]) & upsample(coarse, self.factors[1:], box)
 
 
 def central_airways(air: FineAir, spacing_kji: Sequence[float]) -> np.ndarray:
@@ -47,7 +50,8 @@ def central_airways(air: FineAir, spacing_kji: Sequence[float]) -> np.ndarray:
 
     An air region of a slice belongs to the airways when it is no larger than a trachea and lies within
     AIRWAY_REACH_MM of the airways of the slice above. Where none does (partial volume has merged the airway
-    with the lung), the airway goes on as the air of its own footprint, for at most AIRWAY_BRIDGE_MM.
+    with the lung), the airway goes on as the air of its own footprint, for at most AIRWAY_BRIDGE_MM. Each
+    slice is searched in a box around the airway above that any trachea-sized region within reach fits in.
     """
     airways = np.zeros(air.hu.shape, bool)
     seed = _trachea_seed(air, spacing_kji)
@@ -55,22 +59,32 @@ def central_airways(air: FineAir, spacing_kji: Sequence[float]) -> np.ndarray:
         return airways
     top, current = seed
     reach = [int(round(AIRWAY_REACH_MM / s)) for s in spacing_kji[1:]]
+    margin = [r + int(np.ceil(2 * np.sqrt(TRACHEA_AREA_MM2[1] / np.pi) / s)) for r, s in zip(reach, spacing_kji[1:])]
     max_pixels = TRACHEA_AREA_MM2[1] / (spacing_kji[1] * spacing_kji[2])
     airways[top] = current
     bridged_mm = 0.0
     for k in range(top - 1, -1, -1):
-        labels = _slice_labels(air[k])
-        box = bounding_box(current, margin=reach)
-        near = np.zeros_like(current)
-        near[box] = _dilate2d(current[box], reach)
+        box = bounding_box(current, margin=margin)
+        labels = _slice_labels(air.region(k, box))
+        near = _dilate2d(current[box], reach)
         touched = np.unique(labels[near & (labels > 0)])
-        small = touched[np.bincount(labels.ravel())[touched] <= max_pixels]
+        small = touched[(np.bincount(labels.ravel())[touched] <= max_pixels)
+                        & ~np.isin(touched, _cut_by_box(labels, box, current.shape))]
         bridged_mm = 0.0 if small.size else bridged_mm + spacing_kji[0]
-        current = np.isin(labels, small) if small.size else (labels > 0) & current
+        found = np.isin(labels, small) if small.size else (labels > 0) & current[box]
+        current = np.zeros_like(current)
+        current[box] = found
         if bridged_mm > AIRWAY_BRIDGE_MM or not current.any():
             break
         airways[k] = current
     return airways
+
+
+def _cut_by_box(labels: np.ndarray, box: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
+    """The labels of the regions that reach a side of a box lying inside the slice (they go on beyond the box)."""
+    sides = [labels[0] if box[0].start > 0 else (), labels[-1] if box[0].stop < shape[0] else (),
+             labels[:, 0] if box[1].start > 0 else (), labels[:, -1] if box[1].stop < shape[1] else ()]
+    return np.unique(np.concatenate([np.ravel(side) for side in sides]).astype(labels.dtype))
 
 
 def _trachea_seed(air: FineAir, spacing_kji: Sequence[float]) -> tuple[int, np.ndarray] | None:

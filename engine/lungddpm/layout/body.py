@@ -61,6 +61,8 @@ class ChestAir:
 
     def to_input_grid(self, canonical_mask: np.ndarray, ct: Volume) -> Volume:
         """A uint8 mask on the LPS-oriented full grid, oriented back onto the input CT's grid."""
+        if self.orientation == "LPS":  # the input's own array order
+            return ct.with_array(canonical_mask.astype(np.uint8))
         back = sitk.DICOMOrient(mask_image(canonical_mask, self.canonical), self.orientation)
         return ct.with_array(sitk.GetArrayFromImage(back).astype(np.uint8))
 
@@ -93,21 +95,26 @@ def body_mask(tissue: np.ndarray) -> np.ndarray:
 
 def slice_envelopes(body: np.ndarray) -> np.ndarray:
     """The body's envelope per axial slice: pixels with body on both sides along their row, column or a diagonal."""
-    envelope = _between(body, axis=2)
-    rows, columns = body.shape[1:]
-    j, i = np.indices((rows, columns))
-    for slope in (-1, 0, 1):  # columns and diagonals, sheared into the columns of a wider array
-        line = i + slope * j + (rows - 1) * (slope < 0)
-        sheared = np.zeros((body.shape[0], rows, columns + rows - 1), bool)
-        sheared[:, j, line] = body
-        envelope |= _between(sheared, axis=1)[:, j, line]
-    return envelope
+    return _between(body, axis=1) | _between(body, axis=2) | _between_diagonal(body, 1) | _between_diagonal(body, -1)
 
 
 def _between(mask: np.ndarray, axis: int) -> np.ndarray:
     """Pixels with mask before and after them along an axis."""
     before = np.logical_or.accumulate(mask, axis=axis)
     after = np.flip(np.logical_or.accumulate(np.flip(mask, axis), axis=axis), axis)
+    return before & after
+
+
+def _between_diagonal(mask: np.ndarray, slope: int) -> np.ndarray:
+    """Pixels with mask before and after them along the diagonal that moves `slope` (1 or -1) columns per row."""
+    before, after = np.zeros_like(mask), np.zeros_like(mask)
+    columns = mask.shape[2]
+    source = slice(0, columns - 1) if slope > 0 else slice(1, columns)  # a row's pixels that reach the next row
+    target = slice(1, columns) if slope > 0 else slice(0, columns - 1)
+    for j in range(1, mask.shape[1]):
+        before[:, j, target] = before[:, j - 1, source] | mask[:, j - 1, source]
+    for j in range(mask.shape[1] - 2, -1, -1):
+        after[:, j, source] = after[:, j + 1, target] | mask[:, j + 1, target]
     return before & after
 
 
