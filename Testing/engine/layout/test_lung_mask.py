@@ -1,9 +1,9 @@
 """The automatic lung mask on real variety (lungddpm.layout.lung_mask).
 
 Hard cases are made from the shared real CT (cropped so that the lungs touch and are cut by the borders,
-partial coverage, resampled, noised, padded outside a reconstruction circle, rotated, prone) and compared,
-in the region both images cover, with the mask of the uncropped original (itself checked against the crude
-layout and an independent trachea in test_layout.py). Phantoms with known truth add effusion, emphysema,
+partial coverage, resampled, noised, brightened as by contrast, padded outside a reconstruction circle,
+rotated, prone) and compared, in the region both images cover, with the mask of the uncropped original
+(itself checked against the crude layout and an independent trachea in test_layout.py). Phantoms with known truth add effusion, emphysema,
 consolidation, a table with a blanket, a child's size and a juxtapleural tumour.
 """
 
@@ -89,6 +89,11 @@ def padded(ct: Volume, radius_px: float, value: int = -3024) -> Volume:
     return ct.with_array(np.where(outside, value, ct.array).astype(np.int16))
 
 
+def contrast_enhanced(ct: Volume) -> Volume:
+    """The CT as after an iodine bolus: blood and perfused soft tissue (20 to 80 HU) 250 HU brighter."""
+    return ct.with_array(np.where((ct.array >= 20) & (ct.array <= 80), ct.array + 250, ct.array).astype(np.int16))
+
+
 def flipped(ct: Volume) -> Volume:
     """The same physical image stored with its first array axis reversed (an axis flip of the file)."""
     return Volume.from_sitk(sitk.Flip(ct.to_sitk(), [True, False, False]))
@@ -101,6 +106,8 @@ HARD_CASES: dict[str, Callable[[Volume], Volume]] = {
     "bases-only": lambda ct: crop(ct, (0, 15), (0, 512), (0, 512)),
     "apices-only": lambda ct: crop(ct, (45, 64), (0, 512), (0, 512)),
     "0.8x0.8x3mm": lambda ct: resampled(ct, (0.8, 0.8, 3.0)),
+    "cut-and-0.8x0.8x3mm": lambda ct: resampled(crop(ct, (0, 64), (100, 440), (110, 395)), (0.8, 0.8, 3.0)),
+    "contrast-enhanced-and-cut": lambda ct: contrast_enhanced(crop(ct, (0, 64), (100, 440), (110, 395))),
     "1.5x1.5x5mm-shifted": lambda ct: resampled(ct, (1.5, 1.5, 5.0), shift_mm=2.5),
     "low-dose-noise": low_dose,
     "padding-3024-cuts-lungs": lambda ct: padded(ct, 165.0),

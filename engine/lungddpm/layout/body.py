@@ -31,9 +31,9 @@ AIR_HU = -400.0
 # Air measures about -1000 HU, with noise rarely below -1200 HU even at low dose; scanners pad the corners outside
 # the reconstruction circle with -1024 (then it is air), -2000, -2048 or -3024 HU.
 PADDING_HU = -1500.0
-# The body is the tissue opened in-plane by one voxel of the binned CT (about 1.5 mm): sheets thinner than about
-# 3 such voxels (blankets, clothing, cables, thin shells of the table) do not shape its envelope; the chest wall,
-# at least 5 mm thick even in children, does.
+# The body is the tissue opened in-plane by one voxel of the binned CT (about 2 mm): sheets up to two such voxels
+# thick (blankets, clothing, cables, thin shells of the table) do not shape its envelope. Where a thin chest wall
+# goes too, the anterior and posterior walls still put the lungs inside the envelope along their columns.
 BODY_OPENING_AXES = (1, 2)
 # An air region of a slice lying outside the body's envelope by at least this fraction of its area is outside air.
 # A lung cut by a straight image border lies wholly inside the envelope (the cut chest wall flanks it); one cut by
@@ -46,8 +46,8 @@ OUTSIDE_FRACTION = 0.5
 class ChestAir:
     """A CT oriented to LPS (array axes inferior to superior, anterior to posterior, right to left), binned; its air.
 
-    `air`, `padding`, `body` and `outside` are on the binned grid (bins of `factors` voxels, `spacing` mm, both in k, j, i
-    order); `canonical` is the full-resolution LPS-oriented CT.
+    `air`, `padding`, `body` and `outside` are on the binned grid (bins of `factors` voxels, `spacing` mm, both in
+    k, j, i order); `canonical` is the full-resolution LPS-oriented CT.
     """
 
     canonical: sitk.Image
