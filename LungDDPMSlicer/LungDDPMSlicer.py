@@ -105,7 +105,7 @@ class LungDDPMSlicerParameterNode:
 
     referenceVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
-    lungSegmentId: str = ""
+    lungSegmentIds: list[str]  # one segment for both lungs, or several (e.g. five lobes)
     noduleSegmentIds: list[str]
     noduleMarkups: vtkMRMLMarkupsFiducialNode
     noduleDiameterMm: Annotated[float, WithinRange(2.0, 60.0)] = 10.0
@@ -168,7 +168,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.segmentationSelector.currentNodeChanged.connect(self.onSegmentationChanged)
-        self.ui.lungSegmentSelector.currentSegmentChanged.connect(self.onLungSegmentChanged)
+        self.ui.lungSegmentSelector.segmentSelectionChanged.connect(self.onLungSegmentsChanged)
         self.ui.noduleSegmentList.itemChanged.connect(self.onNoduleItemChanged)
         self.ui.noduleMarkupsSelector.currentNodeChanged.connect(self.ui.noduleMarkupsPlaceWidget.setCurrentNode)
         self.ui.modelCombo.currentIndexChanged.connect(self.onModelChanged)
@@ -262,7 +262,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.observeSegmentation(p.segmentation)
         wasBlocked = self.ui.lungSegmentSelector.blockSignals(True)
         self.ui.lungSegmentSelector.setCurrentNode(p.segmentation)
-        self.ui.lungSegmentSelector.setCurrentSegmentID(p.lungSegmentId)
+        self.ui.lungSegmentSelector.setSelectedSegmentIDs(list(p.lungSegmentIds))
         self.ui.lungSegmentSelector.blockSignals(wasBlocked)
         self.fillNoduleList()
         if self.ui.modelPathLineEdit.currentPath != p.localModelPath:
@@ -316,14 +316,13 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             """Whether the segmentation holds this segment ID."""
             return segmentation is not None and segmentation.GetSegment(segmentId) is not None
 
-        if p.lungSegmentId and not exists(p.lungSegmentId):
-            p.lungSegmentId = ""
-        kept = [sid for sid in p.noduleSegmentIds if exists(sid)]
-        if kept != list(p.noduleSegmentIds):
-            p.noduleSegmentIds = kept
+        for field in ("lungSegmentIds", "noduleSegmentIds"):
+            kept = [sid for sid in getattr(p, field) if exists(sid)]
+            if kept != list(getattr(p, field)):
+                setattr(p, field, kept)
 
     def fillNoduleList(self) -> None:
-        """One checkable row per segment (except the lung segment), ticked when it is a chosen nodule."""
+        """One checkable row per segment (except the lung segments), ticked when it is a chosen nodule."""
         p = self._parameterNode
         wasBlocked = self.ui.noduleSegmentList.blockSignals(True)
         self.ui.noduleSegmentList.clear()
@@ -331,7 +330,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation = p.segmentation.GetSegmentation()
             for n in range(segmentation.GetNumberOfSegments()):
                 segmentId = segmentation.GetNthSegmentID(n)
-                if segmentId == p.lungSegmentId:
+                if segmentId in p.lungSegmentIds:
                     continue
                 item = qt.QListWidgetItem(segmentation.GetSegment(segmentId).GetName())
                 item.setData(qt.Qt.UserRole, segmentId)
@@ -345,14 +344,14 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None:
             self.pruneSegmentChoices(node)
 
-    def onLungSegmentChanged(self, segmentId: str) -> None:
-        """Store the lung segment ID (it cannot also be a nodule)."""
+    def onLungSegmentsChanged(self, segmentIds) -> None:
+        """Store the lung segment IDs (a lung segment cannot also be a nodule)."""
         p = self._parameterNode
         if p is None:
             return
-        p.lungSegmentId = segmentId or ""
-        if segmentId in p.noduleSegmentIds:
-            p.noduleSegmentIds = [sid for sid in p.noduleSegmentIds if sid != segmentId]
+        p.lungSegmentIds = list(segmentIds)
+        if set(p.lungSegmentIds) & set(p.noduleSegmentIds):
+            p.noduleSegmentIds = [sid for sid in p.noduleSegmentIds if sid not in p.lungSegmentIds]
 
     def onNoduleItemChanged(self, item) -> None:
         """Store the ticked nodule segment IDs."""
@@ -404,8 +403,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or p.referenceVolume is None:
             return _("Choose a reference CT.")
-        if p.segmentation is None or not p.lungSegmentId:
-            return _("Choose a segmentation and its lung segment.")
+        if p.segmentation is None or not p.lungSegmentIds:
+            return _("Choose a segmentation and its lung segment(s).")
         entry = self.logic.modelEntry(p.modelName)
         if entry is not None and not entry.supported:
             return entry.unsupported_reason
@@ -422,7 +421,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         busy = self.uiState in ("starting", "running", "importing", "cancelling")
         self.ui.createLungButton.enabled = not busy and p.referenceVolume is not None and p.segmentation is not None
-        self.ui.addNoduleButton.enabled = (not busy and p.referenceVolume is not None and bool(p.lungSegmentId)
+        self.ui.addNoduleButton.enabled = (not busy and p.referenceVolume is not None and bool(p.lungSegmentIds)
                                            and p.noduleMarkups is not None)
         missing = self.missingInputs()
         if busy:
@@ -470,8 +469,13 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentId = self.runWithErrorDisplay(_("Automatic lung segmentation failed."),
                                              lambda: self.logic.createLungSegment(p.referenceVolume, p.segmentation))
         if segmentId:
-            p.lungSegmentId = segmentId
+            p.lungSegmentIds = [segmentId]
             self.appendLog(_("Added lung segment {id}").format(id=segmentId))
+            warnings = jobs.lung_mask_warnings(p.segmentation, segmentId)
+            for warning in warnings:
+                self.appendLog(_("Lung mask warning: {warning}").format(warning=warning))
+            if warnings:
+                slicer.util.warningDisplay("\n\n".join(warnings), windowTitle=_("Check the lung segment"))
 
     def onAddNodule(self) -> None:
         """Add a nodule segment at the last point of the point list and tick it as a nodule."""
@@ -479,7 +483,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies():
             return
         segmentId = self.runWithErrorDisplay(_("Adding the nodule failed."), lambda: self.logic.addNodule(
-            p.referenceVolume, p.segmentation, p.lungSegmentId, p.noduleMarkups, p.noduleDiameterMm, p.noduleKind,
+            p.referenceVolume, p.segmentation, list(p.lungSegmentIds), p.noduleMarkups, p.noduleDiameterMm, p.noduleKind,
             p.noduleIrregularity))
         if segmentId:
             p.noduleSegmentIds = list(p.noduleSegmentIds) + [segmentId]
@@ -515,7 +519,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = p.modelName if p.modelName != OTHER_CHECKPOINT else chosenPath(p.localModelPath)
         o = panel.sampling_options(p.sampler, p.steps, p.aasVariant, p.precision, p.patchSpacingMm)
         job = self.runWithErrorDisplay(_("Synthesis could not start."), lambda: self.logic.startSynthesis(
-            p.referenceVolume, p.segmentation, p.lungSegmentId, list(p.noduleSegmentIds), model,
+            p.referenceVolume, p.segmentation, list(p.lungSegmentIds), list(p.noduleSegmentIds), model,
             seed=p.seed, variants=p.variants, device=p.device, sampler=o.sampler, steps=o.steps,
             aasVariant=o.aas_variant, precision=o.precision, patchSpacingMm=o.patch_spacing_mm,
             localModelFile=chosenPath(p.localModelPath), keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog))
@@ -696,35 +700,39 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     # -- operations ---------------------------------------------------------------------------------------------
 
     def createLungSegment(self, referenceVolumeNode, segmentationNode, name: str = "lung") -> str:
-        """Segment both lungs of the CT automatically (engine, subprocess) and add them as a segment; its ID."""
+        """Segment both lungs of the CT automatically (engine, subprocess) and add them as a segment; its ID.
+
+        The engine's report (each lung's volume) and warnings go into the segment's tags (jobs.lung_mask_warnings).
+        """
         return jobs.create_lung_segment(self.context(), referenceVolumeNode, segmentationNode,
                                         engine_dir=self.engineDir(), work_dir=Path(slicer.util.tempDirectory("LungDDPM")),
                                         name=name)
 
-    def addNodule(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, markupsNode, diameterMm: float,
-                  kind: str = "solid", irregularity: float = 0.0) -> str:
-        """Add a nodule segment centred at the last point of a point list (inside the lung); its segment ID."""
+    def addNodule(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str], markupsNode,
+                  diameterMm: float, kind: str = "solid", irregularity: float = 0.0) -> str:
+        """Add a nodule segment centred at the last point of a point list (in or at the lung); its segment ID."""
         count = markupsNode.GetNumberOfControlPoints() if markupsNode else 0
         if count == 0:
             raise UserInputError(_("Place a point in the lung first."))
         center = [0.0, 0.0, 0.0]
         markupsNode.GetNthControlPointPositionWorld(count - 1, center)
         seed = segmentationNode.GetSegmentation().GetNumberOfSegments()
-        return jobs.add_nodule_segment(self.context(), referenceVolumeNode, segmentationNode, lungSegmentId, center,
+        return jobs.add_nodule_segment(self.context(), referenceVolumeNode, segmentationNode, lungSegments, center,
                                        diameterMm, kind=kind, irregularity=irregularity, engine_dir=self.engineDir(),
                                        work_dir=Path(slicer.util.tempDirectory("LungDDPM")), seed=seed)
 
-    def startSynthesis(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, noduleSegmentIds: list[str],
-                       model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
+    def startSynthesis(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
+                       noduleSegmentIds: list[str], model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
                        sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
                        precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
                        keepTemporaryFiles: bool = False, log=None) -> jobs.SynthesisJob:
         """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job.
 
+        lungSegments: the lung segment's ID, or several (e.g. five lobe segments) whose union is the lung.
         steps: few-step solvers only (None: the engine's default 3); aasVariant: ddpm only; patchSpacingMm:
         Lung-DDPM+ models only (None: the model's own cube voxel size).
         """
-        request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegmentId, list(noduleSegmentIds),
+        request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegments, list(noduleSegmentIds),
                                         self.resolveModel(model, localModelFile), [seed + n for n in range(variants)],
                                         device=device, sampler=sampler, steps=steps, aas_variant=aasVariant,
                                         precision=precision, patch_spacing_mm=patchSpacingMm)
@@ -734,8 +742,8 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
-    def synthesize(self, referenceVolumeNode, segmentationNode, lungSegmentId: str, noduleSegmentIds: list[str],
-                   model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
+    def synthesize(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
+                   noduleSegmentIds: list[str], model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
                    sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
                    precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
                    keepTemporaryFiles: bool = False) -> list[jobs.SynthesisOutput]:
@@ -743,7 +751,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
 
         Raises jobs.EngineError with the engine's message if it fails.
         """
-        job = self.startSynthesis(referenceVolumeNode, segmentationNode, lungSegmentId, noduleSegmentIds, model,
+        job = self.startSynthesis(referenceVolumeNode, segmentationNode, lungSegments, noduleSegmentIds, model,
                                   seed=seed, variants=variants, device=device, sampler=sampler, steps=steps,
                                   aasVariant=aasVariant, precision=precision, patchSpacingMm=patchSpacingMm,
                                   localModelFile=localModelFile,

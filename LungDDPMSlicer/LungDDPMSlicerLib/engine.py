@@ -115,6 +115,20 @@ def lung_mask_command(python: str, reference: Path, output: Path) -> list[str]:
     return [python, "-m", "lungddpm", "lung-mask", str(reference), "--output", str(output)]
 
 
+def parse_lung_report(stdout_lines: Sequence[str]) -> dict:
+    """The record `lungddpm lung-mask` prints: output, lung_volume_l, right/left_lung_l, left_fraction, warnings."""
+    for line in reversed(stdout_lines):
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "lung_volume_l" in record:
+                return record
+    raise ValueError("the engine's lung-mask printed no report (lung_volume_l); update the bundled engine")
+
+
 def add_nodule_command(python: str, layout: Path, output: Path, center_lps: Sequence[float], diameter_mm: float,
                        kind: str, irregularity: float, seed: int) -> list[str]:
     """The `python -m lungddpm add-nodule` command line (centre in LPS mm)."""

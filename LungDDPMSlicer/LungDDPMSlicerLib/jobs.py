@@ -23,6 +23,11 @@ from .process import STDERR, BackgroundProcess
 
 LUNG_COLOR = (0.85, 0.66, 0.56)
 NODULE_COLOR = (0.90, 0.25, 0.20)
+# Segment tags of an automatic lung segment, from the engine's lung-mask report (report key -> tag).
+LUNG_REPORT_TAGS = {"lung_volume_l": "LungDDPM.lung_volume_l", "right_lung_l": "LungDDPM.right_lung_l",
+                    "left_lung_l": "LungDDPM.left_lung_l", "left_fraction": "LungDDPM.left_fraction",
+                    "warnings": "LungDDPM.lung_mask_warnings"}
+WARNING_SEPARATOR = "\n"
 Log = Callable[[str], None]
 
 
@@ -49,7 +54,7 @@ class SynthesisRequest:
 
     reference_volume: object
     segmentation_node: object
-    lung_segment_id: str
+    lung_segments: str | Sequence[str]  # one segment ID, or several (e.g. five lobes) whose union is the lung
     nodule_segment_ids: Sequence[str]
     model_path: Path
     seeds: Sequence[int]
@@ -127,7 +132,7 @@ class SynthesisJob:
         """start()'s body."""
         r = self.request
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._exported = mrml.export_layout(self.context, r.reference_volume, r.segmentation_node, r.lung_segment_id,
+        self._exported = mrml.export_layout(self.context, r.reference_volume, r.segmentation_node, r.lung_segments,
                                             list(r.nodule_segment_ids), self.work_dir)
         self.log(f"Exported {r.reference_volume.GetName()!r} and the layout (lung {self._exported.lung.name!r}, "
                  f"{len(self._exported.nodules)} nodule segment(s)) to {self.work_dir}")
@@ -268,17 +273,29 @@ def run_engine(command: Sequence[str], engine_dir: Path, timeout_s: float | None
 
 def create_lung_segment(context: mrml.MrmlContext, reference_volume: object, segmentation_node: object, *,
                         engine_dir: Path, work_dir: Path, python: str | None = None, name: str = "lung") -> str:
-    """Run the engine's automatic lung segmentation on the CT and add it as a segment; returns the segment ID."""
+    """Run the engine's automatic lung segmentation on the CT and add it as a segment; returns the segment ID.
+
+    The engine's report goes into the segment's tags: each lung's volume, the left lung's share and the
+    warnings (LUNG_REPORT_TAGS; lung_mask_warnings reads them back).
+    """
     python = python or engine.python_executable()
     try:
         reference = mrml.write_volume_node(reference_volume, Path(work_dir) / "reference.nrrd")
         output = Path(work_dir) / "lung.nrrd"
-        run_engine(engine.lung_mask_command(python, reference, output), engine_dir)
+        report = engine.parse_lung_report(run_engine(engine.lung_mask_command(python, reference, output), engine_dir))
         mask, geometry, _ = mrml.read_image(output)
         mrml.check_on_reference_grid(mask, geometry, reference_volume, output)
-        return mrml.add_segment(segmentation_node, reference_volume, mrml.SegmentData(name, mask > 0, LUNG_COLOR))
+        tags = {tag: (WARNING_SEPARATOR.join(report[key]) if key == "warnings" else f"{report[key]:g}")
+                for key, tag in LUNG_REPORT_TAGS.items()}
+        return mrml.add_segment(segmentation_node, reference_volume, mrml.SegmentData(name, mask > 0, LUNG_COLOR, tags))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def lung_mask_warnings(segmentation_node: object, segment_id: str) -> list[str]:
+    """The warnings the engine gave for an automatic lung segment (none for other segments)."""
+    text = mrml.segment_tag(segmentation_node, segment_id, LUNG_REPORT_TAGS["warnings"])
+    return text.split(WARNING_SEPARATOR) if text else []
 
 
 def next_nodule_name(segmentation_node: object) -> str:
@@ -292,13 +309,13 @@ def next_nodule_name(segmentation_node: object) -> str:
 
 
 def add_nodule_segment(context: mrml.MrmlContext, reference_volume: object, segmentation_node: object,
-                       lung_segment_id: str, center_world_ras: Sequence[float], diameter_mm: float, *, kind: str,
-                       irregularity: float, engine_dir: Path, work_dir: Path, python: str | None = None,
+                       lung_segments: str | Sequence[str], center_world_ras: Sequence[float], diameter_mm: float, *,
+                       kind: str, irregularity: float, engine_dir: Path, work_dir: Path, python: str | None = None,
                        seed: int = 0) -> str:
-    """Add a parametric nodule (the engine's add-nodule) centred at a world RAS point inside the lung segment."""
+    """Add a parametric nodule (the engine's add-nodule) centred at a world RAS point in or at the lung segment(s)."""
     python = python or engine.python_executable()
     try:
-        lung = mrml.segment_mask(context, segmentation_node, lung_segment_id, reference_volume)
+        lung = mrml.segment_mask(context, segmentation_node, lung_segments, reference_volume)
         geometry = lps_geometry_from_ijk_to_ras(mrml.ijk_to_ras(reference_volume))
         layout = mrml.write_image(lung.astype(np.uint8), geometry, Path(work_dir) / "lung.nrrd")
         output = Path(work_dir) / "with-nodule.nrrd"

@@ -129,22 +129,31 @@ def write_volume_node(volume_node: object, path: Path) -> Path:
 # Export of segments and of the layout
 
 
-def segment_mask(context: MrmlContext, segmentation_node: object, segment_id: str, reference_volume: object) -> np.ndarray:
-    """A boolean (k, j, i) mask of one segment on the reference volume's grid; the scene is left as it was.
+def segment_ids(segments: str | Sequence[str]) -> list[str]:
+    """One segment ID, or several (e.g. five lobes chosen as lung), as a list."""
+    return [segments] if isinstance(segments, str) else list(segments)
+
+
+def segment_mask(context: MrmlContext, segmentation_node: object, segments: str | Sequence[str],
+                 reference_volume: object) -> np.ndarray:
+    """A boolean (k, j, i) mask of a segment, or the union of several, on the reference volume's grid; the scene
+    is left as it was.
 
     Uses ExportSegmentsToLabelmapNode with the reference volume (transforms between the segmentation and the
     volume are applied, the extent is the volume's), through a temporary labelmap node that is removed again
     together with the display and colour-table nodes the export creates.
     """
     segmentation = segmentation_node.GetSegmentation()
-    if segmentation.GetSegment(segment_id) is None:
-        raise ExportError(f"segmentation {segmentation_node.GetName()!r} has no segment with ID {segment_id!r}")
     ids = vtk.vtkStringArray()
-    ids.InsertNextValue(segment_id)
+    for segment_id in segment_ids(segments):
+        if segmentation.GetSegment(segment_id) is None:
+            raise ExportError(f"segmentation {segmentation_node.GetName()!r} has no segment with ID {segment_id!r}")
+        ids.InsertNextValue(segment_id)
     labelmap = context.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__LungDDPM_export__")
     try:
         if not context.segmentations_logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_volume):
-            raise ExportError(f"segment {segment_id!r} could not be exported onto the grid of {reference_volume.GetName()!r}")
+            raise ExportError(f"segments {segment_ids(segments)} could not be exported onto the grid of "
+                              f"{reference_volume.GetName()!r}")
         mask = volume_array(labelmap) != 0
     finally:
         display = labelmap.GetDisplayNode()
@@ -156,13 +165,13 @@ def segment_mask(context: MrmlContext, segmentation_node: object, segment_id: st
     return mask
 
 
-def segment_data(context: MrmlContext, segmentation_node: object, segment_id: str, reference_volume: object) -> SegmentData:
-    """A segment's mask on the reference grid with its name and colour."""
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    if segment is None:
-        raise ExportError(f"segmentation {segmentation_node.GetName()!r} has no segment with ID {segment_id!r}")
-    mask = segment_mask(context, segmentation_node, segment_id, reference_volume)
-    return SegmentData(segment.GetName(), mask, tuple(segment.GetColor()))
+def segment_data(context: MrmlContext, segmentation_node: object, segments: str | Sequence[str],
+                 reference_volume: object) -> SegmentData:
+    """A segment's mask on the reference grid with its name and colour; several segments: their union, 'lung'."""
+    ids = segment_ids(segments)
+    mask = segment_mask(context, segmentation_node, ids, reference_volume)
+    first = segmentation_node.GetSegmentation().GetSegment(ids[0])
+    return SegmentData(first.GetName() if len(ids) == 1 else "lung", mask, tuple(first.GetColor()))
 
 
 def compose_layout(lung: np.ndarray, nodules: Sequence[np.ndarray]) -> np.ndarray:
@@ -173,12 +182,18 @@ def compose_layout(lung: np.ndarray, nodules: Sequence[np.ndarray]) -> np.ndarra
     return layout
 
 
-def export_layout(context: MrmlContext, reference_volume: object, segmentation_node: object, lung_segment_id: str,
-                  nodule_segment_ids: Sequence[str], folder: Path) -> LayoutExport:
-    """Write reference.nrrd (the CT) and layout.nrrd (0/1/2 on the CT grid) into folder; the scene is unchanged."""
-    if lung_segment_id in nodule_segment_ids:
-        raise ExportError("the lung segment is also chosen as a nodule; choose different segments")
-    lung = segment_data(context, segmentation_node, lung_segment_id, reference_volume)
+def export_layout(context: MrmlContext, reference_volume: object, segmentation_node: object,
+                  lung_segments: str | Sequence[str], nodule_segment_ids: Sequence[str], folder: Path) -> LayoutExport:
+    """Write reference.nrrd (the CT) and layout.nrrd (0/1/2 on the CT grid) into folder; the scene is unchanged.
+
+    lung_segments: the segment that holds the lungs, or several (e.g. five lobes) whose union is the lung.
+    """
+    lung_ids = segment_ids(lung_segments)
+    if not lung_ids:
+        raise ExportError("no lung segment is chosen; choose the segment(s) that hold the lungs")
+    if set(lung_ids) & set(nodule_segment_ids):
+        raise ExportError("a lung segment is also chosen as a nodule; choose different segments")
+    lung = segment_data(context, segmentation_node, lung_ids, reference_volume)
     if not lung.mask.any():
         raise ExportError(f"lung segment {lung.name!r} is empty on the grid of {reference_volume.GetName()!r}; "
                           f"paint it or use 'Create lung segment'")
@@ -282,6 +297,13 @@ def add_segment(segmentation_node: object, reference_volume: object, segment: Se
         segmentation.RemoveSegment(segment_id)
         raise ExportError(f"segment {segment.name!r} could not be written into {segmentation_node.GetName()!r}")
     return segment_id
+
+
+def segment_tag(segmentation_node: object, segment_id: str, tag: str) -> str:
+    """The value of a segment's tag ('' when the segment or the tag is missing)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    value = vtk.reference("")
+    return value.get() if segment is not None and segment.GetTag(tag, value) else ""
 
 
 def create_segmentation(context: MrmlContext, reference_volume: object, name: str, segments: Sequence[SegmentData]) -> object:

@@ -363,3 +363,43 @@ def test_segments_from_masks_and_nodule_names(mrml_context, case, scene_case):
         mrml.segment_mask(mrml_context, segmentation, "missing", scene_case["ct"])
     with pytest.raises(mrml.ExportError, match="also chosen as a nodule"):
         mrml.export_layout(mrml_context, scene_case["ct"], segmentation, segment_id, [segment_id], Path("unused"))
+
+
+def test_several_segments_as_lung(mrml_context, case, scene_case, tmp_path):
+    """Three 'lobe' segments chosen as lung at once: the layout's lung is their union; overlaps are refused."""
+    from LungDDPMSlicerLib import mrml
+
+    slices = np.flatnonzero(case["lung"].any(axis=(1, 2)))
+    thirds = np.array_split(slices, 3)
+    lobes = [np.isin(np.arange(case["lung"].shape[0]), part)[:, None, None] & case["lung"] for part in thirds]
+    ids = [import_segment(mrml_context, scene_case["segmentation"], f"lobe {n}", lobe, case["matrix"])
+           for n, lobe in enumerate(lobes)]
+    exported = mrml.export_layout(mrml_context, scene_case["ct"], scene_case["segmentation"], ids,
+                                  [scene_case["nodule_id"]], tmp_path)
+    assert np.array_equal(exported.layout > 0, case["lung"] | case["nodule"])
+    assert np.array_equal(exported.layout == 2, case["nodule"]) and exported.lung.name == "lung"
+    with pytest.raises(mrml.ExportError, match="also chosen as a nodule"):
+        mrml.export_layout(mrml_context, scene_case["ct"], scene_case["segmentation"], ids, [ids[1]], tmp_path)
+    with pytest.raises(mrml.ExportError, match="no lung segment is chosen"):
+        mrml.export_layout(mrml_context, scene_case["ct"], scene_case["segmentation"], [], [], tmp_path)
+
+
+def test_automatic_lung_segment_carries_the_engine_report(mrml_context, case, scene_case, tmp_path):
+    """A real `lungddpm lung-mask`: the segment holds each lung's volume; a CT with a filled left lung warns."""
+    from LungDDPMSlicerLib import engine, jobs, mrml
+
+    engine_dir = engine.find_engine_dir(MODULE_DIR)
+    segmentation = scene_case["segmentation"]
+    lung_id = jobs.create_lung_segment(mrml_context, scene_case["ct"], segmentation, engine_dir=engine_dir,
+                                       work_dir=tmp_path / "a")
+    litres = {side: float(mrml.segment_tag(segmentation, lung_id, f"LungDDPM.{side}_lung_l")) for side in ("right", "left")}
+    assert litres["right"] > litres["left"] > 1.5 and jobs.lung_mask_warnings(segmentation, lung_id) == []
+    assert not (tmp_path / "a").exists()
+
+    physical = np.stack(np.meshgrid(*(np.arange(n) for n in case["lung"].shape), indexing="ij"), axis=-1)
+    left_lung = case["lung"] & (_physical_points(case["image"], physical)[..., 0] > 0)  # LPS x > 0: the left
+    filled = add_volume(mrml_context.scene, "vtkMRMLScalarVolumeNode", "filled",
+                        np.where(left_lung, 30, case["array"]).astype(case["array"].dtype), case["matrix"])
+    warned = jobs.create_lung_segment(mrml_context, filled, segmentation, engine_dir=engine_dir, work_dir=tmp_path / "b")
+    (warning,) = jobs.lung_mask_warnings(segmentation, warned)
+    assert "left lung" in warning and "missing" in warning

@@ -40,7 +40,7 @@ EXPECTED_WIDGETS = {
     "statusLabel": "QLabel",
     "logText": "QPlainTextEdit",
 }
-HAND_WIRED_PARAMETERS = {"lungSegmentId", "noduleSegmentIds", "modelName", "localModelPath"}  # no parameterNodeWrapper connector
+HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath"}  # no parameterNodeWrapper connector
 MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget"}
 
 

@@ -13,6 +13,7 @@ from lungddpm.cli_checks import (COUNT, MILLIMETRES, POSITIVE, SEED, SEED_HELP, 
 from lungddpm.errors import ConfigError, InputError, LungDDPMError
 from lungddpm.generation.export import LABEL_SETS
 from lungddpm.layout.nodules import NODULE_KINDS, RANDOM_DIAMETERS_MM
+from lungddpm.layout.segmentation import DEFAULT_EXCLUDED, DEFAULT_LUNG, DEFAULT_NODULES, LOBES, TOTALSEGMENTATOR_LABELS
 from lungddpm.model.config import NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE
 from lungddpm.runtime.precision import PRECISIONS
 from lungddpm.runtime.interrupt import exits_cleanly
@@ -94,17 +95,61 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _cmd_lung_mask(args: argparse.Namespace) -> int:
-    """Write an automatic lung mask (label 1) of a CT."""
+    """Write an automatic lung mask (label 1) of a CT; report each lung, warn when implausible; optional preview."""
     from lungddpm.io.outputs import check_output_file
     from lungddpm.layout.lung_mask import lung_mask
     from lungddpm.io.volume import read_volume, write_volume
 
     ct = read_volume(args.ct)
     check_output_file(args.output, protect=(args.ct,), needed_bytes=ct.array.size)  # a uint8 mask
+    if args.preview:
+        check_output_file(args.preview, protect=(args.ct, args.output), suffixes=(".png",))
     mask = lung_mask(ct)
-    litres = float((mask.array > 0).sum()) * _voxel_ml(mask) / 1000
     path = write_volume(mask, args.output, metadata={"descrip": "lung mask made by lungddpm (1 = lung)"}, protect=(args.ct,))
-    print(json.dumps({"output": str(path), "lung_volume_l": round(litres, 3)}))
+    _print_lung_report(ct, mask, {"output": str(path)}, preview=args.preview, protect=(args.ct, path))
+    return 0
+
+
+def _print_lung_report(ct, lung, record: dict, preview: str | None = None, protect: tuple = ()) -> None:
+    """Print a record and the lung report of a 0/1 mask as one JSON line, each warning on stderr; optional preview PNG."""
+    from lungddpm.layout.labels import LUNG
+    from lungddpm.layout.lung_report import lung_report
+    from lungddpm.io.volume import refuse_protected
+    from lungddpm.runtime.preview import slice_panels, write_png
+
+    report = lung_report(ct, lung)
+    if preview:
+        refuse_protected(Path(preview), protect)
+        record["preview"] = str(write_png(slice_panels([ct], lung, focus_label=LUNG), preview))
+    print(json.dumps({**record, **report.to_dict()}))
+    for warning in report.warnings:
+        print(f"lungddpm: warning: {warning}", file=sys.stderr)
+
+
+def _cmd_layout_from_segmentation(args: argparse.Namespace) -> int:
+    """Build a 0/1/2 layout from a label map or a folder of masks, check it like any layout, write it and report."""
+    from lungddpm.io.outputs import check_output_file
+    from lungddpm.layout.labels import NODULE, synthesis_region, validate_labels, validate_layout
+    from lungddpm.layout.segmentation import layout_from_segmentation
+    from lungddpm.io.volume import read_volume, write_volume
+
+    check_output_file(args.output, protect=tuple(p for p in (args.segmentation, args.reference) if p))
+    layout = layout_from_segmentation(args.segmentation, lung=args.lung_labels, nodules=args.nodule_labels,
+                                      exclude=args.exclude_labels)
+    name = f"layout from {args.segmentation}"
+    ct = read_volume(args.reference) if args.reference else None
+    if ct is None:
+        validate_labels(layout, name)
+    else:
+        validate_layout(ct, layout, ct_name=f"reference {args.reference}", layout_name=name)
+    protect = tuple(p for p in (args.segmentation, args.reference) if p)
+    path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=protect)
+    record = {"output": str(path), "nodule_voxels": int((layout.array == NODULE).sum())}
+    region = layout.with_array(synthesis_region(layout).astype("uint8"))
+    if ct is None:
+        print(json.dumps({**record, "lung_volume_l": round(float(region.array.sum() * _voxel_ml(region)) / 1000, 3)}))
+    else:
+        _print_lung_report(ct, region, record)
     return 0
 
 
@@ -117,13 +162,13 @@ def _voxel_ml(volume) -> float:
 def _cmd_add_nodule(args: argparse.Namespace) -> int:
     """Add a nodule at a point, or random nodules, to a layout and write the new layout."""
     from lungddpm.io.outputs import check_output_file
-    from lungddpm.layout.labels import require_layout_labels
+    from lungddpm.layout.labels import validate_labels
     from lungddpm.layout.nodules import add_nodule, random_nodules
     from lungddpm.io.volume import read_volume, write_volume
 
     _check_nodule_options(args)
     layout = read_volume(args.layout)
-    require_layout_labels(layout, args.layout)
+    validate_labels(layout, args.layout)
     check_output_file(args.output, protect=(args.layout,), needed_bytes=layout.array.size)  # a uint8 layout
     if args.random:
         layout, specs = random_nodules(layout, args.random, args.diameter_range or RANDOM_DIAMETERS_MM,
@@ -289,10 +334,30 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch (default: torch's choice)")
     syn.set_defaults(func=_cmd_synthesize)
 
-    lm = sub.add_parser("lung-mask", help="automatic lung mask of a CT (classical image processing, CPU)")
+    lm = sub.add_parser("lung-mask", help="automatic lung mask of a CT (classical image processing, CPU); prints "
+                                          "each lung's volume, the left/right balance and warnings")
     lm.add_argument("ct")
     lm.add_argument("--output", required=True)
+    lm.add_argument("--preview", metavar="PNG", help="also write an axial and a coronal slice with the mask's outline")
     lm.set_defaults(func=_cmd_lung_mask)
+
+    lay = sub.add_parser("layout", help="make a layout (0 background, 1 lung, 2 nodule) from other data")
+    lay_sub = lay.add_subparsers(dest="layout_command", required=True)
+    fs = lay_sub.add_parser("from-segmentation", help="layout from a label map or a folder of per-structure masks "
+                                                     "(TotalSegmentator known by default, nnU-Net, ...)")
+    fs.add_argument("segmentation", help="a label map file, or a folder of masks named after their structures")
+    fs.add_argument("--output", required=True)
+    fs.add_argument("--reference", help="the CT it segments: check the layout against it and report each lung")
+    fs.add_argument("--lung-labels", nargs="+", metavar="LABEL",
+                    help="label numbers (label map) or structure names (folder) that are lung; default: "
+                         f"TotalSegmentator's lobes (numbers {' '.join(str(TOTALSEGMENTATOR_LABELS[n]) for n in LOBES)};"
+                         f" files {', '.join(DEFAULT_LUNG)})")
+    fs.add_argument("--nodule-labels", nargs="+", metavar="LABEL",
+                    help=f"labels or names that are nodules (label 2); default: files {', '.join(DEFAULT_NODULES)}")
+    fs.add_argument("--exclude-labels", nargs="+", metavar="LABEL",
+                    help="labels or names taken out of the lung; default: the trachea "
+                         f"({TOTALSEGMENTATOR_LABELS['trachea']}; files {', '.join(DEFAULT_EXCLUDED)})")
+    fs.set_defaults(func=_cmd_layout_from_segmentation)
 
     an = sub.add_parser("add-nodule", help="paint a nodule (label 2) into a layout, at a point or at random")
     an.add_argument("--layout", required=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -12,13 +11,10 @@ import SimpleITK as sitk
 
 from helpers import rotation
 from lungddpm.errors import InputError
-from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, require_layout_labels, validate_layout
+from lungddpm.layout.labels import BACKGROUND, LUNG, NODULE, compose_layout, validate_labels, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import add_nodule, nodule_mask, random_nodules
 from lungddpm.io.volume import Volume, index_to_physical, physical_to_index, resample_like
-
-REPO = Path(__file__).resolve().parents[3]
-
 
 GRID_DIRECTIONS = {
     "lps": np.eye(3),
@@ -55,23 +51,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------------------
 # Real CT
-
-
-@pytest.fixture(scope="module")
-def report() -> ModuleType:
-    """bench/lung_mask_report.py, whose reference trachea and comparison the tests share."""
-    spec = importlib.util.spec_from_file_location("lung_mask_report", REPO / "bench" / "lung_mask_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def real_ct(real_ct_dir: Path) -> tuple[Volume, Volume]:
-    """The shared real CT and its crude layout."""
-    from lungddpm.io.volume import read_volume
-
-    return read_volume(real_ct_dir / "ct.nii.gz"), read_volume(real_ct_dir / "layout-crude.nii.gz")
 
 
 @pytest.fixture(scope="module")
@@ -187,13 +166,13 @@ def test_validate_layout_rejects_bad_cases() -> None:
 
 def test_layout_labels_refuse_a_ct_and_foreign_labels() -> None:
     ct, layout = ct_and_layout()
-    assert require_layout_labels(layout).tolist() == [BACKGROUND, LUNG, NODULE]
+    assert validate_labels(layout).tolist() == [BACKGROUND, LUNG, NODULE]
     with pytest.raises(InputError, match=r"ct.nrrd holds labels \[-850, 40\] outside .* it looks like an image"):
-        require_layout_labels(ct, "ct.nrrd")
+        validate_labels(ct, "ct.nrrd")
     odd = layout.with_array(np.where(layout.array == NODULE, 3, layout.array).astype(np.uint8))
     odd.array[0, 0, 0] = 255
     with pytest.raises(InputError, match=r"holds labels \[3, 255\] outside \{0 background, 1 lung, 2 nodule\}; relabel"):
-        require_layout_labels(odd)
+        validate_labels(odd)
 
 
 def test_validate_layout_accepts_nodule_touching_lung() -> None:
@@ -258,9 +237,12 @@ def test_add_nodule_returns_new_layout() -> None:
     assert result is not layout and np.count_nonzero(result.array == NODULE) > 0
     with pytest.raises(InputError, match="outside the layout image"):
         add_nodule(layout, (400.0, 0.0, 0.0), 10.0)
-    with pytest.raises(InputError, match="not inside the lung"):
-        add_nodule(layout, (34.0, 0.0, 0.0), 10.0)
-    assert np.any(add_nodule(layout, (34.0, 0.0, 0.0), 10.0, require_in_lung=False).array == NODULE)
+    juxtapleural = add_nodule(layout, (34.0, 0.0, 0.0), 10.0)  # centre 4 mm beyond the lung, nodule touching it
+    assert layout.array[tuple(np.round(physical_to_index(layout, (34.0, 0.0, 0.0))).astype(int)[::-1])] == BACKGROUND
+    validate_labels(juxtapleural)
+    with pytest.raises(InputError, match="neither lies in nor touches the lung"):
+        add_nodule(layout, (46.0, 0.0, 0.0), 10.0)  # 11 mm from the lung
+    assert np.any(add_nodule(layout, (46.0, 0.0, 0.0), 10.0, require_in_lung=False).array == NODULE)
 
 
 def test_add_nodule_refuses_a_nodule_larger_than_the_lung_or_the_image() -> None:

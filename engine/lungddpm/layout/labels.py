@@ -5,7 +5,9 @@ A layout is a uint8 label image on the grid of its reference CT:
 - ``BACKGROUND = 0``: everything outside the lungs;
 - ``LUNG = 1``: lung parenchyma (airways inside the lungs included; trachea and main bronchi excluded);
 - ``NODULE = 2``: nodule. A nodule voxel is lung tissue as well: the model sees label 2 as a lesion
-  within the lung, so a nodule must lie inside the lung or touch it.
+  within the lung, so a nodule must lie inside the lung or touch it. A nodule that touches the lung may
+  reach beyond it (a juxtapleural tumour into the chest wall or the mediastinum, where an automatic lung
+  mask ends at the tumour): every nodule voxel belongs to the region synthesis changes (synthesis_region).
 
 Every size and distance parameter is in millimetres and is converted per axis with the voxel spacing,
 so that anisotropic grids (e.g. 0.7 x 0.7 x 5 mm) and any direction matrix are handled alike.
@@ -19,6 +21,7 @@ import SimpleITK as sitk
 from lungddpm.errors import InputError
 from lungddpm.io.integrity import nonfinite_count, require_finite
 from lungddpm.io.volume import Volume, index_to_physical, mask_image, require_same_grid
+from lungddpm.layout.morphology import bounding_box, distance_mm
 
 BACKGROUND = 0
 LUNG = 1
@@ -32,6 +35,11 @@ CT_MAX_ABOVE_HU = 0.0
 NODULE_LUNG_TOLERANCE_MM = 5.0
 # A label image with more foreign values than this, or negative ones, is an intensity image (a CT) given as a layout.
 MAX_FOREIGN_LABELS = 10
+
+
+def synthesis_region(layout: Volume) -> np.ndarray:
+    """The voxels synthesis changes: the lung and every nodule voxel, also where a nodule reaches beyond the lung."""
+    return np.isin(layout.array, (LUNG, NODULE))
 
 
 def compose_layout(lung: Volume, nodules: Volume | None) -> Volume:
@@ -60,12 +68,11 @@ def validate_layout(ct: Volume, layout: Volume, *, ct_name: str = "reference", l
     """Raise InputError unless the layout fits the CT: same grid, labels 0/1/2, lungs, nodules in or at the lung."""
     require_same_grid(ct, layout, names=(ct_name, layout_name))
     require_ct_like(ct, ct_name)
-    if NODULE in require_layout_labels(layout, layout_name):
-        _require_nodules_at_lung(layout, layout_name)
+    validate_labels(layout, layout_name)
 
 
-def require_layout_labels(layout: Volume, layout_name: str = "layout") -> np.ndarray:
-    """The label values of a layout, or InputError for values outside 0/1/2 (e.g. a CT given as the layout) or no lung."""
+def validate_labels(layout: Volume, layout_name: str = "layout") -> np.ndarray:
+    """A layout's label values, or InputError unless 0/1/2 only (not e.g. a CT), some lung, nodules in or at the lung."""
     labels = np.unique(layout.array)
     unknown = [value for value in labels.tolist() if value not in LABELS]
     if unknown:
@@ -75,19 +82,33 @@ def require_layout_labels(layout: Volume, layout_name: str = "layout") -> np.nda
         raise InputError(f"{layout_name} holds labels {shown} outside {{0 background, 1 lung, 2 nodule}}; {fix}")
     if LUNG not in labels:
         raise InputError(f"{layout_name} has no lung voxels (label {LUNG}); add a lung mask (e.g. lung_mask)")
+    if NODULE in labels:
+        _require_nodules_at_lung(layout, layout_name)
     return labels
 
 
-def _require_nodules_at_lung(layout: Volume, layout_name: str) -> None:
-    """Raise InputError when a nodule (26-connected) has no voxel within NODULE_LUNG_TOLERANCE_MM of the lung.
+def touches_lung(layout: Volume, nodule: np.ndarray) -> bool:
+    """Whether a nodule mask (on the layout's grid) lies in or at the lung (label 1), by validate_layout's rule."""
+    if not nodule.any():
+        return False
+    reach, spacing = _lung_reach_mm(layout), layout.spacing[::-1]
+    box = bounding_box(nodule, [int(np.ceil(reach / s)) + 1 for s in spacing])
+    lung = layout.array[box] == LUNG
+    return bool(lung.any() and (nodule[box] & (distance_mm(lung, spacing) <= reach)).any())
 
-    On grids coarser than that, a nodule voxel that touches a lung voxel (up to the voxel diagonal) counts as at
-    the lung: distances are measured between voxel centres.
+
+def _lung_reach_mm(layout: Volume) -> float:
+    """How far from the lung a nodule voxel still counts as at the lung: the tolerance, or one voxel diagonal.
+
+    On grids coarser than NODULE_LUNG_TOLERANCE_MM, a nodule voxel that touches a lung voxel (up to the voxel
+    diagonal) counts as at the lung: distances are measured between voxel centres.
     """
-    lung = mask_image(layout.array == LUNG, layout)
-    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(lung, insideIsPositive=False, squaredDistance=False,
-                                                                   useImageSpacing=True))
-    near_lung = distance <= max(NODULE_LUNG_TOLERANCE_MM, float(np.linalg.norm(layout.spacing)) + 1e-6)
+    return max(NODULE_LUNG_TOLERANCE_MM, float(np.linalg.norm(layout.spacing)) + 1e-6)
+
+
+def _require_nodules_at_lung(layout: Volume, layout_name: str) -> None:
+    """Raise InputError when a nodule (26-connected) has no voxel within _lung_reach_mm of the lung."""
+    near_lung = distance_mm(layout.array == LUNG, layout.spacing[::-1]) <= _lung_reach_mm(layout)
     nodule_image = mask_image(layout.array == NODULE, layout)
     nodules = sitk.GetArrayFromImage(sitk.ConnectedComponent(nodule_image, True))
     touching = np.unique(nodules[near_lung & (nodules > 0)])

@@ -10,7 +10,7 @@ from numpy.polynomial import legendre
 
 from lungddpm.errors import InputError
 from lungddpm.io.volume import Volume, index_to_physical, mask_image, physical_to_index
-from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.layout.labels import LUNG, NODULE, touches_lung
 
 NODULE_KINDS = ("solid", "part-solid", "ground-glass")
 # Lobulation: the radius varies by up to this fraction of itself at irregularity 1.
@@ -89,8 +89,9 @@ def add_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: floa
                irregularity: float = 0.0, seed: int = 0, require_in_lung: bool = True) -> Volume:
     """A new layout with a nodule (label 2) painted at an LPS centre in mm; the input is left unchanged.
 
-    Refused (InputError): a centre outside the image or (with require_in_lung) outside the lung, and a nodule
-    wider than the largest ball that fits in the lung (labels 1 and 2), or without require_in_lung, than the image.
+    Refused (InputError): a centre outside the image; with require_in_lung, a nodule that neither lies in nor
+    touches the lung (a juxtapleural nodule is accepted); a nodule wider than the largest ball that fits in the
+    lung (labels 1 and 2), or without require_in_lung, than the image.
     """
     _check_nodule_parameters(diameter_mm, kind, irregularity)
     _require_room(layout, diameter_mm, require_in_lung)
@@ -117,11 +118,13 @@ def _paint_nodule(layout: Volume, center_lps_mm: Sequence[float], diameter_mm: f
     if voxel is None:
         raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm lies outside the layout image; "
                          f"pick a point inside the image")
-    if require_in_lung and layout.array[voxel] not in (LUNG, NODULE):
-        raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm is not inside the lung (label {LUNG}); "
-                         f"pick a point in the lung (or allow it: require_in_lung=False, lungddpm add-nodule --allow-outside-lung)")
+    nodule = nodule_mask(layout, center_lps_mm, diameter_mm, kind=kind, irregularity=irregularity, seed=seed)
+    if require_in_lung and layout.array[voxel] not in (LUNG, NODULE) and not touches_lung(layout, nodule):
+        raise InputError(f"nodule centre LPS {list(center_lps_mm)} mm: the nodule neither lies in nor touches the lung "
+                         f"(label {LUNG}); pick a point in or next to the lung (or allow it: require_in_lung=False, "
+                         f"lungddpm add-nodule --allow-outside-lung)")
     painted = layout.array.astype(np.uint8, copy=True)
-    painted[nodule_mask(layout, center_lps_mm, diameter_mm, kind=kind, irregularity=irregularity, seed=seed)] = NODULE
+    painted[nodule] = NODULE
     return layout.with_array(painted)
 
 

@@ -31,7 +31,7 @@ import torch
 
 from lungddpm.errors import ConfigError, InputError
 from lungddpm.io.volume import Volume, index_to_physical
-from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.layout.labels import LUNG, NODULE, synthesis_region
 from lungddpm.model.config import NATIVE_PROFILE, RELEASED_PROFILE, ModelConfig
 from lungddpm.synthesis.regrid import PAD_HU, resample_onto, to_reference_grid
 
@@ -82,7 +82,7 @@ def released_grid(reference: Volume, size: int) -> sitk.Image:
 
 def native_grid(layout: Volume, size: int, margin_mm: float = NATIVE_MARGIN_MM) -> sitk.Image:
     """size³ isotropic, patient-aligned (LPS identity) grid centred on the lungs' box plus a margin."""
-    kji = np.argwhere(layout.array >= LUNG)
+    kji = np.argwhere(synthesis_region(layout))
     if kji.size == 0:
         raise InputError("the layout has no lung voxels (label 1); cannot place the model grid")
     pts = index_to_physical(layout, kji[:, ::-1])

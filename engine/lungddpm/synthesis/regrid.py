@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungddpm.io.volume import Volume, to_pixel_type
-from lungddpm.layout.labels import LUNG
+from lungddpm.layout.labels import synthesis_region
 
 PAD_HU = -1000.0  # value (air) for model-grid voxels outside the reference's field of view
 
@@ -18,8 +18,8 @@ def resample_onto(image: sitk.Image, grid: sitk.Image, default: float = 0.0, int
 
 
 def synthesis_weight(layout: Volume, margin_mm: float) -> np.ndarray:
-    """Blend weight on the layout grid: 0 outside the lung region, rising to 1 over margin_mm inside it."""
-    region = (layout.array >= LUNG).astype(np.uint8)
+    """Blend weight on the layout grid: 0 outside labels.synthesis_region, rising to 1 over margin_mm inside it."""
+    region = synthesis_region(layout).astype(np.uint8)
     if margin_mm <= 0:
         return region.astype(np.float32)
     img = sitk.GetImageFromArray(region)
