@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--nodules", action="store_true", help="train demo-nodules (attribute patch model) instead")
+    p.add_argument("--init", default=None, help="continue from this checkpoint (e.g. an earlier run's latest.pt)")
     p.add_argument("--work", type=Path, default=Path("runs/demo-model"),
                    help="working folder; its prepared/ data are reused when present (same --phantoms and --seed)")
     args = p.parse_args()
@@ -101,13 +102,13 @@ def main() -> None:
     config = RunConfig(data=[str(args.work / "prepared")], output=str(args.work / "run"), lr=args.lr,
                        batch_size=args.batch_size, grad_accum=args.grad_accum, ema_start=min(2000, args.steps // 2),
                        save_every=max(args.steps // 4, 1), steps=args.steps, seed=args.seed, device="cpu", workers=0,
-                       preview_every=0, tensorboard=False, **model_config, **training)
+                       preview_every=0, tensorboard=False, init=args.init, init_weights="model", **model_config, **training)
     run_training(config)
     ema_half = load_model(args.work / "run" / LATEST, device="cpu", weights="ema")
     ema_half.denoise_fn.half()
     save_checkpoint(args.output, ema_half, step=args.steps, store=("ema",),
                     extra={"training": {"phantoms": args.phantoms, "steps": args.steps, "lr": args.lr, "seed": args.seed,
-                                        "batch_size": args.batch_size,
+                                        "batch_size": args.batch_size, "init": args.init,
                                         "data_seconds": round(t_data, 1), "total_seconds": round(time.perf_counter() - t0, 1)}})
     print(json.dumps({"output": str(args.output), "data_s": round(t_data, 1), "total_s": round(time.perf_counter() - t0, 1)}))
 
