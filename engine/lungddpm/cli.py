@@ -158,9 +158,10 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
         layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=args.irregularity, seed=args.seed,
                             require_in_lung=not args.allow_outside_lung)
         specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": args.irregularity}]
-    path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=(args.layout,))
     earlier = read_sidecar(args.layout) if sidecar_path(args.layout).is_file() else []
-    sidecar = write_sidecar(path, kind_records(layout, specs, earlier))  # the kinds, as texture, for attribute models
+    records = kind_records(layout, specs, earlier)  # the kinds, as texture, for attribute models
+    path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=(args.layout,))
+    sidecar = write_sidecar(path, records)
     print(json.dumps({"output": str(path), "sidecar": str(sidecar), "nodules": specs}, default=float))
     return 0
 
