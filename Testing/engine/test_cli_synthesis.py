@@ -206,3 +206,16 @@ def test_add_nodule_records_its_kind_as_texture_in_the_sidecar(phantom_files, tm
                  "1", "--seed", "3", "--kinds", "part-solid"]) == 0
     textures = [r.attributes.texture for r in read_sidecar(tmp_path / "b.nrrd")]
     assert len(textures) == 3 and sorted(t for t in textures if t) == [1, 3]  # the phantom's own nodule: no kind
+
+
+def test_bundled_demo_nodules_model_knows_its_attributes(phantom_files, tmp_path):
+    from lungddpm.cli import DEMO_NODULES_NAME, _model_path, main
+    from lungddpm.model.checkpoints import load_model
+
+    model = load_model(_model_path(DEMO_NODULES_NAME))
+    assert model.config.attributes == ("texture", "margin", "spiculation") and model.config.is_patch_model
+    ref, lay, _ = phantom_files
+    assert main(["synthesize", "--reference", str(ref), "--layout", str(lay), "--model", DEMO_NODULES_NAME, "--output",
+                 str(tmp_path / "o.nrrd"), "--prompt", "ground-glass nodule", "--device", "cpu", "--threads", "1"]) == 0
+    meta = sitk.ReadImage(str(tmp_path / "o.nrrd"))
+    assert meta.GetMetaData("guidance") == f"{model.config.guidance_scale:g}"
