@@ -13,7 +13,7 @@ from lungddpm.errors import ConfigError, InputError
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.model.conditioning import AttributeEmbedding, attribute_vector, unknown_vector
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEMA = ("texture", "calcification")
 
 

@@ -11,7 +11,7 @@ from lungddpm.sampling.noise import make_generator
 from lungddpm.sampling.options import SAMPLERS
 from lungddpm.sampling.sample import sample
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEMA = ("texture",)
 
 

@@ -16,7 +16,7 @@ from lungddpm.layout.labels import NODULE
 from lungddpm.layout.sidecar import NoduleRecord, component_centres_mm, layout_records, nodule_components
 from lungddpm.synthesis.synthesize import synthesize
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 GLASS, SOLID = NoduleAttributes(texture=1), NoduleAttributes(texture=5)
 
 

@@ -19,7 +19,7 @@ from lungddpm.training.data import PreparedCases, load_cases, sample_attributes
 from lungddpm.training.objective import drop_attributes
 from lungddpm.training.prepare import prepare_dataset
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTURES = {"glass": 1, "solid": 5}
 
 
