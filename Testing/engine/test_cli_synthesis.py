@@ -134,3 +134,88 @@ def test_separate_lung_and_nodule_masks_give_the_same_result_as_a_layout(phantom
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert np.array_equal(read_volume(tmp_path / "a.nrrd").array, read_volume(tmp_path / "b.nrrd").array)
     assert np.array_equal(read_volume(tmp_path / "b_labels.nrrd").array, ph.layout.array)
+
+
+@pytest.fixture(scope="module")
+def attribute_case(tmp_path_factory):
+    """A phantom (2 nodules), its layout and a random attribute patch model (texture, margin) saved as a file."""
+    from helpers import random_model
+    from lungddpm import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("attributes")
+    ph = make_phantom(seed=1, nodules=2)
+    model = random_model(attributes=("texture", "margin"), guidance_scale=2.0, in_channels=2, profile="released-patch")
+    return (write_volume(ph.ct, folder / "ct.nrrd"), write_volume(ph.layout, folder / "layout.nrrd"),
+            save_checkpoint(folder / "attr.pt", model), ph)
+
+
+def _synth(ct, layout, model, out, *extra):
+    from lungddpm.cli import main
+
+    return main(["synthesize", "--reference", str(ct), "--layout", str(layout), "--model", str(model), "--output",
+                 str(out), "--device", "cpu", "--sampler", "ddim", "--steps", "2", "--threads", "1", *extra])
+
+
+def test_prompt_and_nodule_are_the_same_request_bit_for_bit(attribute_case, tmp_path, capsys):
+    ct, layout, model, ph = attribute_case
+    assert _synth(ct, layout, model, tmp_path / "p.nrrd", "--prompt", "solid nodule with sharp margins") == 0
+    assert _synth(ct, layout, model, tmp_path / "n.nrrd", "--nodule", "texture=solid, margin=5") == 0
+    assert _synth(ct, layout, model, tmp_path / "g.nrrd", "--nodule", "texture=ground-glass, margin=5") == 0
+    p, n, g = (read_volume(tmp_path / f"{s}.nrrd") for s in "png")
+    assert np.array_equal(p.array, n.array) and not np.array_equal(p.array, g.array)
+    meta = sitk.ReadImage(str(tmp_path / "p.nrrd"))
+    assert json.loads(meta.GetMetaData("nodule_attributes"))[0]["attributes"] == {"texture": 5.0, "margin": 5.0}
+    assert meta.GetMetaData("guidance") == "2" and "--prompt" in meta.GetMetaData("nodule_attributes_from")
+
+
+def test_layout_sidecar_is_used_and_said(attribute_case, tmp_path, capsys):
+    from lungddpm.layout.attributes import NoduleAttributes
+    from lungddpm.layout.sidecar import layout_records, write_sidecar
+
+    ct, _, model, ph = attribute_case
+    layout = write_volume(ph.layout, tmp_path / "described.nrrd")
+    sidecar = write_sidecar(layout, layout_records(ph.layout, {1: NoduleAttributes(texture=1), 2: NoduleAttributes(texture=1)}))
+    assert _synth(ct, layout, model, tmp_path / "s.nrrd") == 0
+    assert f"nodule attributes from {sidecar}" in capsys.readouterr().err
+    assert _synth(ct, layout, model, tmp_path / "j.nrrd", "--nodules-json", str(sidecar)) == 0
+    assert _synth(ct, layout, model, tmp_path / "u.nrrd", "--nodule", "texture=1") == 0
+    s, j, u = (read_volume(tmp_path / f"{x}.nrrd").array for x in "sju")
+    assert np.array_equal(s, j) and np.array_equal(s, u)
+
+
+def test_attributes_for_a_model_without_them_are_refused(attribute_case, tmp_path, capsys):
+    ct, layout, _, _ = attribute_case
+    assert _synth(ct, layout, "demo", tmp_path / "d.nrrd", "--nodule", "texture=solid") == 2
+    err = capsys.readouterr().err
+    assert "model demo-native-32.pt takes no nodule attributes; leave out --nodule" in err and len(err.splitlines()) == 1
+    assert _synth(ct, layout, "demo", tmp_path / "d.nrrd", "--guidance", "3") == 2
+    assert "--guidance" in capsys.readouterr().err
+    assert _synth(ct, layout, "demo", tmp_path / "d.nrrd", "--nodule", "texture=glassy") == 2
+    assert "is not a value of texture; use 1 ground-glass" in capsys.readouterr().err
+
+
+def test_add_nodule_records_its_kind_as_texture_in_the_sidecar(phantom_files, tmp_path):
+    from lungddpm.layout.sidecar import read_sidecar
+
+    from lungddpm.cli import main
+
+    _, lay, _ = phantom_files
+    assert main(["add-nodule", "--layout", str(lay), "--output", str(tmp_path / "a.nrrd"), "--random", "1", "--kinds",
+                 "ground-glass"]) == 0
+    assert main(["add-nodule", "--layout", str(tmp_path / "a.nrrd"), "--output", str(tmp_path / "b.nrrd"), "--random",
+                 "1", "--seed", "3", "--kinds", "part-solid"]) == 0
+    textures = [r.attributes.texture for r in read_sidecar(tmp_path / "b.nrrd")]
+    assert len(textures) == 3 and sorted(t for t in textures if t) == [1, 3]  # the phantom's own nodule: no kind
+
+
+def test_bundled_demo_nodules_model_knows_its_attributes(phantom_files, tmp_path):
+    from lungddpm.cli import DEMO_NODULES_NAME, _model_path, main
+    from lungddpm.model.checkpoints import load_model
+
+    model = load_model(_model_path(DEMO_NODULES_NAME))
+    assert model.config.attributes == ("texture", "margin", "spiculation") and model.config.is_patch_model
+    ref, lay, _ = phantom_files
+    assert main(["synthesize", "--reference", str(ref), "--layout", str(lay), "--model", DEMO_NODULES_NAME, "--output",
+                 str(tmp_path / "o.nrrd"), "--prompt", "ground-glass nodule", "--device", "cpu", "--threads", "1"]) == 0
+    meta = sitk.ReadImage(str(tmp_path / "o.nrrd"))
+    assert meta.GetMetaData("guidance") == f"{model.config.guidance_scale:g}"

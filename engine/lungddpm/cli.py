@@ -21,15 +21,16 @@ from lungddpm.runtime.progress import PROGRESS_MODES
 from lungddpm.sampling.options import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS, SAMPLERS, VARIANTS
 
 DEMO_MODEL_NAME = "demo"  # the word that names the bundled demo model wherever a checkpoint is asked for
+DEMO_NODULES_NAME = "demo-nodules"  # the bundled attribute (nodule) demo model
 
 
 def _model_path(value: str) -> Path:
-    """A checkpoint path; the word 'demo' names the bundled demo model."""
-    if value == DEMO_MODEL_NAME:
-        from lungddpm.demo.demo import DEMO_MODEL
+    """A checkpoint path; the words 'demo' and 'demo-nodules' name the bundled demo models."""
+    if value not in (DEMO_MODEL_NAME, DEMO_NODULES_NAME):
+        return Path(value)
+    from lungddpm.demo.demo import DEMO_MODEL, DEMO_NODULES_MODEL
 
-        return DEMO_MODEL
-    return Path(value)
+    return DEMO_MODEL if value == DEMO_MODEL_NAME else DEMO_NODULES_MODEL
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -62,15 +63,52 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
         layout, layout_name = _layout_from_masks(args.lung_mask, args.nodule_mask)
     for target in planned_outputs(args.output):  # refuse before hours of sampling, not after
         check_output_file(target, protect=protect, needed_bytes=output_bytes(reference))
+    attributes, source = _nodule_request(args)
+    if source and attributes is None:  # a sidecar next to the layout: used when the model takes attributes
+        model, attributes, source = _with_layout_sidecar(model, source)
     result = synthesize(reference, layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
                         device=args.device, progress=Progress(args.progress), variant=args.variant,
-                        precision=args.precision, patch_spacing_mm=args.patch_spacing,
-                        reference_name=args.reference, layout_name=layout_name)
+                        precision=args.precision, patch_spacing_mm=args.patch_spacing, attributes=attributes,
+                        guidance=args.guidance, reference_name=args.reference, layout_name=layout_name)
     if args.nodule_mask:  # provenance names files, without their folders
         result.metadata["layout"] = f"{Path(args.lung_mask).name} + {Path(args.nodule_mask).name}"
+    if source:
+        result.metadata["nodule_attributes_from"] = source
     image_path, labels_path = write_result(result, args.output, protect=protect)
-    _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path)})
+    _report(args.progress, {"event": "done", "image": str(image_path), "labels": str(labels_path),
+                            **({"nodule_attributes_from": source} if source else {})})
     return 0
+
+
+def _nodule_request(args: argparse.Namespace):
+    """The nodule attributes asked for (--nodule, --prompt, --nodules-json) and where they come from.
+
+    Without them, a sidecar next to --layout (<stem>.nodules.json) is named as the source, attributes None.
+    """
+    from lungddpm.layout.attributes import parse_assignments, parse_prompt
+    from lungddpm.layout.sidecar import read_sidecar_file, sidecar_path
+
+    if args.nodule:
+        return parse_assignments(args.nodule), f"--nodule {args.nodule}"
+    if args.prompt:
+        return parse_prompt(args.prompt), f"--prompt {args.prompt}"
+    if args.nodules_json:
+        return read_sidecar_file(args.nodules_json), Path(args.nodules_json).name
+    if args.layout and sidecar_path(args.layout).is_file():
+        return None, str(sidecar_path(args.layout))
+    return None, None
+
+
+def _with_layout_sidecar(model_path: Path, sidecar: str):
+    """(model, records, source) using the layout's sidecar for an attribute model; (path, None, None) otherwise."""
+    from lungddpm.layout.sidecar import read_sidecar_file
+    from lungddpm.model.checkpoints import load_model
+
+    model = load_model(model_path, device="cpu")
+    if not model.config.attributes:
+        return model, None, None
+    print(f"lungddpm: nodule attributes from {sidecar} (the layout's sidecar)", file=sys.stderr)
+    return model, read_sidecar_file(sidecar), Path(sidecar).name
 
 
 def _layout_from_masks(lung_path: str, nodule_path: str | None):
@@ -164,6 +202,8 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
     from lungddpm.io.outputs import check_output_file
     from lungddpm.layout.labels import validate_labels
     from lungddpm.layout.nodules import add_nodule, random_nodules
+    from lungddpm.io.atomic import outputs_together
+    from lungddpm.layout.sidecar import kind_records, read_sidecar, sidecar_path, write_sidecar
     from lungddpm.io.volume import read_volume, write_volume
 
     _check_nodule_options(args)
@@ -181,8 +221,13 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
         layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=irregularity, seed=args.seed,
                             require_in_lung=not args.allow_outside_lung)
         specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": irregularity}]
-    path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"}, protect=(args.layout,))
-    print(json.dumps({"output": str(path), "nodules": specs}, default=float))
+    earlier = read_sidecar(args.layout) if sidecar_path(args.layout).is_file() else []
+    records = kind_records(layout, specs, earlier)  # the kinds, as texture, for attribute models
+    with outputs_together():  # the layout and its sidecar appear together
+        path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"},
+                            protect=(args.layout,))
+        sidecar = write_sidecar(path, records)
+    print(json.dumps({"output": str(path), "sidecar": str(sidecar), "nodules": specs}, default=float))
     return 0
 
 
@@ -330,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--patch-spacing", type=MILLIMETRES, default=None, metavar="MM",
                      help="Lung-DDPM+ models: cube voxel size in mm (default: the model's; released: the CT's own voxels)")
     syn.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (see README)")
+    described = syn.add_mutually_exclusive_group()
+    described.add_argument("--nodule", metavar="NAME=VALUE,...",
+                           help="attribute models: every nodule's attributes, e.g. 'texture=ground-glass, spiculation=4' "
+                                "(LIDC value names or codes)")
+    described.add_argument("--prompt", help="attribute models: every nodule described in words, e.g. '12 mm solid "
+                                            "spiculated nodule' (the same as the equivalent --nodule)")
+    described.add_argument("--nodules-json", metavar="FILE",
+                           help="attribute models: per nodule, a sidecar (<layout>.nodules.json format); default: the "
+                                "sidecar next to --layout when there is one")
+    syn.add_argument("--guidance", type=float, default=None, metavar="W",
+                     help="classifier-free guidance scale w of an attribute model (default: the model's; 1 = plain)")
     syn.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES)
     syn.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch (default: torch's choice)")
     syn.set_defaults(func=_cmd_synthesize)
@@ -366,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--ras", action="store_true", help="--center is in RAS (as Slicer shows it)")
     an.add_argument("--diameter", type=MILLIMETRES, help="diameter in mm (at most the largest ball that fits in the lung)")
     an.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS,
-                    help="the nodule's kind (--center), or the kinds random nodules are drawn from (--random)")
+                    help="texture of the added nodules (--center: the nodule's; --random: drawn from these), recorded "
+                         "in the output's sidecar <stem>.nodules.json (solid 5, part-solid 3, ground-glass 1), which "
+                         "attribute models follow")
     an.add_argument("--irregularity", type=number(0.0, 1.0), default=None,
                     help="0 (sphere) to 1 (strongly lobulated); --center: default 0; --random: every nodule's "
                          "(default: each drawn from 0 to 0.5)")
@@ -400,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--nodules", type=COUNT, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
     gen.add_argument("--diameter-range", type=MILLIMETRES, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"), action=OrderedPair,
                      help="nodule diameters in mm (MIN <= MAX)")
-    gen.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS)
+    gen.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS,
+                     help="texture of the random nodules, for attribute models (e.g. demo-nodules); a model without "
+                          "attributes takes only the default")
     gen.add_argument("--labels", default="layout", choices=sorted(LABEL_SETS), help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
     gen.add_argument("--shard", default=None, metavar="I/N", help="this process's shard (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     gen.add_argument("--device", default="auto", help="auto (= cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N, mps")

@@ -247,3 +247,25 @@ def test_finalize_after_a_kill_counts_complete_cases_and_a_resume_leaves_nothing
     assert not paths.staging.exists() and not [p for p in paths.root.rglob("*") if is_temporary(p)]
     assert sorted(p.name for p in paths.root.iterdir()) == ["datalist.json", "dataset.json", "imagesTr", "labelsTr",
                                                             "manifest.csv", "manifest.jsonl", "provenance"]
+
+
+def test_kinds_are_textures_for_attribute_models_and_refused_by_others(refs_dir, tmp_path):
+    from helpers import random_model
+    from lungddpm import save_checkpoint
+
+    net = random_model(attributes=("texture",), in_channels=2, profile="released-patch")
+    net.denoise_fn.attribute_embed.tables[0].weight.data.normal_(0.0, 1.0)  # a texture effect of many HU
+    model = save_checkpoint(tmp_path / "attr.pt", net)
+    refs = read_references(refs_dir)[:1]
+    made = {}
+    for kind in ("ground-glass", "solid"):
+        paths = dataset_folder(tmp_path / kind, 501, "Kinds")
+        settings = GenerateSettings(nodules=NoduleRequest(1, (20.0, 25.0), (kind,)), **FAST)
+        generate(refs, model, paths, settings, Shard(0, 1), progress="none")
+        record = json.loads(next((paths.root / "provenance").glob("*.json")).read_text())
+        made[kind] = nib.load(next((paths.root / "imagesTr").glob("*.nii.gz"))).get_fdata()
+        assert record["nodule_request"]["kinds"] == [kind]
+    assert not np.array_equal(made["ground-glass"], made["solid"])  # same seed and layout: the kind changed the nodule
+    settings = GenerateSettings(nodules=NoduleRequest(1, (20.0, 25.0), ("ground-glass",)), **FAST)
+    with pytest.raises(ConfigError, match="takes no nodule attributes, so --kinds ground-glass cannot be honoured"):
+        generate(refs, DEMO_MODEL, dataset_folder(tmp_path / "demo", 501, "Kinds"), settings, Shard(0, 1), progress="none")

@@ -142,3 +142,17 @@ def test_reader_summary_means_ordinal_and_takes_the_most_frequent_category():
                                  "readers": 3}
     assert reader_summary([{"calcification": 6}, {"calcification": 3}]).calcification == 3  # a tie: lower code
     assert reader_summary([]) == NoduleAttributes()
+
+
+def test_assignments_take_value_names_or_codes_and_match_the_prompt():
+    from lungddpm.layout.attributes import parse_assignments
+
+    assert parse_assignments("texture=ground-glass, spiculation=4") == NoduleAttributes(texture=1, spiculation=4)
+    assert parse_assignments("internalStructure=air; calcification=absent, texture=3.5, diameter=12 mm") == \
+        NoduleAttributes(internal_structure=4, calcification=6, texture=3.5, diameter_mm=12)
+    assert parse_assignments("texture=solid, spiculation=marked, diameter=12") == parse_prompt("12 mm solid spiculated nodule")
+    for bad, message in (("texture=glassy", "is not a value of texture; use 1 ground-glass"),
+                         ("colour=red", "must be name=value"), ("texture=1, texture=5", "gives texture twice"),
+                         ("calcification=2.5", "is a category")):
+        with pytest.raises(InputError, match=message):
+            parse_assignments(bad)

@@ -28,7 +28,7 @@ def _fixed_loss(model, prepared) -> float:
     total = 0.0
     with torch.no_grad():
         for n in range(len(cases)):
-            x, cond, _ = PreparedCases(cases)[(n, 0)]
+            x, cond, _, _ = PreparedCases(cases)[(n, 0)]
             t = torch.randint(0, model.config.timesteps, (4,), generator=g)
             noise = torch.randn((4, *x.shape), generator=g)
             total += loss_at(model.denoise_fn, model.diffusion, x[None].expand(4, -1, -1, -1, -1), cond[None].expand(4, -1, -1, -1, -1),

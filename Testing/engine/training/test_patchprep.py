@@ -146,7 +146,7 @@ def test_train_a_patch_model_then_synthesise_with_it(phantoms, prepared, tmp_pat
 
 def test_patch_data_and_models_must_match(prepared, tmp_path, capsys):
     cases, space = load_cases([str(prepared[0])], "train")
-    x, cond, _ = PreparedCases(cases)[(0, 0)]
+    x, cond, _, _ = PreparedCases(cases)[(0, 0)]
     assert space["cond_channels"] == 1 and x.shape == cond.shape == (1, 16, 16, 16) and x.dtype == cond.dtype == torch.float32
     native = [a.replace("profile=released-patch", "profile=native") for a in TINY_PATCH]
     assert main(["train", "--data", str(prepared[0]), "--output", str(tmp_path / "a"), "--steps", "1", *native]) == 2

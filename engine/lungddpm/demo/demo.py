@@ -19,6 +19,7 @@ from lungddpm.synthesis.synthesize import output_bytes, synthesize, write_result
 from lungddpm.io.volume import Volume, write_volume
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo-native-32.pt"
+DEMO_NODULES_MODEL = DEMO_MODEL.with_name("demo-nodules.pt")  # 16³ patch model conditioned on texture, margin, spiculation
 DEMO_NODULES = 2
 DEMO_DIAMETERS_MM = (22.0, 30.0)  # the demo model sees ~10 mm voxels: smaller nodules are sub-voxel
 

@@ -1,8 +1,8 @@
 """Batch generation of an augmentation data set: K synthetic variants of each reference CT, sharded over ranks.
 
 Inputs are reference CTs with layouts, or CTs alone plus a nodule specification (count, diameter
-range, kinds): then the lung mask is computed (``lung_mask``) and nodules are placed at random
-(``random_nodules``) with each variant's own seed. Each rank makes its share of the work list
+range, kinds: their texture, which attribute models follow): then the lung mask is computed
+(``lung_mask``) and nodules are placed at random (``random_nodules``) with each variant's own seed. Each rank makes its share of the work list
 (``jobs``), skips cases already on disk (resume), writes each case atomically (``datasets_out``)
 and, when every case exists, rebuilds the data-set files (nnU-Net ``dataset.json``, MONAI
 datalist, manifest).
@@ -24,6 +24,8 @@ from lungddpm.errors import CheckpointError, ConfigError, InputError
 from lungddpm.generation.shards import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import random_nodules
+from lungddpm.layout.sidecar import kind_records
+from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.interrupt import NOTHING_WRITTEN, leaves
 from lungddpm.runtime.progress import BatchProgress
 from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
@@ -44,13 +46,16 @@ class Reference:
     layout: Path | None = None
 
 
+DEFAULT_KINDS = ("solid",)  # what a model without attributes is taken to draw
+
+
 @dataclass(frozen=True)
 class NoduleRequest:
     """Random nodules to add to every case: count, diameter range in mm, kinds."""
 
     count: int
     diameter_range_mm: tuple[float, float] = (6.0, 20.0)
-    kinds: tuple[str, ...] = ("solid",)
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # textures for attribute models (layout.nodules.KIND_TEXTURE)
 
     def as_dict(self) -> dict:
         """Plain-JSON form for provenance."""
@@ -250,7 +255,8 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             image, layout, info, layout_name = maker.inputs(item)
             result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
                                 steps=settings.requested_steps, device=str(model.device), variant=settings.aas_variant,
-                                reference_name=str(ref.image), layout_name=layout_name)
+                                reference_name=str(ref.image), layout_name=layout_name,
+                                attributes=_kind_request(model, layout, settings, info["nodules"]))
             record = _record(item, ref, paths, settings, info, result.metadata, shard)
             result.metadata["case"] = item.case
             write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
@@ -265,6 +271,18 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
         summary["finalized"] = finalize(paths)
         shutil.rmtree(paths.staging, ignore_errors=True)  # what killed runs left; no rank writes cases any more
     return summary
+
+
+def _kind_request(model: LungDDPM, layout: Volume, settings: GenerateSettings, specs: list[dict]) -> list | None:
+    """The random nodules' kinds as texture records for an attribute model; None (and only the default kind) otherwise."""
+    kinds = settings.nodules.kinds if settings.nodules else DEFAULT_KINDS
+    if model.config.attributes:
+        return kind_records(layout, specs) if specs else None
+    if tuple(kinds) != DEFAULT_KINDS:
+        raise ConfigError(f"model {Path(model.source.path).name if model.source else 'in memory'} takes no nodule "
+                          f"attributes, so --kinds {' '.join(kinds)} cannot be honoured; leave --kinds out or use an "
+                          "attribute model such as demo-nodules")
+    return None
 
 
 def _kept(paths: DatasetPaths, done: int, total: int) -> str:

@@ -10,7 +10,8 @@ optional (None = unknown); the diameter (mm) comes from a mask, not from the rea
 ``render_prompt`` writes a record as a sentence in a closed vocabulary ("14 mm part-solid nodule
 with marked spiculation, moderately suspicious") and ``parse_prompt`` reads such sentences back,
 deterministically, with common synonyms (GGO, subsolid, spiculated, cavitary, ...):
-``parse_prompt(render_prompt(a)) == a`` for every record. Pure Python: no numpy, no torch.
+``parse_prompt(render_prompt(a)) == a`` for every record. ``parse_assignments`` reads the command
+line's ``name=value`` form ("texture=ground-glass, spiculation=4"). Pure Python: no numpy, no torch.
 """
 
 from __future__ import annotations
@@ -296,3 +297,40 @@ def _match(tokens: list[str], at: int) -> tuple[int, str | None, float | int]:
     if word in FILLER_WORDS:
         return 1, None, 0
     return 0, None, 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Assignments: "texture=ground-glass, spiculation=4"
+
+ASSIGNMENT_KEYS = {**{c.field: c.field for c in CHARACTERISTICS}, **{c.tag.lower(): c.field for c in CHARACTERISTICS},
+                   "diameter": "diameter_mm", "diameter_mm": "diameter_mm"}
+
+
+def parse_assignments(text: str) -> NoduleAttributes:
+    """The record of 'name=value, ...': a characteristic's LIDC value name or code (fractional: ordinal), diameter in mm."""
+    values: dict[str, float | int] = {}
+    for part in filter(None, (p.strip() for p in re.split(r"[,;]", text))):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        field = ASSIGNMENT_KEYS.get(key.lower().replace(" ", "_"))
+        if not sep or field is None:
+            raise InputError(f"--nodule part {part!r} must be name=value with a name among "
+                             f"{', '.join(c.field for c in CHARACTERISTICS)}, diameter; e.g. 'texture=ground-glass, spiculation=4'")
+        if field in values:
+            raise InputError(f"--nodule gives {field} twice; keep one")
+        values[field] = _assigned_value(field, value)
+    return NoduleAttributes(**values)
+
+
+def _assigned_value(field: str, value: str) -> float | int:
+    """A value of an assignment: a number (a diameter may end in 'mm'), or the LIDC table's name of a code."""
+    number = value.lower().removesuffix("mm").strip() if field == "diameter_mm" else value
+    try:
+        return float(number) if "." in number else int(number)
+    except ValueError:
+        pass
+    c = BY_FIELD.get(field)
+    names = {} if c is None else {_words(name): code for code, name in enumerate(c.values, 1)}
+    if _words(value) not in names:
+        choices = "a number of mm" if c is None else ", ".join(f"{n} {name}" for n, name in enumerate(c.values, 1))
+        raise InputError(f"--nodule {field}={value!r} is not a value of {field}; use {choices}")
+    return names[_words(value)]

@@ -13,6 +13,8 @@ from lungddpm.io.volume import Volume, index_to_physical, mask_image, physical_t
 from lungddpm.layout.labels import LUNG, NODULE, touches_lung
 
 NODULE_KINDS = ("solid", "part-solid", "ground-glass")
+# A kind is a texture, not a shape: the LIDC texture code an added nodule's sidecar record gets (attribute models use it).
+KIND_TEXTURE = {"solid": 5, "part-solid": 3, "ground-glass": 1}
 # Lobulation: the radius varies by up to this fraction of itself at irregularity 1.
 LOBULATION_AMPLITUDE = 0.35
 LOBULATION_DEGREES = (2, 4, 6)

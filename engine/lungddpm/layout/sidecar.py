@@ -22,9 +22,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungddpm.errors import InputError
+from lungddpm.io.atomic import write_text
 from lungddpm.io.volume import READABLE_SUFFIXES, Volume, index_to_physical, physical_to_index
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
+from lungddpm.layout.nodules import KIND_TEXTURE
 
 SIDECAR_SUFFIX = ".nodules.json"
 SIDECAR_FORMAT = "lungddpm nodule attributes"
@@ -103,8 +105,7 @@ def write_sidecar(layout_path: str | Path, records: Iterable[NoduleRecord]) -> P
     path = sidecar_path(layout_path)
     document = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "layout": Path(layout_path).name,
                 "nodules": [r.to_dict() for r in records]}
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def read_sidecar(layout_path: str | Path) -> list[NoduleRecord]:
@@ -112,6 +113,14 @@ def read_sidecar(layout_path: str | Path) -> list[NoduleRecord]:
     path = sidecar_path(layout_path)
     if not path.is_file():
         raise InputError(f"{path}: no nodule sidecar next to the layout; write one (write_sidecar) or omit it")
+    return read_sidecar_file(path)
+
+
+def read_sidecar_file(path: str | Path) -> list[NoduleRecord]:
+    """The records of a sidecar file given by its own path; an unreadable or foreign file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such nodule sidecar; give a <layout>.nodules.json file (write_sidecar writes one)")
     try:
         document = json.loads(path.read_text())
         if document.get("format") != SIDECAR_FORMAT or document.get("version") != SIDECAR_VERSION:
@@ -146,3 +155,10 @@ def match_records(layout: Volume, records: Iterable[NoduleRecord]) -> dict[int, 
                              f"{label}; keep one record per nodule")
         matched[label] = record.attributes
     return matched
+
+
+def kind_records(layout: Volume, specs: Iterable[Mapping], earlier: Iterable[NoduleRecord] = ()) -> list[NoduleRecord]:
+    """The layout's records: earlier ones kept, each added nodule spec's kind as its texture (KIND_TEXTURE), by centre."""
+    added = [NoduleRecord(0, tuple(spec["center_lps_mm"]), NoduleAttributes(texture=KIND_TEXTURE[spec["kind"]]))
+             for spec in specs]
+    return layout_records(layout, match_records(layout, [*earlier, *added]))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lungddpm.errors import ConfigError
+from lungddpm.layout.attributes import BY_FIELD
 
 # Profiles: how a model sees a CT (synthesis.profiles, synthesis.patches). A checkpoint records its profile.
 RELEASED_PROFILE = "released"  # Lung-DDPM as released: whole volume, file axes, per-slice min-max
@@ -36,10 +37,13 @@ class ModelConfig:
     attention: str = ATTENTIONS[0]
     dropout: float = 0.0
     patch_spacing_mm: float | None = None  # patch models: isotropic cube voxel size; None = the CT's own voxels
+    attributes: tuple[str, ...] = ()  # LIDC characteristics the model is conditioned on (model.conditioning); () = none
+    guidance_scale: float = 1.0  # default classifier-free guidance w of an attribute model (1 = plain conditional)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        self.attributes = tuple(str(a) for a in self.attributes)
         self.validate()
 
     @property
@@ -91,12 +95,19 @@ class ModelConfig:
                               f"be out_channels + 1 = {self.out_channels + 1}, not {self.in_channels}")
         if self.attention not in ATTENTIONS:
             raise ConfigError(f"attention {self.attention!r} must be one of {ATTENTIONS}")
+        unknown = [a for a in self.attributes if a not in BY_FIELD]
+        if unknown or len(set(self.attributes)) != len(self.attributes):
+            raise ConfigError(f"model attributes {list(self.attributes)}: each must be one LIDC characteristic, once "
+                              f"({', '.join(BY_FIELD)})")
+        if not self.guidance_scale >= 0:
+            raise ConfigError(f"guidance_scale {self.guidance_scale} must be >= 0 (1 = plain conditional sampling)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (lists, ints, strings) safe for torch.save with weights_only loading."""
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        d["attributes"] = list(self.attributes)
         return d
 
     @classmethod

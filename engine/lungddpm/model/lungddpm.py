@@ -26,14 +26,15 @@ class LungDDPM(nn.Module):
         """The device holding the network's parameters."""
         return next(self.denoise_fn.parameters()).device
 
-    def predict_noise(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε̂ for noisy images x_t (B,1,D,H,W), layout channels cond (B,C,D,H,W) in {−1, 1}, steps t (B,)."""
+    def predict_noise(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                      attributes: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂ for noisy images x_t (B,1,D,H,W), layout channels cond (B,C,D,H,W) in {−1, 1}, steps t (B,), attributes (B, A)."""
         self.check_inputs(x_t, cond)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         if t.shape != (x_t.shape[0],):
             raise InputError(f"timesteps must have shape ({x_t.shape[0]},) to match the batch; got {tuple(t.shape)}")
-        return self.denoise_fn(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t)
+        return self.denoise_fn(torch.cat([x_t, cond.to(x_t.dtype)], dim=1), t, attributes)
 
     def check_inputs(self, x: torch.Tensor, cond: torch.Tensor) -> None:
         """Raise InputError when tensors do not fit this model's channels or spatial size."""

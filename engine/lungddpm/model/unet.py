@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lungddpm.errors import InputError
+from lungddpm.model.conditioning import UNKNOWN, AttributeEmbedding
 from lungddpm.model.config import ATTENTIONS, ModelConfig
 
 TIME_EMBED_MAX_PERIOD = 1000.0
@@ -157,6 +159,8 @@ class UNet3D(nn.Module):
         attention_ds = set(config.attention_ds)
         emb_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # attribute models only, so that released checkpoints keep their exact parameter set
+        self.attribute_embed = AttributeEmbedding(config.attributes, emb_dim) if config.attributes else None
 
         ch = input_ch = mc * config.channel_mult[0]
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv3d(config.in_channels, ch, 3, padding=1))])
@@ -202,9 +206,15 @@ class UNet3D(nn.Module):
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict the noise for input x (B, in_channels, D, H, W) at timesteps t (B,)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise for input x (B, in_channels, D, H, W) at timesteps t (B,), given attributes (B, A) if any."""
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype))
+        if self.attribute_embed is not None:
+            if attributes is None:
+                attributes = torch.full((x.shape[0], len(self.attribute_embed.schema)), UNKNOWN, device=x.device)
+            emb = emb + self.attribute_embed(attributes).to(emb.dtype)
+        elif attributes is not None and attributes.shape[-1]:
+            raise InputError("this model takes no nodule attributes (it was trained without them); leave them out")
         skips = []
         h = x
         for block in self.input_blocks:

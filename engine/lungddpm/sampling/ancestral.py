@@ -18,6 +18,7 @@ from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.precision import autocast
 from lungddpm.runtime.progress import ProgressCallback
 from lungddpm.sampling.aas import aas_inputs, blend, noised_reference, reference_level
+from lungddpm.sampling.guidance import guided_noise
 from lungddpm.sampling.noise import NoiseSource
 from lungddpm.sampling.options import VARIANTS
 
@@ -33,12 +34,15 @@ def sample_aas(
     draws: Iterable[torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
     precision: str = "fp32",
+    attributes: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """Alg. 2: sample x_0 (B,1,D,H,W) in model space for layout cond and reference x_ref with AAS.
 
     ``blend_from``: the reference is pasted after step t only when t ≤ blend_from (default T,
     i.e. at every step). ``progress(step, total)`` is called after each of the T steps.
-    ``precision``: the network's autocast dtype (fp32, bf16, fp16).
+    ``precision``: the network's autocast dtype (fp32, bf16, fp16). ``attributes`` (B, A) and
+    ``guidance`` w: classifier-free guidance of an attribute model (``sampling.guidance``).
     """
     if variant not in VARIANTS:
         raise ConfigError(f"unknown AAS variant {variant!r}; choose one of {VARIANTS}")
@@ -47,13 +51,14 @@ def sample_aas(
     device = model.device
     cond, x_ref, background = aas_inputs(model, cond, x_ref)
     noise = NoiseSource(device, torch.float32, generator, draws)
+    attributes = None if attributes is None else attributes.to(device)
 
     x = noise(x_ref.shape)
     for i in reversed(range(T)):
         t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
         with autocast(device, precision):
-            eps = model.predict_noise(x, cond, t)
-        x = model.diffusion.p_sample(x, t, eps.float(), noise(x.shape))
+            eps = guided_noise(model, x, cond, t, attributes, guidance)
+        x = model.diffusion.p_sample(x, t, eps, noise(x.shape))
         x_ref_t = noised_reference(x_ref, *reference_level(model.diffusion, t, variant, x.ndim), noise(x.shape))
         if i <= blend_from:
             x = blend(x, x_ref_t, background)

@@ -26,6 +26,7 @@ from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.precision import autocast
 from lungddpm.runtime.progress import ProgressCallback
 from lungddpm.sampling.aas import aas_inputs, blend, noised_reference
+from lungddpm.sampling.guidance import guided_noise
 from lungddpm.sampling.noise import NoiseSource
 from lungddpm.sampling.options import SOLVER_ORDERS, X0_CORRECTIONS
 
@@ -124,13 +125,16 @@ def sample_aas_solver(
     x0_correction: str = "clamp",
     aas: bool = True,
     precision: str = "fp32",
+    attributes: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """Sample x_0 with DDIM or DPM-Solver++ in `steps` network passes, with AAS after every step.
 
     After the step that lands on timestep t', the background is replaced by the reference noised to
     ᾱ_{t'} (fresh noise from the generator or `draws`: x_T first, then one per step); the last step
     lands on the clean end, so the output's background is exactly the reference. ``precision``: the
-    network's autocast dtype (fp32, bf16, fp16); the solver's own arithmetic is float32.
+    network's autocast dtype (fp32, bf16, fp16); the solver's own arithmetic is float32. ``attributes``
+    (B, A) and ``guidance`` w: classifier-free guidance of an attribute model (``sampling.guidance``).
     """
     if sampler not in SOLVER_ORDERS:
         raise ConfigError(f"unknown solver {sampler!r}; choose one of {sorted(SOLVER_ORDERS)}")
@@ -142,13 +146,14 @@ def sample_aas_solver(
     diffusion = model.diffusion
     timesteps = trailing_timesteps(diffusion.num_timesteps, steps)
     solver = MultistepSolver(diffusion.alphas_cumprod, SOLVER_ORDERS[sampler], steps)
+    attributes = None if attributes is None else attributes.to(device)
 
     x = noise(x_ref.shape)
     for n, t in enumerate(timesteps):
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         with autocast(device, precision):
-            eps = model.predict_noise(x, cond, t_batch)
-        x0 = correct_x0(diffusion.predict_start_from_noise(x, t_batch, eps.float()), x0_correction)
+            eps = guided_noise(model, x, cond, t_batch, attributes, guidance)
+        x0 = correct_x0(diffusion.predict_start_from_noise(x, t_batch, eps), x0_correction)
         t_next = timesteps[n + 1] if n + 1 < len(timesteps) else -1
         x = solver.step(x, x0, t, t_next, n)
         if aas:

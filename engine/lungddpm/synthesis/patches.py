@@ -197,6 +197,10 @@ class PatchProfile:
                               f"seed x {PATCH_SEED_FACTOR} + cube; give a seed up to {largest}")
         return [patch_seed(seed, index) for index in range(count)]
 
+    def nodule_groups(self, case: CaseSpace, layout: Volume) -> list[list[int]]:
+        """The nodule components each cube pastes back (largest first)."""
+        return [list(patch.components) for patch in case.patches]
+
     def decode_case(self, x0: torch.Tensor, case: CaseSpace, reference: Volume, layout: Volume) -> tuple[Volume, dict[str, str]]:
         """The reference with every cube's synthetic nodules pasted in, and the provenance entries of patch mode."""
         image = reference.array.astype(np.float64)  # a working copy: the reference itself is never modified

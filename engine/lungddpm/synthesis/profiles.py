@@ -32,6 +32,7 @@ import torch
 from lungddpm.errors import ConfigError, InputError
 from lungddpm.io.volume import Volume, index_to_physical
 from lungddpm.layout.labels import LUNG, NODULE, synthesis_region
+from lungddpm.layout.sidecar import nodule_components
 from lungddpm.model.config import NATIVE_PROFILE, RELEASED_PROFILE, ModelConfig
 from lungddpm.synthesis.regrid import PAD_HU, resample_onto, to_reference_grid
 
@@ -136,6 +137,10 @@ class GridProfile(ABC):
     def sample_seeds(self, seed: int, count: int) -> list[int]:
         """The generator seed of each sample: the run's seed."""
         return [seed] * count
+
+    def nodule_groups(self, case: CaseSpace, layout: Volume) -> list[list[int]]:
+        """The nodule components each sample synthesises: every nodule of the layout, in its one sample."""
+        return [list(range(1, nodule_components(layout)[1] + 1))]
 
     def decode_case(self, x0: torch.Tensor, case: CaseSpace, reference: Volume, layout: Volume) -> tuple[Volume, dict[str, str]]:
         """The synthetic CT on the reference grid, and the provenance entries of this profile."""

@@ -24,6 +24,7 @@ from lungddpm.runtime.device import resolve_device
 from lungddpm.runtime.progress import ProgressCallback
 from lungddpm.sampling.options import DEFAULT_SAMPLER, network_passes
 from lungddpm.sampling.sample import sample_batches
+from lungddpm.synthesis.conditions import Request, check_request, nodule_attributes, provenance_entries, sample_conditions
 from lungddpm.synthesis.patches import PatchProfile
 from lungddpm.synthesis.profiles import GridProfile, get_profile
 
@@ -69,6 +70,8 @@ def synthesize(
     patch_spacing_mm: float | None = None,
     reference_name: str | None = None,
     layout_name: str | None = None,
+    attributes: Request = None,
+    guidance: float | None = None,
 ) -> SynthesisResult:
     """Synthesise a CT from a reference CT and a layout (0 background, 1 lung, 2 nodule) on its grid.
 
@@ -81,27 +84,43 @@ def synthesize(
     ``precision``: fp32, or bf16/fp16 autocast of the network. ``patch_spacing_mm`` overrides a patch
     model's cube voxel size (default: the model's; None there means the reference's own voxels).
     ``reference_name`` / ``layout_name``: the files in-memory Volumes came from, for messages and provenance.
+    ``attributes``: for a model conditioned on nodule attributes, one record for every nodule or sidecar
+    records matched by centre (see ``synthesis.conditions``); ``guidance``: the classifier-free guidance
+    scale w (default: the model's). Both are refused for a model without attributes.
     """
     ref, ref_name = _as_volume(reference, reference_name, "reference")
     lay, lay_name = _as_volume(layout, layout_name, "layout")
     validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
     dev = resolve_device(device)
     net = _as_model(model, dev)
+    check_request(net.config, _model_name(net), attributes, guidance)
     n_steps = network_passes(sampler, steps, net.config.timesteps, variant)
     profile = profile_for(net.config, blend_margin_mm=margin_mm, patch_spacing_mm=patch_spacing_mm)
+    by_component = nodule_attributes(lay, attributes)
     start = time.perf_counter()
     case = profile.encode_case(ref, lay, net.config)
+    conditions, extra_meta = None, {}
+    w = net.config.guidance_scale if guidance is None else float(guidance)
+    if net.config.attributes:
+        conditions, used = sample_conditions(net.config, lay, profile.nodule_groups(case, lay), by_component)
+        extra_meta = provenance_entries(net.config, w, used)
     x0 = sample_batches(net, case.cond, case.x_ref, profile.sample_seeds(seed, len(case)), profile.batch, sampler=sampler,
                         steps=n_steps, variant=variant, progress=progress, precision=precision,
-                        x0_correction=profile.x0_correction)
+                        x0_correction=profile.x0_correction, attributes=conditions,
+                        guidance=w)
     image, extra = profile.decode_case(x0, case, ref, lay)
     elapsed = time.perf_counter() - start
     labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
     metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
     # file names only: full paths would leak local folders into shared files
     metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}",
-                     "precision": precision, **extra})
+                     "precision": precision, **extra, **extra_meta})
     return SynthesisResult(image, labels, metadata)
+
+
+def _model_name(model: LungDDPM) -> str:
+    """The model's file name for messages."""
+    return Path(model.source.path).name if model.source else "in-memory model"
 
 
 def profile_for(config: ModelConfig, *, blend_margin_mm: float | None = None,
@@ -127,7 +146,7 @@ def provenance(model: LungDDPM, *, sampler: str, steps: int, seed: int, device: 
         "SYNTHETIC": "true",
         "descrip": SYNTHETIC_DESCRIPTION,
         "lungddpm_version": __version__,
-        "model": Path(src.path).name if src else "in-memory model",
+        "model": _model_name(model),
         "model_sha256": src.sha256 if src else "",
         "model_weights": src.weights if src else "",
         "profile": model.config.profile,

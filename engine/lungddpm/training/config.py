@@ -39,6 +39,9 @@ class RunConfig:
     in_channels: int | None = None  # None: 3 (noisy CT + lung + nodule), or 2 (+ nodule) for a patch profile
     patch_spacing_mm: float | None = None  # patch profile: the cube's voxel size in mm; None = the CT's own voxels
     timesteps: int = ModelConfig.timesteps
+    attributes: list[str] = field(default_factory=list)  # nodule attributes to condition on (LIDC characteristic names)
+    guidance_scale: float = ModelConfig.guidance_scale  # the default classifier-free guidance w stored in the model
+    cond_dropout: float = 0.15  # attribute models: probability that a sample's attributes are dropped (unknown)
     init: str | None = None  # fine-tune from this checkpoint (released or lungddpm format)
     init_weights: str = "ema"
     # optimisation (per-process batch; global batch = processes x batch_size x grad_accum); defaults: the
@@ -75,6 +78,8 @@ class RunConfig:
             raise ConfigError(f"init_weights {self.init_weights!r} must be 'ema' or 'model'")
         if self.lr <= 0:
             raise ConfigError(f"lr {self.lr} must be positive")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"cond_dropout {self.cond_dropout} must lie in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay {self.ema_decay} must lie in [0, 1)")
         if not 0 <= self.seed <= MAX_SEED:
@@ -90,6 +95,7 @@ class RunConfig:
             channel_mult=tuple(mult), attention_resolutions=tuple(self.attention_resolutions),
             in_channels=(2 if self.profile == PATCH_PROFILE else 3) if self.in_channels is None else self.in_channels,
             timesteps=self.timesteps, profile=self.profile, patch_spacing_mm=self.patch_spacing_mm,
+            attributes=tuple(self.attributes), guidance_scale=self.guidance_scale,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Prepared training data and a data order that depends only on (seed, sample position).
 
 A prepared folder (``lungddpm prepare``) holds ``manifest.json`` and, per case, model-space arrays
-``x.npy`` (1, D, H, W) in [−1, 1] and ``cond.npy`` (C, D, H, W) in [−1, 1].
+``x.npy`` (1, D, H, W) in [−1, 1] and ``cond.npy`` (C, D, H, W) in [−1, 1]. A model conditioned on
+nodule attributes takes each sample's from its manifest record (``sample_attributes``): the attributes
+of the sample's largest nodule (a patch cube: its own nodule, listed first; a full volume with several
+nodules: the largest of them; none: every attribute unknown).
 
 Samples are numbered by their *position* p in the run: step s, accumulation micro-step m and slot g
 of the global batch (G = processes × per-process batch) give p = (s · accum + m) · G + g; process r
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from lungddpm.model.conditioning import attribute_vector
 from lungddpm.model.config import ModelConfig
 from lungddpm.errors import ConfigError, InputError
 
@@ -34,6 +38,7 @@ class CaseRecord:
     case_id: str
     folder: Path
     split: str
+    attributes: dict = field(default_factory=dict)  # the sample's nodule attributes (sample_attributes)
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -58,10 +63,20 @@ def load_cases(sources: list[str], split: str = "train") -> tuple[list[CaseRecor
         elif manifest["space"] != space:
             raise InputError(f"{source} was prepared for {manifest['space']}, unlike {sources[0]} ({space}); "
                              "prepare all folders with the same --profile and --size")
-        cases += [CaseRecord(c["case_id"], root / c["folder"], c["split"]) for c in manifest["cases"] if c["split"] == split]
+        cases += [CaseRecord(c["case_id"], root / c["folder"], c["split"], sample_attributes(c))
+                  for c in manifest["cases"] if c["split"] == split]
     if not cases:
         raise InputError(f"{sources}: no cases in the {split!r} split; check the manifest or prepare more cases")
     return cases, space
+
+
+def sample_attributes(record: dict) -> dict:
+    """The attributes a sample is conditioned on: its largest nodule's (by diameter; ties: the first listed), or none."""
+    nodules = record.get("nodules") or []
+    if not nodules:
+        return {}
+    largest = max(nodules, key=lambda n: n["attributes"].get("diameter_mm", 0.0))  # max keeps the first of equals
+    return dict(largest["attributes"])
 
 
 def check_space(space: dict, config: ModelConfig) -> None:
@@ -77,20 +92,25 @@ def check_space(space: dict, config: ModelConfig) -> None:
 
 
 class PreparedCases(Dataset):
-    """Prepared cases read from disk; item (case index, position) -> (x (1,D,H,W), cond (C,D,H,W), position)."""
+    """Prepared cases read from disk; item (case index, position) -> (x (1,D,H,W), cond (C,D,H,W), attributes (A,), position).
 
-    def __init__(self, cases: list[CaseRecord]) -> None:
+    ``schema``: the model's attribute names (``ModelConfig.attributes``); attributes holds their codes, NaN unknown.
+    """
+
+    def __init__(self, cases: list[CaseRecord], schema: tuple[str, ...] = ()) -> None:
         self.cases = cases
+        self.schema = schema
 
     def __len__(self) -> int:
         return len(self.cases)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         index, position = key
-        folder = self.cases[index].folder
-        x = np.load(folder / "x.npy").astype(np.float32)
-        cond = np.load(folder / "cond.npy").astype(np.float32)
-        return torch.from_numpy(x), torch.from_numpy(cond), position
+        case = self.cases[index]
+        x = np.load(case.folder / "x.npy").astype(np.float32)
+        cond = np.load(case.folder / "cond.npy").astype(np.float32)
+        attributes = torch.tensor(attribute_vector(self.schema, case.attributes), dtype=torch.float32)
+        return torch.from_numpy(x), torch.from_numpy(cond), attributes, position
 
 
 class SampleOrder:

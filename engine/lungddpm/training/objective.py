@@ -4,7 +4,9 @@ Alg. 1: draw t ~ U{0 … T−1} and ε ~ N(0, I) per sample, noise x_0 to x_t wi
 (eq. 2), predict ε̂ from x_t and the layout, and minimise the L1 loss |ε − ε̂| (eq. 7). Here t and ε
 come from (seed, sample position) (``position_noise``), so that runs with different process counts
 see the same draws. The EMA follows the released rule: a copy of the model before ``ema_start``, an
-exponential average with ``ema_decay`` afterwards.
+exponential average with ``ema_decay`` afterwards. Condition dropout (classifier-free guidance, Ho &
+Salimans 2022): an attribute model sees a sample's attributes replaced by "unknown" with probability p,
+drawn from (seed, position) too (``drop_attributes``).
 """
 
 from __future__ import annotations
@@ -13,14 +15,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from lungddpm.model.conditioning import unknown_vector
 from lungddpm.model.diffusion import Diffusion, noise_prediction_loss
 
 
+DROPOUT_STREAM = 1  # the condition-dropout draws' stream, apart from position_noise's (seed, position)
+
+
 def loss_at(net: nn.Module, diffusion: Diffusion, x_start: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
-            noise: torch.Tensor) -> torch.Tensor:
-    """Alg. 1 for given t and ε: mean |ε − ε̂(q_sample(x_0, t, ε) ⊕ layout, t)| (the prediction compared in float32)."""
+            noise: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
+    """Alg. 1 for given t and ε: mean |ε − ε̂(q_sample(x_0, t, ε) ⊕ layout, t, attributes)| (compared in float32)."""
     x_t = diffusion.q_sample(x_start, t, noise)
-    return noise_prediction_loss(net(torch.cat([x_t, cond], dim=1), t).float(), noise)
+    return noise_prediction_loss(net(torch.cat([x_t, cond], dim=1), t, attributes).float(), noise)
+
+
+def drop_attributes(seed: int, positions: torch.Tensor, attributes: torch.Tensor, p: float) -> torch.Tensor:
+    """Condition dropout: each sample's attributes (B, A) all set unknown (NaN) with probability p, drawn from (seed, position)."""
+    u = torch.tensor([np.random.default_rng(np.random.SeedSequence([seed, int(q), DROPOUT_STREAM])).random()
+                      for q in positions.tolist()])
+    return torch.where((u < p)[:, None], unknown_vector(attributes), attributes)
 
 
 def position_noise(seed: int, positions: torch.Tensor, shape: tuple[int, ...], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from lungddpm.runtime.precision import autocast
 from lungddpm.training.config import RunConfig
 from lungddpm.training.data import PreparedCases, RunSampler, check_space, load_cases
 from lungddpm.training.distributed import DistContext, barrier, init_distributed, mean_over_processes, shutdown
-from lungddpm.training.objective import loss_at, position_noise, refresh_ema
+from lungddpm.training.objective import drop_attributes, loss_at, position_noise, refresh_ema
 from lungddpm.training.runlog import RunLog, peak_memory_mb
 
 LATEST = "latest.pt"
@@ -107,10 +107,11 @@ class TrainingRun:
             self.net = DistributedDataParallel(self.model.denoise_fn, device_ids=ids)
         sampler = RunSampler(len(cases), config.seed, batch_size=config.batch_size, grad_accum=config.grad_accum,
                              rank=ctx.rank, world_size=ctx.world_size, start_step=self.step)
-        loader = DataLoader(PreparedCases(cases), batch_size=config.batch_size, sampler=sampler,
+        schema = self.model.config.attributes
+        loader = DataLoader(PreparedCases(cases, schema), batch_size=config.batch_size, sampler=sampler,
                             num_workers=config.workers, pin_memory=self.device.type == "cuda")
         self.batches = iter(loader)
-        self.preview_case = PreparedCases(cases)[(0, 0)]
+        self.preview_case = PreparedCases(cases, schema)[(0, 0)]
         resume_step = self.step if checkpoint is not None else None
         self.log = RunLog(config.output, config.tensorboard, resume_step) if ctx.is_main else None
 
@@ -156,13 +157,16 @@ class TrainingRun:
         accum = self.config.grad_accum
         total = torch.zeros((), device=self.device)
         for micro in range(accum):
-            x, cond, positions = next(self.batches)
+            x, cond, attributes, positions = next(self.batches)
             t, noise = position_noise(self.config.seed, positions, tuple(x.shape[1:]), self.model.config.timesteps)
+            attributes = drop_attributes(self.config.seed, positions, attributes, self.config.cond_dropout) \
+                if self.model.config.attributes else None
             x, cond, t, noise = (v.to(self.device, non_blocking=True) for v in (x, cond, t, noise))
+            attributes = None if attributes is None else attributes.to(self.device)
             last = micro == accum - 1
             with nullcontext() if last or not self.ctx.distributed else self.net.no_sync():
                 with autocast(self.device, "bf16" if self.config.bf16 else "fp32"):
-                    loss = loss_at(self.net, self.model.diffusion, x, cond, t, noise)
+                    loss = loss_at(self.net, self.model.diffusion, x, cond, t, noise, attributes)
                 (loss / accum).backward()
             total += loss.detach()
         self.optimizer.step()
@@ -193,7 +197,7 @@ class TrainingRun:
 
         model = LungDDPM(self.model.config).to(self.device).eval()
         model.denoise_fn.load_state_dict(self.ema.state_dict())
-        x, cond, _ = self.preview_case
+        x, cond, _, _ = self.preview_case
         synthetic = sample(model, cond[None].to(self.device), x[None].to(self.device), sampler="ddim",
                            steps=self.config.preview_steps, generator=make_generator(self.config.seed, self.device))
         rows = [np.concatenate(_middle_slices(v[0, 0].float().cpu().numpy()), axis=1) for v in (x[None], synthetic)]
