@@ -3,7 +3,7 @@
 For each seed, a held-out phantom (seeds the demo-nodules training never used) with nodules of at least
 MIN_DIAMETER_MM is synthesised with ``--nodule texture=<t>`` for every nodule, at each guidance scale w;
 the number reported is the mean HU over the layout's nodule voxels of the output (image-based
-adherence, docs: /work/shared/notes/nodule-attributes.md). The phantom draws ground-glass nodules at
+adherence, docs: ../shared/notes/nodule-attributes.md). The phantom draws ground-glass nodules at
 about −500 HU, part-solid ones as a solid core in a halo and solid ones at 20–60 HU. Not a test.
 
     python bench/nodule_attributes.py --model demo-nodules --seeds 6 --guidance 1 3 5
