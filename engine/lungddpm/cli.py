@@ -304,8 +304,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {k: v["mean"] for k, v in report["paired"]["summary"].items()}
     dist = {k: report["distribution"].get(k) for k in ("fid", "mmd_rbf", "mmd_polynomial", "backbone")}
     damaged = report["damaged"]
+    variety = {w: v["mean_abs_diff_hu"] for w, v in report["variety"]["by_guidance"].items()}
     print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "damaged": len(damaged),
-                      "paired_mean": summary, **dist}, default=str))
+                      "paired_mean": summary, **dist, "nodules": len(report["nodules"]["cases"]),
+                      "variety_mean_abs_diff_hu": variety}, default=str))
     if damaged and not args.skip_damaged:
         raise InputError(f"{args.dataset}: {len(damaged)} damaged or missing case(s) left out of {output / 'report.md'}, "
                          f"e.g. {damaged[0]['case']}: {damaged[0]['reason']} -- restore them, or pass --skip-damaged "
