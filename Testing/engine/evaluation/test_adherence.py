@@ -107,16 +107,19 @@ def test_spearman_matches_closed_forms():
 
 
 def test_agreement_scores_ordinal_attributes_and_counts_calcification():
-    rows = [{"requested": {"texture": t, "calcification": c}, "mean_hu": hu, "solid_fraction": sf, "calcified_fraction": cf,
-             "edge_sharpness_hu_per_mm": 1.0, "irregularity": 0.1, "elongation": 1.0, "diameter_mm": math.nan}
-            for t, c, hu, sf, cf in ((1, 6, -600, 0.0, 0.0), (3, 6, -300, 0.5, 0.0), (5, 3, 30, 1.0, 0.5),
-                                     (5, 6, 20, 1.0, 0.3))]
+    rows = [{"requested": {"texture": t, "calcification": c, "diameter_mm": 10.0}, "mean_hu": hu, "solid_fraction": sf,
+             "calcified_fraction": cf, "edge_sharpness_hu_per_mm": 1.0, "irregularity": 0.1, "elongation": 1.0,
+             "diameter_mm": d}
+            for t, c, hu, sf, cf, d in ((1, 6, -600, 0.0, 0.0, math.nan), (3, 6, -300, 0.5, 0.0, 11.0),
+                                        (5, 3, 30, 1.0, 0.5, 8.0), (5, 6, 20, 1.0, 0.3, 13.0))]
     result = agreement(rows + [{"requested": None}])
     texture = result["texture"]["mean_hu"]
     assert texture["n"] == 4 and texture["spearman_rho"] == pytest.approx(spearman([1, 3, 5, 5], [-600, -300, 30, 20]))
     assert texture["mean_by_requested"] == {"1": {"mean": -600, "n": 1}, "3": {"mean": -300, "n": 1},
                                             "5": {"mean": 25, "n": 2}}
-    assert set(result) == {"texture", "calcification"}  # only what was requested and measured
+    assert set(result) == {"texture", "calcification", "diameter_mm"}  # only what was requested and measured
+    diameter = result["diameter_mm"]["diameter_mm"]  # a ground-glass nodule (NaN: no dense region) is left out
+    assert diameter["n"] == 3 and diameter["mean_abs_error_mm"] == pytest.approx((1 + 2 + 3) / 3)
     confusion = result["calcification"]["confusion"]
     assert confusion["requested calcified"] == {"measured calcified": 1, "measured not calcified": 0}
     assert confusion["requested not calcified"] == {"measured calcified": 1, "measured not calcified": 2}

@@ -13,14 +13,15 @@ the synthetic CT, in HU and mm on any grid and orientation:
   layout nodule, what is above DENSE_HU in the reference too (vessels, airway walls: anatomy that was there
   before; without a reference they count): its ``compactness``
   (SimpleITK's roundness, the area of the sphere of its volume over its estimated surface area: about 1 for
-  a sphere, a few per cent above 1 on coarse voxels) and ``irregularity`` = 1 − compactness (spiculation,
+  a sphere, up to about 10 % above 1 on coarse anisotropic voxels, so irregularity may be slightly negative) and ``irregularity`` = 1 − compactness (spiculation,
   lobulation), its ``elongation`` (principal-axis ratio, the square root of the largest over the smallest
   eigenvalue of the covariance of its voxel positions in mm: a / c for an ellipsoid of semi-axes a ≥ b ≥ c;
   sphericity) and ``diameter_mm`` (equivalent sphere); NaN when it has fewer than MIN_DENSE_VOXELS voxels
   (a ground-glass nodule has none).
 
 Agreement per attribute (``agreement``): ordinal attributes against their measure by Spearman's ρ (with the
-sign a faithful model gives, EXPECTED_SIGN), with the measure's mean per requested value; calcification as a
+sign a faithful model gives, EXPECTED_SIGN), with the measure's mean per requested value (the diameter: the
+mean absolute error in mm); calcification as a
 confusion matrix of requested (codes 1–5: calcified, 6: absent) against measured (calcified_fraction at least
 CALCIFIED_SHARE). internal structure, subtlety and malignancy have no image measure here and are not scored.
 """
@@ -154,11 +155,14 @@ def agreement(nodules: Iterable[Mapping]) -> dict:
         if not pairs:
             continue
         asked, measured = (np.array(v, dtype=np.float64) for v in zip(*pairs))
-        by_value = {f"{v:g}": {"mean": float(measured[asked == v].mean()), "n": int((asked == v).sum())}
-                    for v in np.unique(asked)}
-        result.setdefault(attribute, {})[measure] = {
-            "n": len(pairs), "spearman_rho": spearman(asked, measured) if len(pairs) >= 3 else math.nan,
-            "expected_sign": EXPECTED_SIGN.get(attribute, 1), "mean_by_requested": by_value}
+        scored = {"n": len(pairs), "spearman_rho": spearman(asked, measured) if len(pairs) >= 3 else math.nan,
+                  "expected_sign": EXPECTED_SIGN.get(attribute, 1)}
+        if attribute == "diameter_mm":  # a length, not a code: how far off, rather than a mean per value
+            scored["mean_abs_error_mm"] = float(np.abs(measured - asked).mean())
+        else:
+            scored["mean_by_requested"] = {f"{v:g}": {"mean": float(measured[asked == v].mean()),
+                                                      "n": int((asked == v).sum())} for v in np.unique(asked)}
+        result.setdefault(attribute, {})[measure] = scored
     asked_calcium = [n for n in nodules if n["requested"].get("calcification") is not None]
     if asked_calcium:
         matrix = {f"requested {a}": {f"measured {m}": 0 for m in ("calcified", "not calcified")}

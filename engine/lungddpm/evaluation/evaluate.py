@@ -186,7 +186,8 @@ def _attribute_sections(report: dict) -> list[str]:
             if attribute == "calcification":
                 continue
             for measure, a in measures.items():
-                means = "; ".join(f"{v}: {_fmt(m['mean'])} (n {m['n']})" for v, m in a["mean_by_requested"].items())
+                means = ("; ".join(f"{v}: {_fmt(m['mean'])} (n {m['n']})" for v, m in a["mean_by_requested"].items())
+                         if "mean_by_requested" in a else f"mean abs error {_fmt(a['mean_abs_error_mm'])} mm")
                 lines.append(f"| {w} | {attribute} | {measure} | {a['n']} | {_fmt(a['spearman_rho'])} | "
                              f"{a['expected_sign']:+d} | {means} |")
         if "calcification" in table:
