@@ -142,6 +142,10 @@ def test_generate_draws_each_nodule_and_records_it_as_kinds_and_add_nodule_do(re
     assert made["mix"][0]["attributes_from"] == {"source": "texture=ground-glass", "mix": {"texture": {"1": 1.0}}}
     assert made["kinds"][0]["nodule_attributes"] == made["mix"][0]["nodule_attributes"]
     assert np.array_equal(made["kinds"][1], made["mix"][1])  # the same request gives the same image, bit for bit
+    other = GenerateSettings(nodules=NoduleRequest(2, (18.0, 22.0)), guidance=2.0, **FAST,
+                             attributes_from=parse_attribute_source("texture=solid"))
+    with pytest.raises(ConfigError, match="made with other settings \\(attributes_from"):
+        generate(refs, attribute_model, dataset_folder(tmp_path / "mix", 501, "Attr"), other, Shard(0, 1), progress="none")
 
 
 def test_generate_from_a_manifest_asks_each_nodule_its_drawn_record(refs_dir, attribute_model, tmp_path):
@@ -154,6 +158,22 @@ def test_generate_from_a_manifest_asks_each_nodule_its_drawn_record(refs_dir, at
     assert [{k: v for k, v in r["attributes"].items() if k != "diameter_mm"} for r in record["nodule_attributes"]] \
         == [d.to_dict() for d in drawn]
     assert record["attributes_from"]["records"] == 2
+
+
+def test_a_reference_layout_s_own_nodules_are_drawn_too(attribute_model, tmp_path):
+    from lungddpm.demo.phantom import make_phantom, phantom_grid
+    from lungddpm.io.volume import write_volume
+
+    phantom = make_phantom(phantom_grid(size=(80, 80, 48), spacing=(4.5, 4.5, 5.0)), seed=2, nodules=2)
+    write_volume(phantom.ct, tmp_path / "ct.nii.gz")
+    write_volume(phantom.layout, tmp_path / "layout.nii.gz")
+    (tmp_path / "refs.csv").write_text("id,image,layout\nP2,ct.nii.gz,layout.nii.gz\n")
+    paths = dataset_folder(tmp_path / "out", 501, "Attr")
+    settings = GenerateSettings(attributes_from=parse_attribute_source("texture=part-solid"), **FAST)  # no --nodules
+    generate(read_references(tmp_path / "refs.csv"), attribute_model, paths, settings, Shard(0, 1), progress="none")
+    record, _ = _case(paths)
+    assert record["layout_source"] == "file" and len(record["nodule_attributes"]) == 2
+    assert all(r["attributes"]["texture"] == 3 for r in record["nodule_attributes"])
 
 
 def test_attributes_from_is_refused_for_a_model_without_attributes_and_with_kinds(refs_dir, attribute_model, tmp_path,
