@@ -1,7 +1,7 @@
 """Does the requested texture control the synthetic nodule? Nodule mean HU per texture and guidance scale, over seeds.
 
-For each seed, a held-out phantom (seeds the demo-nodules training never used) with nodules of at least
-MIN_DIAMETER_MM is synthesised with ``--nodule texture=<t>`` for every nodule, at each guidance scale w;
+For each seed, a held-out phantom (bench/held_out.py: seeds the demo-nodules training never used, nodules of
+at least 10 mm) is synthesised with ``--nodule texture=<t>`` for every nodule, at each guidance scale w;
 the number reported is the mean HU over the layout's nodule voxels of the output (image-based
 adherence, docs: ../shared/notes/nodule-attributes.md). The phantom draws ground-glass nodules at
 about −500 HU, part-solid ones as a solid core in a halo and solid ones at 20–60 HU. Not a test.
@@ -18,24 +18,14 @@ import time
 import numpy as np
 import torch
 
+from held_out import FIRST_SEED, held_out_case
 from lungddpm.cli import _model_path
-from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
 from lungddpm.model.checkpoints import load_model
 from lungddpm.synthesis.synthesize import synthesize
 
 TEXTURES = {"ground-glass": 1, "part-solid": 3, "solid": 5}
-MIN_DIAMETER_MM = 10.0  # as the training phantoms (tools/train_demo_model.py)
-FIRST_SEED = 10_000  # far from the training phantoms' seeds 0 … phantoms − 1
-
-
-def held_out_case(seed: int):
-    """A phantom whose 1–3 nodules (at least MIN_DIAMETER_MM) are plain; the model repaints their inside."""
-    plain = make_phantom(phantom_grid(), seed=seed, nodules=1 + seed % 3)
-    specs = [{"center_lps_mm": n["center_lps_mm"], "diameter_mm": max(n["diameter_mm"], MIN_DIAMETER_MM),
-              "attributes": {"texture": 5}} for n in plain.nodules]
-    return make_phantom(phantom_grid(), seed=seed, nodules=specs)
 
 
 def main() -> None:

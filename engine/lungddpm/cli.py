@@ -263,6 +263,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     """Make K synthetic variants of each reference into an nnU-Net / MONAI data set (this rank's share)."""
     from lungddpm.generation.export import dataset_folder, finalize
+    from lungddpm.generation.attribute_source import parse_attribute_source
     from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
     from lungddpm.generation.shards import parse_shard, shard_from_env
 
@@ -273,8 +274,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return 0
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
     nodules = NoduleRequest(args.nodules, tuple(args.diameter_range), tuple(args.kinds)) if args.nodules else None
+    source = parse_attribute_source(args.attributes_from) if args.attributes_from else None
     settings = GenerateSettings(variants=args.variants, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                                aas_variant=args.variant, label_set=args.labels, device=args.device, nodules=nodules)
+                                aas_variant=args.variant, label_set=args.labels, device=args.device, nodules=nodules,
+                                guidance=args.guidance, attributes_from=source)
     summary = generate(read_references(args.references), _model_path(args.model), paths, settings, shard, progress=args.progress)
     print(json.dumps({"event": "done", **summary}))
     return 0
@@ -301,8 +304,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {k: v["mean"] for k, v in report["paired"]["summary"].items()}
     dist = {k: report["distribution"].get(k) for k in ("fid", "mmd_rbf", "mmd_polynomial", "backbone")}
     damaged = report["damaged"]
+    variety = {w: v["mean_abs_diff_hu"] for w, v in report["variety"]["by_guidance"].items()}
     print(json.dumps({"report": str(output / "report.md"), "cases": report["cases"], "damaged": len(damaged),
-                      "paired_mean": summary, **dist}, default=str))
+                      "paired_mean": summary, **dist, "nodules": len(report["nodules"]["cases"]),
+                      "variety_mean_abs_diff_hu": variety}, default=str))
     if damaged and not args.skip_damaged:
         raise InputError(f"{args.dataset}: {len(damaged)} damaged or missing case(s) left out of {output / 'report.md'}, "
                          f"e.g. {damaged[0]['case']}: {damaged[0]['reason']} -- restore them, or pass --skip-damaged "
@@ -461,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS,
                      help="texture of the random nodules, for attribute models (e.g. demo-nodules); a model without "
                           "attributes takes only the default")
+    gen.add_argument("--attributes-from", metavar="SOURCE",
+                     help="attribute models: each nodule's attributes drawn (seeded per case) from a mix, e.g. "
+                          "'texture=ground-glass:0.3,part-solid:0.3,solid:0.4; spiculation=1,5' (values as --nodule "
+                          "takes them, optional relative weights after ':'), or from the rated nodules of a prepared "
+                          "data set's manifest.json (or its folder)")
+    gen.add_argument("--guidance", type=number(0.0), default=None, metavar="W",
+                     help="classifier-free guidance scale w of an attribute model (default: the model's; 1 = plain)")
     gen.add_argument("--labels", default="layout", choices=sorted(LABEL_SETS), help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
     gen.add_argument("--shard", default=None, metavar="I/N", help="this process's shard (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     gen.add_argument("--device", default="auto", help="auto (= cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N, mps")

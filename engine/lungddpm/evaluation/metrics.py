@@ -21,10 +21,25 @@ def region_stats(image: Volume, layout: Volume) -> dict[str, float]:
 
 def boundary_band(layout: Volume) -> np.ndarray:
     """Voxels within one voxel of the lung region's border (inside or outside), as a boolean array."""
-    region = sitk.GetImageFromArray((layout.array > 0).astype(np.uint8))
+    return mask_band(layout.array > 0)
+
+
+def mask_band(mask: np.ndarray) -> np.ndarray:
+    """Voxels within one voxel of a mask's border, inside or outside (the voxel pairs across it)."""
+    region = sitk.GetImageFromArray(mask.astype(np.uint8))
     outer = sitk.GetArrayFromImage(sitk.BinaryDilate(region, [1, 1, 1])) > 0
     inner = sitk.GetArrayFromImage(sitk.BinaryErode(region, [1, 1, 1])) > 0
     return outer & ~inner
+
+
+def near_mask(mask: np.ndarray, grid: Volume, margin_mm: float) -> np.ndarray:
+    """Voxels within margin_mm (physical, spacing-aware) of a mask on the grid."""
+    if not mask.any():
+        return mask.copy()
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.CopyInformation(grid.to_sitk_geometry())
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return sitk.GetArrayFromImage(distance) <= margin_mm
 
 
 def gradient_magnitude(image: Volume) -> np.ndarray:

@@ -29,7 +29,7 @@ from lungddpm.evaluation.distances import fid, mmd
 from lungddpm.errors import InputError
 from lungddpm.evaluation.features import DEFAULT_FEATURE_SIZE, extract_features
 from lungddpm.layout.labels import LUNG, NODULE
-from lungddpm.evaluation.metrics import seam_score
+from lungddpm.evaluation.metrics import near_mask, seam_score
 from lungddpm.synthesis.profiles import NATIVE_HU_WINDOW, NativeProfile
 from lungddpm.io.volume import Volume, read_volume, require_same_grid
 
@@ -63,22 +63,12 @@ def nodule_adherence(synthetic: Volume, layout: Volume, soft_tissue_hu: tuple[fl
     return float(_soft(synthetic.array[nodule], soft_tissue_hu).mean()) if nodule.any() else math.nan
 
 
-def _near(mask: np.ndarray, grid: Volume, margin_mm: float) -> np.ndarray:
-    """Voxels within margin_mm (physical, spacing-aware) of a mask."""
-    if not mask.any():
-        return mask.copy()
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.CopyInformation(grid.to_sitk())
-    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.GetArrayFromImage(distance) <= margin_mm
-
-
 def spurious_blobs(synthetic: Volume, reference: Volume, layout: Volume, *,
                    soft_tissue_hu: tuple[float, float] = SOFT_TISSUE_HU, margin_mm: float = BLOB_MARGIN_MM,
                    min_volume_mm3: float = BLOB_MIN_VOLUME_MM3) -> dict[str, float]:
     """Nodule-like soft-tissue components in the lung, away from the layout's nodules, absent from the reference."""
     candidates = _soft(synthetic.array, soft_tissue_hu) & (layout.array >= LUNG)
-    candidates &= ~_near(layout.array == NODULE, layout, margin_mm)
+    candidates &= ~near_mask(layout.array == NODULE, layout, margin_mm)
     labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(candidates.astype(np.uint8)), True))
     sizes = np.bincount(labels.ravel())
     in_reference = np.bincount(labels.ravel(), weights=_soft(reference.array, soft_tissue_hu).ravel().astype(np.float64))

@@ -37,7 +37,7 @@ LABEL_SETS = {
     "nodule": {"background": 0, "nodule": 1},
 }
 MANIFEST_COLUMNS = ("case", "synthetic", "reference_id", "reference_path", "layout_source", "variant", "seed",
-                    "model", "model_sha256", "sampler", "steps", "aas_variant", "lungddpm_version", "image", "label")
+                    "model", "model_sha256", "sampler", "steps", "aas_variant", "guidance", "lungddpm_version", "image", "label")
 
 
 @dataclass(frozen=True)

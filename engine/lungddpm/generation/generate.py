@@ -1,7 +1,8 @@
 """Batch generation of an augmentation data set: K synthetic variants of each reference CT, sharded over ranks.
 
 Inputs are reference CTs with layouts, or CTs alone plus a nodule specification (count, diameter
-range, kinds: their texture, which attribute models follow): then the lung mask is computed
+range, kinds: their texture, which attribute models follow; or ``--attributes-from`` a distribution,
+``generation.attribute_source``): then the lung mask is computed
 (``lung_mask``) and nodules are placed at random (``random_nodules``) with each variant's own seed. Each rank makes its share of the work list
 (``jobs``), skips cases already on disk (resume), writes each case atomically (``datasets_out``)
 and, when every case exists, rebuilds the data-set files (nnU-Net ``dataset.json``, MONAI
@@ -19,12 +20,13 @@ from pathlib import Path
 
 from lungddpm import __version__
 from lungddpm.model.checkpoints import file_sha256, load_model
+from lungddpm.generation.attribute_source import AttributeSource, check_source_for_model
 from lungddpm.generation.export import LABEL_SETS, DatasetPaths, finalize, write_case
 from lungddpm.errors import CheckpointError, ConfigError, InputError
 from lungddpm.generation.shards import Shard, WorkItem, safe_id, shard_device, shard_items, work_items
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.nodules import random_nodules
-from lungddpm.layout.sidecar import kind_records
+from lungddpm.layout.sidecar import NoduleRecord, kind_records, layout_records, nodule_components
 from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.interrupt import NOTHING_WRITTEN, leaves
 from lungddpm.runtime.progress import BatchProgress
@@ -64,7 +66,7 @@ class NoduleRequest:
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    """What to make: variants per reference, base seed, sampler and steps, label set, device, nodules."""
+    """What to make: variants per reference, base seed, sampler and steps, label set, device, nodules and their attributes."""
 
     variants: int = 1
     seed: int = 0
@@ -74,6 +76,8 @@ class GenerateSettings:
     label_set: str = "layout"
     device: str = "auto"
     nodules: NoduleRequest | None = None
+    guidance: float | None = None  # classifier-free guidance w of an attribute model (None: the model's)
+    attributes_from: AttributeSource | None = None  # each nodule's attributes drawn from this (attribute models)
 
     @property
     def requested_steps(self) -> int | None:
@@ -144,6 +148,24 @@ def check_settings(refs: list[Reference], settings: GenerateSettings) -> None:
         if missing:
             raise ConfigError(f"references {missing[:5]} have no layout; give each a layout, or ask for random "
                               "nodules (--nodules N) so the lung mask is computed and nodules are placed")
+    kinds = settings.nodules.kinds if settings.nodules else DEFAULT_KINDS
+    if settings.attributes_from is not None and tuple(kinds) != DEFAULT_KINDS:
+        raise ConfigError(f"--kinds {' '.join(kinds)} and --attributes-from both set the nodules' attributes; give one "
+                          "(a mix such as 'texture=ground-glass:0.5,solid:0.5' says what --kinds says)")
+
+
+def check_model_settings(model: LungDDPM, settings: GenerateSettings) -> None:
+    """Refuse attribute settings the model cannot honour (no attributes, unknown ones, --kinds), before any case."""
+    name = Path(model.source.path).name if model.source else "in memory"
+    kinds = settings.nodules.kinds if settings.nodules else DEFAULT_KINDS
+    if settings.attributes_from is not None:
+        check_source_for_model(settings.attributes_from, model.config.attributes, name)
+    if not model.config.attributes and tuple(kinds) != DEFAULT_KINDS:
+        raise ConfigError(f"model {name} takes no nodule attributes, so --kinds {' '.join(kinds)} cannot be honoured; "
+                          "leave --kinds out or use an attribute model such as demo-nodules")
+    if not model.config.attributes and settings.guidance is not None:
+        raise ConfigError(f"model {name} takes no nodule attributes, so --guidance has nothing to guide; leave it out "
+                          "or use an attribute model such as demo-nodules")
 
 
 class _CaseMaker:
@@ -176,11 +198,15 @@ class _CaseMaker:
 
 
 def _record(item: WorkItem, ref: Reference, paths: DatasetPaths, settings: GenerateSettings, info: dict,
-            metadata: dict[str, str], shard: Shard) -> dict:
-    """The provenance record of one case."""
+            metadata: dict[str, str], shard: Shard, requested: list[NoduleRecord] | None) -> dict:
+    """The provenance record of one case (with the attributes requested per nodule, for attribute models)."""
     return {
         "case": item.case, "synthetic": True, "reference_id": ref.id, "reference_path": str(ref.image.resolve()),
         **info, "nodule_request": settings.nodules.as_dict() if settings.nodules else None,
+        "attributes_from": settings.attributes_from.as_dict() if settings.attributes_from else None,
+        "nodule_attributes": [r.to_dict() for r in requested] if requested is not None else None,
+        "attribute_schema": metadata.get("attribute_schema"),
+        "guidance": float(metadata["guidance"]) if "guidance" in metadata else None,
         "variant": item.variant, "seed": item.seed, "label_set": settings.label_set,
         "model": metadata["model"], "model_sha256": metadata["model_sha256"], "model_weights": metadata["model_weights"],
         "profile": metadata["profile"], "sampler": metadata["sampler"], "steps": int(metadata["steps"]),
@@ -209,7 +235,10 @@ def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sh
     want = {"seed": item.seed, "model_sha256": model_sha256, "sampler": settings.sampler,
             "aas_variant": settings.aas_variant, "label_set": settings.label_set,
             "layout_source": ("file" if ref.layout else "lung_mask") + ("+random_nodules" if adds else ""),
-            "nodule_request": settings.nodules.as_dict() if settings.nodules else None}
+            "nodule_request": settings.nodules.as_dict() if settings.nodules else None,
+            "attributes_from": settings.attributes_from.as_dict() if settings.attributes_from else None}
+    if settings.guidance is not None:
+        want["guidance"] = settings.guidance
     if settings.sampler != ANCESTRAL:  # ddpm runs the model's T steps, known once the model is loaded
         want["steps"] = settings.requested_steps
     return want
@@ -240,7 +269,9 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     model_sha256 = file_sha256(model_path)
     maker = _CaseMaker(by_id, settings)
     report = BatchProgress(progress, shard.rank, shard.world_size)
-    model = None
+    model = load_model(model_path, device=shard_device(settings.device, shard)) if todo else None
+    if model is not None:
+        check_model_settings(model, settings)
     made = skipped = 0
     leaves(_kept(paths, sum(paths.is_done(i.case) for i in items), len(items)))
     for n, item in enumerate(mine, start=1):
@@ -250,14 +281,13 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             _check_resumable(paths, item, _wanted(item, ref, settings, model_sha256))
             skipped += 1
         else:
-            if model is None:
-                model = load_model(model_path, device=shard_device(settings.device, shard))
             image, layout, info, layout_name = maker.inputs(item)
+            requested = _requested_records(model, layout, settings, info["nodules"], item.seed)
             result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
                                 steps=settings.requested_steps, device=str(model.device), variant=settings.aas_variant,
                                 reference_name=str(ref.image), layout_name=layout_name,
-                                attributes=_kind_request(model, layout, settings, info["nodules"]))
-            record = _record(item, ref, paths, settings, info, result.metadata, shard)
+                                attributes=requested or None, guidance=settings.guidance)
+            record = _record(item, ref, paths, settings, info, result.metadata, shard, requested)
             result.metadata["case"] = item.case
             write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
             made += 1
@@ -273,16 +303,20 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     return summary
 
 
-def _kind_request(model: LungDDPM, layout: Volume, settings: GenerateSettings, specs: list[dict]) -> list | None:
-    """The random nodules' kinds as texture records for an attribute model; None (and only the default kind) otherwise."""
-    kinds = settings.nodules.kinds if settings.nodules else DEFAULT_KINDS
-    if model.config.attributes:
-        return kind_records(layout, specs) if specs else None
-    if tuple(kinds) != DEFAULT_KINDS:
-        raise ConfigError(f"model {Path(model.source.path).name if model.source else 'in memory'} takes no nodule "
-                          f"attributes, so --kinds {' '.join(kinds)} cannot be honoured; leave --kinds out or use an "
-                          "attribute model such as demo-nodules")
-    return None
+def _requested_records(model: LungDDPM, layout: Volume, settings: GenerateSettings, specs: list[dict],
+                       seed: int) -> list[NoduleRecord] | None:
+    """The attributes asked of each nodule of an attribute model's case (None for a model without attributes).
+
+    --attributes-from: every nodule of the layout, drawn from the source with the case's seed; otherwise the random
+    nodules' kinds as their texture (``layout.sidecar.kind_records``, as add-nodule records them).
+    """
+    if not model.config.attributes:
+        return None
+    if settings.attributes_from is not None:
+        _, count = nodule_components(layout)
+        drawn = settings.attributes_from.draw(seed, count)
+        return layout_records(layout, dict(enumerate(drawn, start=1)))
+    return kind_records(layout, specs) if specs else []
 
 
 def _kept(paths: DatasetPaths, done: int, total: int) -> str:

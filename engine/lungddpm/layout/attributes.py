@@ -317,11 +317,11 @@ def parse_assignments(text: str) -> NoduleAttributes:
                              f"{', '.join(c.field for c in CHARACTERISTICS)}, diameter; e.g. 'texture=ground-glass, spiculation=4'")
         if field in values:
             raise InputError(f"--nodule gives {field} twice; keep one")
-        values[field] = _assigned_value(field, value)
+        values[field] = parse_value(field, value)
     return NoduleAttributes(**values)
 
 
-def _assigned_value(field: str, value: str) -> float | int:
+def parse_value(field: str, value: str, option: str = "--nodule") -> float | int:
     """A value of an assignment: a number (a diameter may end in 'mm'), or the LIDC table's name of a code."""
     number = value.lower().removesuffix("mm").strip() if field == "diameter_mm" else value
     try:
@@ -332,5 +332,5 @@ def _assigned_value(field: str, value: str) -> float | int:
     names = {} if c is None else {_words(name): code for code, name in enumerate(c.values, 1)}
     if _words(value) not in names:
         choices = "a number of mm" if c is None else ", ".join(f"{n} {name}" for n, name in enumerate(c.values, 1))
-        raise InputError(f"--nodule {field}={value!r} is not a value of {field}; use {choices}")
+        raise InputError(f"{option} {field}={value!r} is not a value of {field}; use {choices}")
     return names[_words(value)]
