@@ -48,7 +48,7 @@ NODULES_CONFIG = dict(DEMO_CONFIG, image_size=16, attention_resolutions=[4], pro
                       patch_spacing_mm=CUBE_SPACING_MM, attributes=list(NODULE_ATTRIBUTES),
                       guidance_scale=3.0)  # 16³ cubes: ~1.5 steps of 8 per s on 1 CPU thread
 NODULES_TRAINING = dict(ema_every=1)  # a short run: average over the last ~1/(1 - ema_decay) = 200 steps
-NODULES_PER_PHANTOM = (1, 3)
+NODULES_PER_PHANTOM = (2, 4)
 NODULE_DIAMETER_MM = (8.0, 12.0)  # a marked spiculated 12-mm nodule still fits a 16³ cube of 1.5 mm with its border
 NODULE_PHANTOM_GRID = dict(size=(240, 240, 192), spacing=(CUBE_SPACING_MM,) * 3)  # the demo phantom's extent
 CALCIFIED_SHARE = 0.4  # nodules drawn with a calcification pattern (codes 1-5); the rest absent (6)
@@ -131,7 +131,10 @@ def main() -> None:
     ema_half = load_model(args.work / "run" / LATEST, device="cpu", weights="ema")
     ema_half.denoise_fn.half()
     save_checkpoint(args.output, ema_half, step=args.steps, store=("ema",),
-                    extra={"training": {"phantoms": args.phantoms, "jobs": args.jobs, "steps": args.steps, "lr": args.lr, "seed": args.seed,
+                    extra={"training": {"phantoms": args.phantoms, "jobs": args.jobs,
+                                        **({"phantom_grid": NODULE_PHANTOM_GRID, "nodule_diameter_mm": NODULE_DIAMETER_MM,
+                                            "nodules_per_phantom": NODULES_PER_PHANTOM, "calcified_share": CALCIFIED_SHARE}
+                                           if args.nodules else {}), "steps": args.steps, "lr": args.lr, "seed": args.seed,
                                         "batch_size": args.batch_size, "init": args.init,
                                         "data_seconds": round(t_data, 1), "total_seconds": round(time.perf_counter() - t0, 1)}})
     print(json.dumps({"output": str(args.output), "data_s": round(t_data, 1), "total_s": round(time.perf_counter() - t0, 1)}))
