@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from held_out import FIRST_SEED, held_out_case
+from held_out import FIRST_SEED, held_out_case, training_record
 from lungddpm.cli import _model_path
 from lungddpm.evaluation.adherence import agreement, nodule_measurements
 from lungddpm.evaluation.variety import mean_pairwise_difference
@@ -94,10 +94,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(_model_path(args.model), device="cpu")
+    path = _model_path(args.model)
+    model, training = load_model(path, device="cpu"), training_record(path)
     requests = design(model.config.attributes)
     start = time.perf_counter()
-    cases = [held_out_case(FIRST_SEED + n) for n in range(args.seeds)]
+    cases = [held_out_case(FIRST_SEED + n, training) for n in range(args.seeds)]
     results = {f"w={w:g}": sweep_point(model, w, cases, args.variants, requests, args.sampler, args.steps)
                for w in args.guidance}
     print(json.dumps({"model": args.model, "attributes": list(model.config.attributes), "sampler": args.sampler,

@@ -1,21 +1,35 @@
 """Held-out phantom cases for the attribute benchmarks (bench/nodule_attributes.py, bench/attribute_sweep.py).
 
 Seeds from FIRST_SEED on, far from the demo-nodules training phantoms' seeds 0 … phantoms − 1
-(tools/train_demo_model.py), with 1–3 plain nodules of at least MIN_DIAMETER_MM: the layout says where and how
-large, the model repaints the inside (and the lung around it) as asked. Not a test.
+(tools/train_demo_model.py), with 1–2 plain solid nodules, drawn on the grid and at the middle of the
+nodule diameters the model file says it was trained on (its ``training`` record): the layout says where
+and how large, the model repaints the inside as asked. Not a test.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from lungddpm.demo.phantom import Phantom, make_phantom, phantom_grid
+from lungddpm.model.checkpoints import read_checkpoint
 
-MIN_DIAMETER_MM = 10.0  # as the training phantoms (tools/train_demo_model.py)
 FIRST_SEED = 10_000  # far from the training phantoms' seeds 0 … phantoms − 1
+DEFAULT_DIAMETER_MM = 10.0  # for a model file without a training record
 
 
-def held_out_case(seed: int) -> Phantom:
-    """A phantom whose 1–3 nodules (at least MIN_DIAMETER_MM) are plain; the model repaints their inside."""
-    plain = make_phantom(phantom_grid(), seed=seed, nodules=1 + seed % 3)
-    specs = [{"center_lps_mm": n["center_lps_mm"], "diameter_mm": max(n["diameter_mm"], MIN_DIAMETER_MM),
-              "attributes": {"texture": 5}} for n in plain.nodules]
-    return make_phantom(phantom_grid(), seed=seed, nodules=specs)
+def training_record(path: str | Path) -> dict:
+    """The model file's record of its training phantoms (phantom_grid, nodule_diameter_mm, ...); {} if none."""
+    return read_checkpoint(path).get("training", {})
+
+
+def held_out_case(seed: int, training: dict | None = None) -> Phantom:
+    """A phantom with 1–2 plain solid nodules on the model's training grid, at the middle of its trained diameters."""
+    training = training or {}
+    grid = phantom_grid(**{key: tuple(value) for key, value in training.get("phantom_grid", {}).items()})
+    diameter = float(np.mean(training.get("nodule_diameter_mm", (DEFAULT_DIAMETER_MM,))))
+    plain = make_phantom(grid, seed=seed, nodules=1 + seed % 2)
+    specs = [{"center_lps_mm": n["center_lps_mm"], "diameter_mm": diameter, "attributes": {"texture": 5}}
+             for n in plain.nodules]
+    return make_phantom(grid, seed=seed, nodules=specs)

@@ -1,10 +1,17 @@
-"""Does the requested texture control the synthetic nodule? Nodule mean HU per texture and guidance scale, over seeds.
+"""Do the requested attributes control the synthetic nodule? Texture, calcification per guidance scale, over seeds.
 
-For each seed, a held-out phantom (bench/held_out.py: seeds the demo-nodules training never used, nodules of
-at least 10 mm) is synthesised with ``--nodule texture=<t>`` for every nodule, at each guidance scale w;
-the number reported is the mean HU over the layout's nodule voxels of the output (image-based
-adherence, docs: ../shared/notes/nodule-attributes.md). The phantom draws ground-glass nodules at
-about −500 HU, part-solid ones as a solid core in a halo and solid ones at 20–60 HU. Not a test.
+For each seed, a held-out phantom (bench/held_out.py: seeds the demo-nodules training never used, drawn
+on the grid and with the nodule sizes the model file says it was trained on) whose nodules are plain solid is
+synthesised with each request for every nodule, at each guidance scale w. Image-based adherence
+(docs: ../shared/notes/nodule-attributes.md), over the layout's nodule voxels of the output:
+
+- texture ground-glass / part-solid / solid: the nodule mean HU (the phantom draws ground-glass haze
+  at about −650 HU, part-solid as a solid core in a halo, solid at 20–60 HU);
+- calcification central vs absent (texture solid): the mean HU of the nodule's core (voxels within
+  CORE_FRACTION of the equivalent radius from the nodule's centroid; the phantom's central calcium
+  has radius 0.35 of it, 400 HU).
+
+Not a test.
 
     python bench/nodule_attributes.py --model demo-nodules --seeds 6 --guidance 1 3 5
 """
@@ -18,18 +25,36 @@ import time
 import numpy as np
 import torch
 
-from held_out import FIRST_SEED, held_out_case
+from held_out import FIRST_SEED, held_out_case, training_record
 from lungddpm.cli import _model_path
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
+from lungddpm.layout.sidecar import nodule_components
 from lungddpm.model.checkpoints import load_model
 from lungddpm.synthesis.synthesize import synthesize
 
-TEXTURES = {"ground-glass": 1, "part-solid": 3, "solid": 5}
+REQUESTS = {"ground-glass": dict(texture=1), "part-solid": dict(texture=3), "solid": dict(texture=5),
+            "calcified": dict(texture=5, calcification=5), "not calcified": dict(texture=5, calcification=6)}
+CORE_FRACTION = 0.35
+
+
+def core_masks(layout) -> np.ndarray:
+    """The voxels within CORE_FRACTION of each nodule's equivalent radius from its centroid (in mm), at least one."""
+    components, count = nodule_components(layout)
+    spacing = np.asarray(layout.spacing)[::-1]  # (k, j, i)
+    core = np.zeros(components.shape, bool)
+    for label in range(1, count + 1):
+        index = np.argwhere(components == label)
+        centre = index.mean(axis=0)
+        radius = (3 * len(index) * np.prod(spacing) / (4 * np.pi)) ** (1 / 3)
+        distance = np.linalg.norm((index - centre) * spacing, axis=1)
+        near = (distance <= CORE_FRACTION * radius) | (distance == distance.min())  # at least the central voxel
+        core[tuple(index[near].T)] = True
+    return core
 
 
 def main() -> None:
-    """Print a JSON table: per guidance scale and texture, the nodule mean HU per seed and their mean."""
+    """Print a JSON table: per guidance scale and request, the nodule (core) mean HU per seed and their mean."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo-nodules")
     p.add_argument("--seeds", type=int, default=6)
@@ -39,22 +64,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(_model_path(args.model), device="cpu")
+    path = _model_path(args.model)
+    model, training = load_model(path, device="cpu"), training_record(path)
     start = time.perf_counter()
+    cases = [held_out_case(FIRST_SEED + n, training) for n in range(args.seeds)]
     table: dict = {}
     for w in args.guidance:
-        rows = {name: [] for name in TEXTURES}
-        for n in range(args.seeds):
-            ph = held_out_case(FIRST_SEED + n)
-            nodule = ph.layout.array == NODULE
-            for name, code in TEXTURES.items():
+        rows = {name: [] for name in REQUESTS}
+        for n, ph in enumerate(cases):
+            nodule, core = ph.layout.array == NODULE, core_masks(ph.layout)
+            for name, request in REQUESTS.items():
                 result = synthesize(ph.ct, ph.layout, model, seed=n, sampler=args.sampler, steps=args.steps,
-                                    device="cpu", attributes=NoduleAttributes(texture=code), guidance=w)
-                rows[name].append(round(float(result.image.array[nodule].mean()), 1))
+                                    device="cpu", attributes=NoduleAttributes(**request), guidance=w)
+                region = core if "calcified" in name else nodule
+                rows[name].append(round(float(result.image.array[region].mean()), 1))
         means = {name: round(float(np.mean(v)), 1) for name, v in rows.items()}
-        ordered = sum(g < ps < s for g, ps, s in zip(*rows.values()))
-        table[f"w={w:g}"] = {"mean_hu": means, "per_seed_hu": rows, "ordered_seeds": f"{ordered}/{args.seeds}",
-                             "solid_minus_ground_glass_hu": round(means["solid"] - means["ground-glass"], 1)}
+        ordered = sum(g < ps < s for g, ps, s in zip(rows["ground-glass"], rows["part-solid"], rows["solid"]))
+        table[f"w={w:g}"] = {"mean_hu": means, "per_seed_hu": rows, "texture_ordered_seeds": f"{ordered}/{args.seeds}",
+                             "solid_minus_ground_glass_hu": round(means["solid"] - means["ground-glass"], 1),
+                             "calcified_core_hu": means["calcified"], "uncalcified_core_hu": means["not calcified"]}
     print(json.dumps({"model": args.model, "sampler": args.sampler, "steps": args.steps, "seeds": args.seeds,
                       "default_guidance": model.config.guidance_scale, "results": table,
                       "seconds": round(time.perf_counter() - start, 1)}, indent=1))

@@ -20,7 +20,7 @@ from .engine import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS
 from .models import ModelEntry
 
 LONG_RUN_S = 3600.0
-PATCH_PROFILE = "released-patch"  # Lung-DDPM+ nodule-cube models
+PATCH_PROFILES = ("released-patch", "native-patch")  # nodule-cube models; mirrors lungddpm.model.config.PATCH_PROFILES
 PATCH_BATCH = 4  # cubes per network pass; mirrors lungddpm.synthesis.patches.PATCH_BATCH (checked in Testing/slicer)
 
 
@@ -116,7 +116,7 @@ def pass_cost(entry: ModelEntry, on_gpu: bool, nodules: int) -> tuple[float | No
     on a CPU a batch of k cubes costs k passes, so all `nodules` cubes cost `nodules` passes.
     """
     per_pass = entry.gpu_seconds_per_step if on_gpu else entry.cpu_seconds_per_step
-    if entry.profile != PATCH_PROFILE:
+    if entry.profile not in PATCH_PROFILES:
         return per_pass, "" if per_pass is None else f"{per_pass:g} s"
     count = max(nodules, 1)
     units, label = (cube_batches(count), "batch(es) of up to 4 cubes") if on_gpu else (count, "cube(s)")

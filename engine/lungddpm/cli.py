@@ -14,7 +14,7 @@ from lungddpm.errors import ConfigError, InputError, LungDDPMError
 from lungddpm.generation.export import LABEL_SETS
 from lungddpm.layout.nodules import NODULE_KINDS, RANDOM_DIAMETERS_MM
 from lungddpm.layout.segmentation import DEFAULT_EXCLUDED, DEFAULT_LUNG, DEFAULT_NODULES, LOBES, TOTALSEGMENTATOR_LABELS
-from lungddpm.model.config import NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE
+from lungddpm.model.config import NATIVE_PATCH_PROFILE, NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE, PATCH_PROFILES
 from lungddpm.runtime.precision import PRECISIONS
 from lungddpm.runtime.interrupt import exits_cleanly
 from lungddpm.runtime.progress import PROGRESS_MODES
@@ -519,12 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", nargs="+", required=True, help="case folders or folders of case folders")
     pr.add_argument("--output", required=True, help="prepared folder (manifest.json, manifest.csv, skipped.json, cases/)")
     pr.add_argument("--profile", default=NATIVE_PROFILE, choices=PROFILE_NAMES,
-                    help=f"{PATCH_PROFILE}: Lung-DDPM+ nodule cubes, one sample per cube (use --size 64 for the released model)")
+                    help=f"{PATCH_PROFILE}: Lung-DDPM+ nodule cubes, one sample per cube (use --size 64 for the released model); "
+                         f"{NATIVE_PATCH_PROFILE}: the same cubes with the native fixed HU window (for attribute models)")
     pr.add_argument("--size", type=int, default=128, help="model cube size")
     pr.add_argument("--cond-channels", type=int, default=None, choices=[1, 2],
-                    help=f"2: lung + nodule (default); 1: nodule only (always for {PATCH_PROFILE})")
+                    help=f"2: lung + nodule (default); 1: nodule only (always for {' and '.join(PATCH_PROFILES)})")
     pr.add_argument("--patch-spacing", type=MILLIMETRES, default=None, metavar="MM",
-                    help=f"{PATCH_PROFILE}: isotropic cube voxel size in mm (default: the CT's own voxels, as released)")
+                    help=f"{' / '.join(PATCH_PROFILES)}: isotropic cube voxel size in mm (default: the CT's own voxels, as released)")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients in the validation split")
     pr.add_argument("--seed", type=SEED, default=0, help=f"{SEED_HELP} of the patient split")
     pr.add_argument("--progress", default="none", choices=["json", "none"])

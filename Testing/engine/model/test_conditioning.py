@@ -61,3 +61,25 @@ def test_checkpoint_keeps_schema_guidance_and_weights(tmp_path):
     loaded = load_model(save_checkpoint(tmp_path / "m.pt", model), weights="model")
     assert loaded.config.attributes == SCHEMA and loaded.config.guidance_scale == 2.5
     assert all(torch.equal(v, loaded.denoise_fn.state_dict()[k]) for k, v in model.denoise_fn.state_dict().items())
+
+
+def test_attributes_are_painted_inside_the_nodule_only():
+    model = random_model(attributes=SCHEMA, in_channels=2, profile="released-patch")
+    net = model.denoise_fn
+    nodule = -torch.ones(1, 1, 16, 16, 16)
+    nodule[..., 4:9, 5:10, 6:12] = 1.0  # the last input channel is the nodule's (+1 inside, −1 outside)
+    x = torch.cat([torch.randn(1, 1, 16, 16, 16), nodule], dim=1)
+    described = net.attribute_embed(torch.tensor([[1.0, 6.0]]))
+    with torch.no_grad():
+        painted = net.paint_attributes(x, described)
+    inside = (nodule[0, 0] > 0).expand_as(painted[0])
+    assert painted[0][~inside].abs().max() == 0  # nothing outside the nodule
+    expected = (described @ net.attribute_paint.weight.T + net.attribute_paint.bias)[0]  # the projection, per channel
+    torch.testing.assert_close(painted[0, :, 6, 7, 8], expected.detach())
+    # a request changes the prediction more inside the nodule than outside it (the painted, local path)
+    t = torch.tensor([3])
+    with torch.no_grad():
+        a = model.predict_noise(x[:, :1], nodule, t, torch.tensor([[1.0, 6.0]]))
+        b = model.predict_noise(x[:, :1], nodule, t, torch.tensor([[5.0, 6.0]]))
+    change = (a - b).abs()[0, 0]
+    assert change[nodule[0, 0] > 0].mean() > 2 * change[nodule[0, 0] < 0].mean()

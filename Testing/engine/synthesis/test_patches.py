@@ -161,3 +161,30 @@ def test_patch_mode_on_the_real_ct(real_ct_dir):
                                                                    useImageSpacing=True))
     assert result.image.array.dtype == reference.array.dtype and result.metadata["patch_spacing_mm"] == "2"
     assert not changed[distance >= 2.0 + min(layout.spacing)].any() and changed[nodule].mean() > 0.5
+
+
+def test_native_patch_cubes_use_the_fixed_window_so_bright_cores_survive():
+    from lungddpm.synthesis.patches import encode_patch
+    from lungddpm.synthesis.profiles import NATIVE_HU_WINDOW, ReleasedProfile, WindowedCubes
+
+    reference, layout = case(centres=((20, 24, 20),), radius=3.0)
+    patch = plan_patches(layout, 16, None)[0][0]
+    windowed, released = encode_patch(reference, layout, patch, "native-patch"), encode_patch(reference, layout, patch)
+    lo, hi = NATIVE_HU_WINDOW
+    hu = np.transpose(WindowedCubes().decode(windowed.x_ref, windowed), (2, 0, 1))  # back to the cube's file axes
+    torch.testing.assert_close(windowed.x_ref[0, 0].double(), torch.from_numpy((np.clip(hu, lo, hi) - lo) / (hi - lo) * 2 - 1))
+    # the brightest output a model can give: +1 everywhere. Released: each slice's own reference maximum; windowed: hi
+    brightest = torch.ones_like(windowed.x_ref)
+    slice_max = np.transpose(released.scale["hi"] * np.ones((16, 16, 16)), ReleasedProfile.inverse_axes)
+    assert np.allclose(ReleasedProfile().decode(brightest, released), slice_max) and slice_max.max() < 200
+    assert np.allclose(WindowedCubes().decode(brightest, windowed), hi)
+
+
+def test_native_patch_model_synthesises_only_the_nodules_and_records_its_profile():
+    reference, layout = case(centres=((10, 12, 6), (30, 36, 20)))
+    result = synthesize(reference, layout, patch_model(profile="native-patch"), seed=1, steps=3, device="cpu")
+    nodule = layout.array == NODULE
+    changed = result.image.array != reference.array
+    assert not changed[~nodule].any() and changed[nodule].mean() > 0.8
+    assert result.metadata["profile"] == "native-patch" and result.metadata["patches"] == "2"
+    assert result.image.array[nodule].min() >= -1000 and result.image.array[nodule].max() <= 500  # the window's HU

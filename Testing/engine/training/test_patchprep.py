@@ -117,8 +117,25 @@ def test_prepare_patch_spacing_resamples_the_cube(phantoms, tmp_path):
     assert np.array_equal(np.load(out / record["folder"] / "x.npy"), space.x_ref[0].numpy())
     with pytest.raises(InputError, match="one layout channel .* omit --cond-channels"):
         prepare_dataset([root / "solo"], tmp_path / "bad", profile="released-patch", size=16, cond_channels=2)
-    with pytest.raises(InputError, match="for --profile released-patch only"):
+    with pytest.raises(InputError, match="for --profile released-patch/native-patch only"):
         prepare_dataset([root / "solo"], tmp_path / "bad", profile="native", size=16, patch_spacing_mm=2.0)
+
+
+def test_prepare_native_patch_cubes_in_the_fixed_hu_window(phantoms, tmp_path):
+    root, made = phantoms
+    out = tmp_path / "windowed"
+    assert main(["prepare", "--input", str(root / "solo"), "--output", str(out), "--profile", "native-patch",
+                 "--size", "16", "--val-fraction", "0"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (record,) = manifest["cases"]
+    assert manifest["space"]["profile"] == "native-patch"
+    i, j, k = (int(v) for v in record["cube_start_ijk"])
+    ct = read_volume(root / "solo" / "ct.nrrd").array.astype(np.float64)
+    cube = np.transpose(ct[k:k + 16, j:j + 16, i:i + 16], (2, 0, 1))  # independent: the CT's voxels in file axes
+    expected = (np.clip(cube, -1000, 500) + 1000) / 1500 * 2 - 1
+    np.testing.assert_allclose(np.load(out / record["folder"] / "x.npy")[0], expected, atol=1e-6)
+    hu = read_volume(out / record["folder"] / "ct.nii.gz").array
+    np.testing.assert_allclose(hu, np.clip(ct[k:k + 16, j:j + 16, i:i + 16], -1000, 500), atol=0.01)
 
 
 def test_train_a_patch_model_then_synthesise_with_it(phantoms, prepared, tmp_path):

@@ -5,7 +5,10 @@ per sample a vector of their codes, NaN where a characteristic is unknown (``att
 guided-diffusion's class conditioning (``label_emb``), each attribute has a small embedding table of
 rows 0 (a learned "unknown") and 1..n (its codes); a fractional value (a mean over readers) interpolates
 linearly between its two neighbouring codes, so ordinal scales stay continuous. The attributes'
-embeddings are summed and added to the timestep embedding. Classifier-free guidance needs an
+embeddings are summed and added to the timestep embedding, and the U-Net also paints their sum,
+projected to its first features, inside the nodule (``UNet3D.paint_attributes``): a local path from
+the request to the nodule's voxels, which a small model learns in far fewer steps than through the
+global embedding alone. Classifier-free guidance needs an
 unconditional pass: every attribute at "unknown" (``unknown_vector``), the value condition dropout
 trains (``training.objective.drop_attributes``).
 """

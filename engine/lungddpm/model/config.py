@@ -11,8 +11,10 @@ from lungddpm.layout.attributes import BY_FIELD
 # Profiles: how a model sees a CT (synthesis.profiles, synthesis.patches). A checkpoint records its profile.
 RELEASED_PROFILE = "released"  # Lung-DDPM as released: whole volume, file axes, per-slice min-max
 NATIVE_PROFILE = "native"  # the project's models: lung-centred, patient-aligned, fixed HU window
-PATCH_PROFILE = "released-patch"  # Lung-DDPM+: nodule-centred cubes, nodule channel only
-PROFILE_NAMES = (NATIVE_PROFILE, RELEASED_PROFILE, PATCH_PROFILE)
+PATCH_PROFILE = "released-patch"  # Lung-DDPM+: nodule-centred cubes, nodule channel only, per-slice min-max
+NATIVE_PATCH_PROFILE = "native-patch"  # nodule cubes as Lung-DDPM+, with the native fixed HU window (invertible)
+PATCH_PROFILES = (PATCH_PROFILE, NATIVE_PATCH_PROFILE)
+PROFILE_NAMES = (NATIVE_PROFILE, RELEASED_PROFILE, *PATCH_PROFILES)
 ATTENTIONS = ("sdpa", "legacy")
 
 # channel_mult the released code picks from the image size when none is given
@@ -54,7 +56,7 @@ class ModelConfig:
     @property
     def is_patch_model(self) -> bool:
         """Whether the model synthesises nodule cubes (Lung-DDPM+) rather than whole volumes."""
-        return self.profile == PATCH_PROFILE
+        return self.profile in PATCH_PROFILES
 
     @property
     def attention_ds(self) -> tuple[int, ...]:
@@ -91,7 +93,7 @@ class ModelConfig:
         if self.profile not in PROFILE_NAMES:
             raise ConfigError(f"profile {self.profile!r} is unknown; choose one of {PROFILE_NAMES}")
         if self.is_patch_model and self.cond_channels != 1:
-            raise ConfigError(f"profile {PATCH_PROFILE} (Lung-DDPM+) has one layout channel (the nodule): in_channels must "
+            raise ConfigError(f"profile {self.profile} (Lung-DDPM+ cubes) has one layout channel (the nodule): in_channels must "
                               f"be out_channels + 1 = {self.out_channels + 1}, not {self.in_channels}")
         if self.attention not in ATTENTIONS:
             raise ConfigError(f"attention {self.attention!r} must be one of {ATTENTIONS}")

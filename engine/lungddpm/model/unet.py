@@ -159,10 +159,10 @@ class UNet3D(nn.Module):
         attention_ds = set(config.attention_ds)
         emb_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        ch = input_ch = mc * config.channel_mult[0]
         # attribute models only, so that released checkpoints keep their exact parameter set
         self.attribute_embed = AttributeEmbedding(config.attributes, emb_dim) if config.attributes else None
-
-        ch = input_ch = mc * config.channel_mult[0]
+        self.attribute_paint = nn.Linear(emb_dim, ch) if config.attributes else None
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv3d(config.in_channels, ch, 3, padding=1))])
         skip_chans = [ch]
         ds = 1
@@ -206,19 +206,33 @@ class UNet3D(nn.Module):
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
+    def paint_attributes(self, x: torch.Tensor, described: torch.Tensor) -> torch.Tensor:
+        """The attribute embedding projected to the first features, inside the nodule only (B, C, D, H, W).
+
+        The nodule channel is the input's last (every profile's layout encoding ends with it, in [−1, 1]);
+        its weight (channel + 1) / 2 paints the requested characteristics where the nodule is, so they act
+        on the nodule's voxels directly rather than only through the global timestep embedding.
+        """
+        nodule = ((x[:, -1:] + 1) / 2).clamp(0, 1)
+        return nodule * self.attribute_paint(described)[:, :, None, None, None]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise for input x (B, in_channels, D, H, W) at timesteps t (B,), given attributes (B, A) if any."""
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype))
+        described = None
         if self.attribute_embed is not None:
             if attributes is None:
                 attributes = torch.full((x.shape[0], len(self.attribute_embed.schema)), UNKNOWN, device=x.device)
-            emb = emb + self.attribute_embed(attributes).to(emb.dtype)
+            described = self.attribute_embed(attributes).to(emb.dtype)
+            emb = emb + described
         elif attributes is not None and attributes.shape[-1]:
             raise InputError("this model takes no nodule attributes (it was trained without them); leave them out")
         skips = []
         h = x
-        for block in self.input_blocks:
+        for n, block in enumerate(self.input_blocks):
             h = self._block(block, h, emb)
+            if n == 0 and described is not None:
+                h = h + self.paint_attributes(x, described).to(h.dtype)
             skips.append(h)
         h = self._block(self.middle_block, h, emb)
         for block in self.output_blocks:

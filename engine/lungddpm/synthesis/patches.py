@@ -10,7 +10,9 @@ reference's own orientation, kept inside the field of view where the image is la
 
 Nodules whose bounding box fits inside an earlier nodule's cube (with a border of context) share
 that cube. Cubes are pre-processed as the released code does (file axes, per-slice min-max; see
-``profiles.ReleasedProfile.encode_on_grid``), sampled in batches with AAS where the nodule channel is
+``profiles.ReleasedProfile.encode_on_grid``) for profile released-patch, or with the native profile's
+fixed HU window for profile native-patch (``profiles.WindowedCubes``: the output's HU range no longer
+depends on the reference slice's, which attribute models need), sampled in batches with AAS where the nodule channel is
 −1, and pasted back: each cube's synthetic values replace the reference at its own nodules' voxels
 (plus, for resampled cubes, a feather one cube voxel + one reference voxel wide). Everywhere else the output is the
 reference voxel for voxel.
@@ -27,8 +29,8 @@ import torch
 from lungddpm.errors import ConfigError, InputError
 from lungddpm.io.volume import Volume, to_pixel_type
 from lungddpm.layout.sidecar import nodule_components
-from lungddpm.model.config import PATCH_PROFILE, ModelConfig
-from lungddpm.synthesis.profiles import CaseSpace, ModelSpace, ReleasedProfile
+from lungddpm.model.config import NATIVE_PATCH_PROFILE, PATCH_PROFILE, ModelConfig
+from lungddpm.synthesis.profiles import CaseSpace, ModelSpace, ReleasedProfile, WindowedCubes
 
 PATCH_BORDER_FRACTION = 1 / 16  # context kept between a nodule and its cube's faces (4 voxels of a 64³ cube)
 PATCH_BATCH = 4  # cubes sampled together in one network pass
@@ -125,10 +127,20 @@ def _crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     return Volume(volume.array[box], origin, volume.spacing, volume.direction)
 
 
-def encode_patch(reference: Volume, layout: Volume, patch: NodulePatch) -> ModelSpace:
-    """Model-space tensors of one cube: the released pre-processing with the nodule channel only."""
+CUBE_ENCODINGS = {PATCH_PROFILE: ReleasedProfile, NATIVE_PATCH_PROFILE: WindowedCubes}  # profile -> cube pre-processing
+
+
+def cube_encoding(profile: str) -> ReleasedProfile:
+    """The pre-processing of a patch profile's cubes (released per-slice min-max, or the native HU window)."""
+    if profile not in CUBE_ENCODINGS:
+        raise ConfigError(f"profile {profile!r} has no nodule cubes; choose one of {sorted(CUBE_ENCODINGS)}")
+    return CUBE_ENCODINGS[profile]()
+
+
+def encode_patch(reference: Volume, layout: Volume, patch: NodulePatch, profile: str = PATCH_PROFILE) -> ModelSpace:
+    """Model-space tensors of one cube: the profile's pre-processing with the nodule channel only."""
     box = _footprint(patch, reference.array.shape)  # resample from the cube's surroundings, not the whole CT
-    return ReleasedProfile().encode_on_grid(_crop(reference, box), _crop(layout, box), patch.grid, cond_channels=1)
+    return cube_encoding(profile).encode_on_grid(_crop(reference, box), _crop(layout, box), patch.grid, cond_channels=1)
 
 
 def paste_patch(image: np.ndarray, hu_patch: np.ndarray, patch: NodulePatch, components: np.ndarray,
@@ -170,22 +182,24 @@ def patch_seed(seed: int, index: int) -> int:
 
 
 class PatchProfile:
-    """Lung-DDPM+ (profile released-patch): a case is a batch of nodule cubes, each pasted back at its own nodules.
+    """Lung-DDPM+ (profiles released-patch, native-patch): a case is a batch of nodule cubes, each pasted back at its own nodules.
 
     The same case-level interface as the full-volume profiles (``synthesis.profiles.GridProfile``).
     """
 
-    name = PATCH_PROFILE
     batch = PATCH_BATCH  # cubes per network pass
-    x0_correction = "dynamic"  # dynamic thresholding, as the released Lung-DDPM+ sampler
 
-    def __init__(self, patch_spacing_mm: float | None = None) -> None:
+    def __init__(self, patch_spacing_mm: float | None = None, profile: str = PATCH_PROFILE) -> None:
         self.patch_spacing_mm = patch_spacing_mm  # None: the reference's own voxels (the released geometry)
+        self.name = profile
+        self.cubes = cube_encoding(profile)
+        # released: dynamic thresholding, as the released Lung-DDPM+ sampler; a fixed window clamps, as native
+        self.x0_correction = "dynamic" if profile == PATCH_PROFILE else "clamp"
 
     def encode_case(self, reference: Volume, layout: Volume, config: ModelConfig) -> CaseSpace:
         """One sample per cube: plan the cubes that cover every nodule and cut each from the reference."""
         patches, components = plan_patches(layout, config.image_size, self.patch_spacing_mm)
-        spaces = [encode_patch(reference, layout, patch) for patch in patches]
+        spaces = [encode_patch(reference, layout, patch, self.name) for patch in patches]
         return CaseSpace(torch.cat([s.x_ref for s in spaces]), torch.cat([s.cond for s in spaces]), spaces, patches,
                          components)
 
@@ -204,9 +218,8 @@ class PatchProfile:
     def decode_case(self, x0: torch.Tensor, case: CaseSpace, reference: Volume, layout: Volume) -> tuple[Volume, dict[str, str]]:
         """The reference with every cube's synthetic nodules pasted in, and the provenance entries of patch mode."""
         image = reference.array.astype(np.float64)  # a working copy: the reference itself is never modified
-        released = ReleasedProfile()
         for b, (space, patch) in enumerate(zip(case.spaces, case.patches)):
-            paste_patch(image, released.decode(x0[b : b + 1], space), patch, case.components, reference)
+            paste_patch(image, self.cubes.decode(x0[b : b + 1], space), patch, case.components, reference)
         spacing = "reference voxels" if self.patch_spacing_mm is None else f"{self.patch_spacing_mm:g}"
         return reference.with_array(to_pixel_type(image, reference.array.dtype)), {"patches": str(len(case)),
                                                                                       "patch_spacing_mm": spacing}

@@ -33,11 +33,23 @@ from lungddpm.errors import ConfigError, InputError
 from lungddpm.io.volume import Volume, index_to_physical
 from lungddpm.layout.labels import LUNG, NODULE, synthesis_region
 from lungddpm.layout.sidecar import nodule_components
-from lungddpm.model.config import NATIVE_PROFILE, RELEASED_PROFILE, ModelConfig
+from lungddpm.model.config import NATIVE_PATCH_PROFILE, NATIVE_PROFILE, RELEASED_PROFILE, ModelConfig
 from lungddpm.synthesis.regrid import PAD_HU, resample_onto, to_reference_grid
 
 NATIVE_HU_WINDOW = (-1000.0, 500.0)  # HU mapped to −1 and +1 by the native profile
 NATIVE_MARGIN_MM = 10.0  # margin around the lungs' bounding box in the native model grid
+
+
+def window_to_model(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip HU to the window (lo, hi) and map it linearly onto [−1, 1]."""
+    lo, hi = window
+    return (np.clip(hu, lo, hi) - lo) / (hi - lo) * 2 - 1
+
+
+def model_to_window(y: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Inverse of window_to_model: [−1, 1] (clipped) back to HU in the window."""
+    lo, hi = window
+    return (np.clip(y, -1, 1) + 1) / 2 * (hi - lo) + lo
 
 
 @dataclass
@@ -164,18 +176,42 @@ class ReleasedProfile(GridProfile):
     def encode_on_grid(self, reference: Volume, layout: Volume, grid: sitk.Image, cond_channels: int) -> ModelSpace:
         """Released pre-processing on a given grid (file axes, per-i min-max); also cuts Lung-DDPM+ patches."""
         m = np.transpose(resample_onto(_sitk(reference), grid, default=PAD_HU), self.axes)
-        lo = m.min(axis=(1, 2), keepdims=True)
-        hi = m.max(axis=(1, 2), keepdims=True)
-        x = (m - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1
+        x, scale = self.hu_to_model(m)
         cond = _onehot_channels(layout, grid, cond_channels, self.axes)
         x_ref = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-        return ModelSpace(x_ref, cond, grid, self.name, {"lo": lo, "hi": hi})
+        return ModelSpace(x_ref, cond, grid, self.name, scale)
+
+    def hu_to_model(self, m: np.ndarray) -> tuple[np.ndarray, dict]:
+        """HU (file axes) -> [−1, 1] by each i index's min and max, and that scaling (decode inverts it)."""
+        lo = m.min(axis=(1, 2), keepdims=True)
+        hi = m.max(axis=(1, 2), keepdims=True)
+        return (m - lo) / np.maximum(hi - lo, 1e-6) * 2 - 1, {"lo": lo, "hi": hi}
 
     def decode(self, x0: torch.Tensor, space: ModelSpace) -> np.ndarray:
         """Model output (1,1,D,H,W) -> HU array (k, j, i) on the model grid, inverting the per-slice scaling."""
         y = x0[0, 0].detach().cpu().double().numpy()
         hu = (y + 1) / 2 * (space.scale["hi"] - space.scale["lo"]) + space.scale["lo"]
         return np.transpose(hu, self.inverse_axes)
+
+
+class WindowedCubes(ReleasedProfile):
+    """The released file axes with the native fixed HU window: the cube pre-processing of native-patch models.
+
+    Per-slice min-max ties a cube's output HU range to its reference slice's (a calcified core cannot
+    come out brighter than the slice's brightest reference voxel); a fixed window does not, so a model
+    conditioned on nodule attributes can draw any HU the window holds.
+    """
+
+    name = NATIVE_PATCH_PROFILE
+    window = NATIVE_HU_WINDOW
+
+    def hu_to_model(self, m: np.ndarray) -> tuple[np.ndarray, dict]:
+        """HU -> [−1, 1] through the fixed window (clipped); no per-case scaling."""
+        return window_to_model(m, self.window), {}
+
+    def decode(self, x0: torch.Tensor, space: ModelSpace) -> np.ndarray:
+        """Model output (1,1,D,H,W) -> HU array (k, j, i) on the model grid, inside the window."""
+        return np.transpose(model_to_window(x0[0, 0].detach().cpu().double().numpy(), self.window), self.inverse_axes)
 
 
 class NativeProfile(GridProfile):
@@ -193,13 +229,11 @@ class NativeProfile(GridProfile):
 
     def hu_to_model(self, hu: np.ndarray) -> np.ndarray:
         """Clip to the HU window and map it linearly to [−1, 1]."""
-        lo, hi = self.window
-        return (np.clip(hu, lo, hi) - lo) / (hi - lo) * 2 - 1
+        return window_to_model(hu, self.window)
 
     def model_to_hu(self, y: np.ndarray) -> np.ndarray:
         """Inverse of hu_to_model inside the window."""
-        lo, hi = self.window
-        return (np.clip(y, -1, 1) + 1) / 2 * (hi - lo) + lo
+        return model_to_window(y, self.window)
 
     def encode(self, reference: Volume, layout: Volume, size: int, cond_channels: int) -> ModelSpace:
         """Model-space tensors on a lung-centred, patient-aligned size³ grid."""

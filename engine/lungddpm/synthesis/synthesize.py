@@ -136,7 +136,7 @@ def profile_for(config: ModelConfig, *, blend_margin_mm: float | None = None,
                           "which pastes its cubes at their nodules: leave it out")
     if patch_spacing_mm is not None and not patch_spacing_mm > 0:
         raise ConfigError(f"patch_spacing_mm (--patch-spacing) must be a positive voxel size in mm; got {patch_spacing_mm}")
-    return PatchProfile(config.patch_spacing_mm if patch_spacing_mm is None else float(patch_spacing_mm))
+    return PatchProfile(config.patch_spacing_mm if patch_spacing_mm is None else float(patch_spacing_mm), config.profile)
 
 
 def provenance(model: LungDDPM, *, sampler: str, steps: int, seed: int, device: torch.device, variant: str) -> dict[str, str]:

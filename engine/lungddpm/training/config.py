@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE, RELEASED_CHANNEL_MULT, ModelConfig
+from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILES, RELEASED_CHANNEL_MULT, ModelConfig
 from lungddpm.errors import ConfigError
 from lungddpm.sampling.options import MAX_SEED
 
@@ -93,7 +93,7 @@ class RunConfig:
         return ModelConfig(
             image_size=self.image_size, num_channels=self.num_channels, num_res_blocks=self.num_res_blocks,
             channel_mult=tuple(mult), attention_resolutions=tuple(self.attention_resolutions),
-            in_channels=(2 if self.profile == PATCH_PROFILE else 3) if self.in_channels is None else self.in_channels,
+            in_channels=(2 if self.profile in PATCH_PROFILES else 3) if self.in_channels is None else self.in_channels,
             timesteps=self.timesteps, profile=self.profile, patch_spacing_mm=self.patch_spacing_mm,
             attributes=tuple(self.attributes), guidance_scale=self.guidance_scale,
         )

@@ -22,7 +22,7 @@ nodule, with the number of readers who rated it; for a mask, the records of its 
 row per nodule and sample (the characteristics as columns, lists joined with ';', and the nodule's
 sentence in the prompt vocabulary); ``manifest.csv`` stays one row per sample.
 
-Profile ``released-patch`` (Lung-DDPM+): one sample per nodule cube instead of one per case, in
+Profiles ``released-patch`` (Lung-DDPM+) and ``native-patch``: one sample per nodule cube instead of one per case, in
 ``cases/<id>/cube-<n>/``, cut and pre-processed by ``patches.plan_patches`` / ``patches.encode_patch``
 (the functions sampling uses) with the nodule channel only; cases without a nodule are skipped.
 """
@@ -48,8 +48,8 @@ from lungddpm.layout.labels import LUNG, NODULE, compose_layout, validate_layout
 from lungddpm.layout.lung_mask import lung_mask
 from lungddpm.layout.sidecar import (equivalent_diameter_mm, layout_records, match_records, nodule_components,
                                      read_sidecar, sidecar_path)
-from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE
-from lungddpm.synthesis.patches import encode_patch, plan_patches
+from lungddpm.model.config import NATIVE_PROFILE, PATCH_PROFILE, PATCH_PROFILES
+from lungddpm.synthesis.patches import cube_encoding, encode_patch, plan_patches
 from lungddpm.synthesis.profiles import ModelSpace, NativeProfile, ReleasedProfile, get_profile
 from lungddpm.io.atomic import atomic_output, outputs_together, remove_temporaries, write_text
 from lungddpm.io.outputs import check_output_folder
@@ -255,7 +255,8 @@ def prepare_case(source: CaseSource, out_dir: Path, profile: str, size: int, con
             "nodules": [r.to_dict() for r in layout_records(layout, attributes)]}
 
 
-def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spacing_mm: float | None) -> list[dict]:
+def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spacing_mm: float | None,
+                       profile: str = PATCH_PROFILE) -> list[dict]:
     """Prepare one case as Lung-DDPM+ nodule cubes in out_dir/cube-<n>; returns one record per cube or raises SkipCase."""
     ct, layout, kind, headers, attributes = read_case(source)
     if not (layout.array == NODULE).any():
@@ -268,9 +269,9 @@ def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spaci
     nodules = layout_records(layout, attributes)
     records = []
     for index, patch in enumerate(patches):
-        space = encode_patch(ct, layout, patch)
-        write_sample(out_dir / f"cube-{index:02d}", space, ReleasedProfile(),
-                     f"{source.case_id} nodule cube {index} in {PATCH_PROFILE} model space")
+        space = encode_patch(ct, layout, patch, profile)
+        write_sample(out_dir / f"cube-{index:02d}", space, cube_encoding(profile),
+                     f"{source.case_id} nodule cube {index} in {profile} model space")
         diameters = component_diameters_mm(components, patch.components, ct.spacing)
         records.append({**shared, "cube": index, "cube_start_ijk": [round(float(v), 3) for v in patch.start],
                         "model_spacing_mm": [round(s, 4) for s in patch.grid.GetSpacing()],
@@ -282,9 +283,9 @@ def prepare_patch_case(source: CaseSource, out_dir: Path, size: int, patch_spaci
 
 def default_cond_channels(profile: str, cond_channels: int | None) -> int:
     """The layout channels of a profile (2 = lung + nodule, 1 = nodule only), checked against a requested count."""
-    if profile == PATCH_PROFILE:
+    if profile in PATCH_PROFILES:
         if cond_channels not in (None, 1):
-            raise InputError(f"the {PATCH_PROFILE} profile (Lung-DDPM+) has one layout channel (the nodule), not "
+            raise InputError(f"the {profile} profile (Lung-DDPM+ cubes) has one layout channel (the nodule), not "
                              f"{cond_channels}; omit --cond-channels or pass --cond-channels 1")
         return 1
     return 2 if cond_channels is None else cond_channels
@@ -306,7 +307,7 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
                     progress: Callable[[dict], None] | None = None) -> dict:
     """Prepare every case found in inputs into output; returns {'prepared', 'samples', 'skipped', 'manifest'}.
 
-    cond_channels None: the profile's (2, or 1 for released-patch). patch_spacing_mm: released-patch only,
+    cond_channels None: the profile's (2, or 1 for the patch profiles). patch_spacing_mm: patch profiles only,
     the cube's isotropic voxel size (None: the CT's own voxels, the released Lung-DDPM+ geometry).
     """
     if not 0 <= val_fraction < 1:
@@ -314,11 +315,11 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
     if size < MIN_CUBE_SIZE:
         raise InputError(f"size {size} (--size) is too small: give a model cube of at least {MIN_CUBE_SIZE} voxels per "
                          "side, e.g. 128 (the released model) or 64 (Lung-DDPM+ cubes)")
-    patch = profile == PATCH_PROFILE
+    patch = profile in PATCH_PROFILES
     if not patch:
         get_profile(profile)
     if patch_spacing_mm is not None and not (patch and patch_spacing_mm > 0):
-        raise InputError(f"patch spacing {patch_spacing_mm} mm: a positive cube voxel size, for --profile {PATCH_PROFILE} "
+        raise InputError(f"patch spacing {patch_spacing_mm} mm: a positive cube voxel size, for --profile {'/'.join(PATCH_PROFILES)} "
                          "only; omit --patch-spacing for full-volume profiles")
     cond_channels = default_cond_channels(profile, cond_channels)
     output = Path(output)
@@ -333,7 +334,7 @@ def prepare_dataset(inputs: list[str | Path], output: str | Path, *, profile: st
             try:
                 with outputs_together():  # a case that fails half-way leaves none of its files
                     if patch:
-                        records = prepare_patch_case(source, folder, size, patch_spacing_mm)
+                        records = prepare_patch_case(source, folder, size, patch_spacing_mm, profile)
                     else:
                         records = [{**prepare_case(source, folder, profile, size, cond_channels),
                                     "folder": f"cases/{source.case_id}"}]
