@@ -31,7 +31,7 @@ from lungddpm.layout.labels import NODULE
 from lungddpm.model.checkpoints import load_model
 from lungddpm.synthesis.synthesize import synthesize
 
-LEVELS = {"texture": (1, 3, 5), "margin": (1, 5), "spiculation": (1, 5)}  # codes requested of each attribute
+LEVELS = {"texture": (1, 3, 5), "calcification": (5, 6), "margin": (1, 5), "spiculation": (1, 5)}  # codes asked of each
 
 
 def design(known: tuple[str, ...]) -> list[NoduleAttributes]:
