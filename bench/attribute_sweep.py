@@ -1,8 +1,8 @@
 """How adherence and variety move with the guidance scale w: a sweep on held-out phantoms. Not a test.
 
 For each w, each held-out phantom (bench/held_out.py) and each request of a factorial design over the model's
-attributes (texture ground-glass / part-solid / solid, margin and spiculation at their two ends, those the
-model knows), K variants (sampling seeds 0 … K−1) are synthesised with the request for every nodule. Each
+attributes (texture ground-glass / part-solid / solid, calcification central / absent, margin and spiculation
+at their two ends, those the model knows), K variants (sampling seeds 0 … K−1) are synthesised with the request for every nodule. Each
 nodule is measured on the output as `lungddpm evaluate` measures it (evaluation/adherence.py, with the phantom
 as the reference) and scored per attribute (Spearman ρ of requested vs measured, evaluation.adherence.agreement);
 variety is the mean pairwise |ΔHU| among the K variants (evaluation/variety.py) over the lung region (label ≥ 1;
