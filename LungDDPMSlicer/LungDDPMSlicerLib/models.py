@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -19,6 +18,8 @@ REQUIRED_FIELDS = ("name", "title", "version", "description", "source", "file_na
                    "estimate_basis", "citation")
 CACHE_ENV = "LUNGDDPM_MODEL_CACHE"
 Downloader = Callable[[str, Path], None]
+Progress = Callable[[int, "int | None"], None]  # (bytes received, total bytes or None when the server does not say)
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class ModelListError(ValueError):
@@ -130,10 +131,19 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def urllib_download(url: str, target: Path) -> None:
-    """Download url to target with urllib (the headless fallback of slicer.util.downloadFile)."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as handle:
-        shutil.copyfileobj(response, handle, length=1 << 20)
+def urllib_download(url: str, target: Path, progress: Progress | None = None, timeout_s: float = 60.0) -> None:
+    """Download url to target with urllib, reporting (received, total) after each chunk; a short body is an OSError."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(target, "wb") as handle:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        received = 0
+        while block := response.read(DOWNLOAD_CHUNK):
+            handle.write(block)
+            received += len(block)
+            if progress is not None:
+                progress(received, total)
+    if total is not None and received != total:
+        raise OSError(f"download of {url} stopped after {received} of {total} bytes; retry")
 
 
 def download(url: str, target: Path, sha256: str, downloader: Downloader = urllib_download) -> Path:
