@@ -34,7 +34,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import LungDDPMSlicerLib
-from LungDDPMSlicerLib import engine, estimates, geometry, jobs, models, mrml, panel
+from LungDDPMSlicerLib import compat
+
+compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
+from LungDDPMSlicerLib import engine, estimates, geometry, jobs, models, mrml, panel  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"

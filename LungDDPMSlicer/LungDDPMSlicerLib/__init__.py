@@ -1,5 +1,6 @@
 """Qt-free helpers of the LungDDPMSlicer module, usable inside Slicer and headless (slicer-core wheel).
 
+- compat: the supported Slicer and Python versions, checked at module load
 - geometry: Slicer's IJK-to-RAS matrix <-> LPS origin/spacing/direction of files and the engine
 - mrml: export of a CT and segments to engine-ready NRRD files, import of results as nodes, provenance
 - process: a background process with non-blocking line reading and whole-tree cancel
@@ -10,4 +11,4 @@
 - panel: the sampling widgets' rules (enabled states, offered precisions) and the options sent to the engine
 """
 
-MODULES = ("geometry", "mrml", "process", "engine", "models", "estimates", "panel", "jobs")  # reload order (dependencies first)
+MODULES = ("compat", "geometry", "mrml", "process", "engine", "models", "estimates", "panel", "jobs")  # reload order (dependencies first)

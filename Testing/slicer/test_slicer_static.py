@@ -204,3 +204,22 @@ def test_icon_is_a_128_pixel_png():
     path = REPO / "Resources" / "Icons" / "LungDDPMSlicer.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sitk.ReadImage(str(path)).GetSize() == (128, 128)
+
+
+def test_old_slicer_or_python_is_refused_at_module_load_with_one_message():
+    """Slicer 5.8 (Python 3.9) gets a message naming the versions; the check runs before anything newer than 3.9."""
+    from LungDDPMSlicerLib import compat
+
+    message = compat.unsupported_reason((3, 9, 10, "final", 0), (5, 8))
+    assert "Slicer 5.10 or later" in message and "Slicer 5.8 with Python 3.9.10" in message
+    assert compat.unsupported_reason((3, 12, 4), (5, 10)) == "" and compat.unsupported_reason((3, 12), (6, 0)) == ""
+    assert "Python 3.10 or later" in compat.unsupported_reason((3, 9, 10), (5, 10))
+    with pytest.raises(ImportError, match="download.slicer.org"):
+        compat.require_supported((3, 9, 10), (5, 8))
+    for path in (MAIN_SCRIPT, MODULE_DIR / "LungDDPMSlicerLib" / "compat.py"):  # both must parse on Python 3.9
+        ast.parse(path.read_text(), feature_version=(3, 9))
+    body = ast.parse(MAIN_SCRIPT.read_text()).body
+    check = next(n for n, node in enumerate(body) if isinstance(node, ast.Expr) and "require_supported" in ast.unparse(node))
+    later_lib = [n for n, node in enumerate(body) if isinstance(node, ast.ImportFrom) and node.module == "LungDDPMSlicerLib"
+                 and [a.name for a in node.names] != ["compat"]]
+    assert later_lib and check < min(later_lib)
