@@ -23,7 +23,8 @@ ATTRIBUTE_PREFIX = "LungDDPM."
 # NRRD header keys written by `lungddpm synthesize` that become node attributes LungDDPM.<key>.
 PROVENANCE_KEYS = ("SYNTHETIC", "model", "model_sha256", "profile", "sampler", "steps", "seed", "device",
                    "lungddpm_version", "aas_variant", "model_weights", "sampling_seconds", "blend_margin_mm",
-                   "precision", "patches", "patch_spacing_mm")
+                   "precision", "patches", "patch_spacing_mm", "attribute_schema", "guidance", "nodule_attributes",
+                   "nodule_attributes_from")
 
 
 class ExportError(ValueError):

@@ -5,8 +5,10 @@ The widget applies these to its combo boxes and spin boxes; keeping them here le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .checkpoint_info import ModelAttributes
 from .engine import PRECISIONS
 from .estimates import PATCH_PROFILE
 from .models import ModelEntry
@@ -44,6 +46,33 @@ class WidgetStates:
     max_steps: int
     aas_variant_enabled: bool
     patch_spacing_enabled: bool
+
+
+@dataclass(frozen=True)
+class AttributeStates:
+    """Which nodule-attribute controls are enabled for a model, the guidance default, and what the panel says."""
+
+    enabled: dict[str, bool]
+    guidance_enabled: bool
+    guidance_default: float | None
+    message: str
+
+
+def attribute_states(model: ModelAttributes | None, fields: Sequence[str], model_title: str,
+                     unknown_reason: str = "") -> AttributeStates:
+    """Attribute controls enabled for the characteristics the model takes (None: the model file is not readable yet)."""
+    if model is None:
+        return AttributeStates({f: False for f in fields}, False, None,
+                               f"Nodule attributes: {unknown_reason or 'the model file cannot be read'}.")
+    if not model.attributes:
+        return AttributeStates({f: False for f in fields}, False, None,
+                               f"{model_title} takes no nodule attributes: its nodules follow the layout only. "
+                               f"Choose an attribute model (e.g. the bundled demo-nodules) to describe them.")
+    enabled = {f: f in model.attributes for f in fields}
+    others = [f for f in fields if not enabled[f]]
+    message = f"{model_title} takes {', '.join(model.attributes)}" + (
+        f"; it does not know {', '.join(others)}." if others else ".")
+    return AttributeStates(enabled, True, model.guidance_scale, message)
 
 
 def sampling_options(sampler: str, steps: int, aas_variant: str, precision: str,
