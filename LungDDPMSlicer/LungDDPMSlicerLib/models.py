@@ -172,25 +172,33 @@ def verify(path: Path, sha256: str | None) -> None:
                                 f"this is not the file the model list describes")
 
 
+def present_model_file(entry: ModelEntry, *, engine_dir: Path, cache_dir: Path, local_file: Path | None = None
+                       ) -> Path | None:
+    """The checkpoint file of an entry that is already here (bundled, chosen by the user, or cached), else None."""
+    if entry.source == "bundled":
+        path = engine_dir / "lungddpm" / "models" / entry.file_name
+    elif local_file:
+        path = Path(local_file)
+    else:
+        path = cache_dir / entry.file_name
+    return path if path.is_file() else None
+
+
 def resolve_model_file(entry: ModelEntry, *, engine_dir: Path, cache_dir: Path, local_file: Path | None = None,
                        downloader: Downloader = urllib_download) -> Path:
     """The checkpoint file of an entry: bundled, chosen by the user, found in the cache, or downloaded to it."""
     if not entry.supported:
         raise ModelUnavailableError(f"{entry.title}: {entry.unsupported_reason}")
-    if entry.source == "bundled":
-        path = engine_dir / "lungddpm" / "models" / entry.file_name
-        if not path.is_file():
-            raise ModelUnavailableError(f"{entry.title}: the bundled file {path} is missing; rebuild or reinstall the "
-                                        f"extension")
-    elif local_file:
-        path = Path(local_file)
-        if not path.is_file():
-            raise ModelUnavailableError(f"{entry.title}: the chosen file {path} does not exist")
-    elif (cache_dir / entry.file_name).is_file():
-        path = cache_dir / entry.file_name
-    elif entry.source == "url":
-        return download(entry.url, cache_dir / entry.file_name, entry.sha256, downloader)
-    else:
+    path = present_model_file(entry, engine_dir=engine_dir, cache_dir=cache_dir, local_file=local_file)
+    if path is None:
+        if entry.source == "bundled":
+            raise ModelUnavailableError(f"{entry.title}: the bundled file "
+                                        f"{engine_dir / 'lungddpm' / 'models' / entry.file_name} is missing; rebuild or "
+                                        f"reinstall the extension")
+        if local_file:
+            raise ModelUnavailableError(f"{entry.title}: the chosen file {local_file} does not exist")
+        if entry.source == "url":
+            return download(entry.url, cache_dir / entry.file_name, entry.sha256, downloader)
         raise ModelUnavailableError(f"{entry.title}: download {entry.file_name} from {entry.download_page} and choose "
                                     f"it as the local file, or put it in the model folder {cache_dir}")
     verify(path, entry.sha256)

@@ -5,7 +5,7 @@ The widget applies these to its combo boxes and spin boxes; keeping them here le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .checkpoint_info import ModelAttributes
@@ -13,6 +13,7 @@ from .engine import PRECISIONS
 from .estimates import PATCH_PROFILE
 from .models import ModelEntry
 
+PERSISTED = ("modelName", "device", "sampler", "steps", "precision")  # kept across scenes and sessions (QSettings)
 UNKNOWN_MAX_STEPS = 1000  # steps range for a checkpoint outside the model list (its T is read by the engine)
 SAMPLER_TIPS = {
     "dpmpp2m": "DPM-Solver++ 2M: second-order few-step solver, the default (3 steps; more steps: closer to ddpm, slower).",
@@ -103,3 +104,28 @@ def precision_problem(precision: str, device: str, cuda_gpu: bool) -> str:
                 "or precision bf16 or fp32")
     return ""
 
+
+
+def stored_settings(values: Mapping[str, object]) -> dict[str, str]:
+    """The persisted parameters as the text QSettings stores."""
+    return {key: str(values[key]) for key in PERSISTED if key in values}
+
+
+def restored_settings(stored: Mapping[str, object], offered: Mapping[str, Sequence[str]]) -> dict[str, object]:
+    """The stored parameters that are still valid (a choice still offered, steps a whole number from 1), typed.
+
+    A value QSettings returns as None (never stored) or that no longer fits (a model removed from the list,
+    fp16 on a computer without a CUDA GPU) is left out, so the default stays.
+    """
+    restored: dict[str, object] = {}
+    for key in PERSISTED:
+        value = stored.get(key)
+        if value is None:
+            continue
+        if key == "steps":
+            text = str(value)
+            if text.isdigit() and int(text) >= 1:
+                restored[key] = int(text)
+        elif str(value) in offered.get(key, ()):
+            restored[key] = str(value)
+    return restored

@@ -66,3 +66,17 @@ def test_attribute_controls_follow_the_model():
     assert not any(none.enabled.values()) and not none.guidance_enabled and "demo takes no nodule attributes" in none.message
     unknown = panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, "Lung-DDPM+", "the file is not here yet")
     assert not any(unknown.enabled.values()) and "the file is not here yet" in unknown.message
+
+
+def test_persisted_settings_round_trip_and_stale_values_are_dropped():
+    """Model, device, sampler, steps and precision come back typed; values no longer offered keep the default."""
+    values = {"modelName": "demo-nodules", "device": "cpu", "sampler": "ddim", "steps": 7, "precision": "bf16",
+              "seed": 4}
+    stored = panel.stored_settings(values)
+    assert stored == {"modelName": "demo-nodules", "device": "cpu", "sampler": "ddim", "steps": "7", "precision": "bf16"}
+    offered = {"modelName": ["demo-native-32", "demo-nodules"], "device": engine.DEVICES, "sampler": engine.SAMPLERS,
+               "precision": panel.offered_precisions(False)}
+    assert panel.restored_settings(stored, offered) == {k: v for k, v in values.items() if k != "seed"}
+    stale = {"modelName": "withdrawn", "device": "tpu", "sampler": None, "steps": "0", "precision": "fp16"}
+    assert panel.restored_settings(stale, offered) == {}
+    assert set(offered["modelName"]) <= {e.name for e in models.load_model_list(REPO / "Resources" / "models.json")}

@@ -19,7 +19,19 @@ MAIN_SCRIPT = MODULE_DIR / "LungDDPMSlicer.py"
 EXPECTED_WIDGETS = {
     "segmentationSelector": "qMRMLNodeComboBox",
     "lungSegmentSelector": "qMRMLSegmentSelectorWidget",
-    "noduleSegmentList": "QListWidget",
+    "noduleSegmentSelector": "qMRMLSegmentSelectorWidget",
+    "attributesInfoLabel": "QLabel",
+    "promptLineEdit": "QLineEdit",
+    "fillFromPromptButton": "QPushButton",
+    "textureAttributeCombo": "QComboBox",
+    "marginAttributeCombo": "QComboBox",
+    "spiculationAttributeCombo": "QComboBox",
+    "lobulationAttributeCombo": "QComboBox",
+    "calcificationAttributeCombo": "QComboBox",
+    "sphericityAttributeCombo": "QComboBox",
+    "malignancyAttributeCombo": "QComboBox",
+    "guidanceSpinBox": "QDoubleSpinBox",
+    "applyAttributesButton": "QPushButton",
     "noduleMarkupsSelector": "qMRMLNodeComboBox",
     "noduleMarkupsPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "createLungButton": "QPushButton",
@@ -40,7 +52,7 @@ EXPECTED_WIDGETS = {
     "statusLabel": "QLabel",
     "logText": "QPlainTextEdit",
 }
-HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath"}  # no parameterNodeWrapper connector
+HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath", "noduleAttributes"}  # no parameterNodeWrapper connector
 MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget"}
 
 
@@ -223,3 +235,17 @@ def test_old_slicer_or_python_is_refused_at_module_load_with_one_message():
     later_lib = [n for n, node in enumerate(body) if isinstance(node, ast.ImportFrom) and node.module == "LungDDPMSlicerLib"
                  and [a.name for a in node.names] != ["compat"]]
     assert later_lib and check < min(later_lib)
+
+
+def test_attribute_combos_cover_the_panel_attributes_and_no_step_but_synthesis_needs_torch():
+    """One combo per panel attribute; Create lung segment and Add nodule start no PyTorch install, Synthesize does."""
+    from LungDDPMSlicerLib import nodule_attributes
+
+    text = MAIN_SCRIPT.read_text()
+    methods = {n.name: n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)}
+    pairs = re.findall(r'"(\w+)": self\.ui\.(\w+)AttributeCombo', ast.get_source_segment(text, methods["attributeCombos"]))
+    assert [field for field, _ in pairs] == list(nodule_attributes.PANEL_ATTRIBUTES)
+    assert all(field == widget for field, widget in pairs)
+    for name in ("onCreateLung", "onAddNodule"):
+        assert "Torch" not in ast.unparse(methods[name]) and "Dependencies" not in ast.unparse(methods[name])
+    assert "startTorchInstall" in ast.unparse(methods["onApplyButton"])
