@@ -39,7 +39,7 @@ from LungDDPMSlicerLib import compat
 
 compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
 from LungDDPMSlicerLib import (checkpoint_info, engine, estimates, geometry, install, jobs, models, mrml,  # noqa: E402
-                               nodule_attributes, panel)
+                               nodule_attributes, panel, worker)
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
@@ -216,6 +216,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.job.cancel()
         if self.install is not None:
             self.install.cancel()
+        self.logic.stopWorker()
         self.pollTimer.stop()
         self.removeObservers()
 
@@ -242,6 +243,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.job is not None and self.job.active:
             self.job.cancel()
             self.setUiState("idle")
+        self.logic.stopWorker()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -748,6 +750,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         self.models = models.load_model_list(resourcePath("models.json"))
         self._gpus: list[estimates.Gpu] | None = None
         self._modelAttributes: dict[tuple[str, float], checkpoint_info.ModelAttributes] = {}
+        self._worker: worker.EngineWorker | None = None  # one engine per Slicer session: models stay loaded
 
     def getParameterNode(self) -> LungDDPMSlicerParameterNode:
         """The module's parameter node, typed."""
@@ -756,6 +759,17 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     def context(self) -> mrml.MrmlContext:
         """Slicer's scene and the logics the Qt-free layer needs."""
         return mrml.MrmlContext(slicer.mrmlScene, slicer.modules.segmentations.logic(), slicer.app.applicationLogic())
+
+    def engineWorker(self) -> worker.EngineWorker:
+        """The session's long-lived engine process (started by its first job)."""
+        if self._worker is None:
+            self._worker = worker.EngineWorker(engine.python_executable())
+        return self._worker
+
+    def stopWorker(self) -> None:
+        """End the engine worker and its children (scene close, module cleanup); the next job starts a new one."""
+        if self._worker is not None:
+            self._worker.kill()
 
     def engineDir(self) -> Path:
         """The folder holding the bundled `lungddpm` package."""
@@ -904,7 +918,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
                                         guidance=guidance)
         job = jobs.SynthesisJob(self.context(), request, engine_dir=self.engineDir(),
                                 work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
-                                keep_files=keepTemporaryFiles)
+                                keep_files=keepTemporaryFiles, worker=self.engineWorker())
         job.start()
         return job
 

@@ -20,6 +20,7 @@ import numpy as np
 from . import engine, mrml, nodule_attributes
 from .geometry import GeometryError, lps_geometry_from_ijk_to_ras, ras_to_lps
 from .process import STDERR, BackgroundProcess
+from .worker import EngineWorker, OneShotRunner
 
 LUNG_COLOR = (0.85, 0.66, 0.56)
 NODULE_COLOR = (0.90, 0.25, 0.20)
@@ -90,7 +91,9 @@ class SynthesisJob:
     """
 
     def __init__(self, context: mrml.MrmlContext, request: SynthesisRequest, *, engine_dir: Path, work_dir: Path,
-                 python: str | None = None, log: Log | None = None, keep_files: bool = False) -> None:
+                 python: str | None = None, log: Log | None = None, keep_files: bool = False,
+                 worker: EngineWorker | None = None) -> None:
+        """worker: a long-lived engine (models stay loaded between jobs); None: one engine process per variant."""
         if not request.seeds:
             raise ValueError("a synthesis needs at least one seed")
         engine.check_options(request.device, request.sampler, request.steps, request.aas_variant, request.precision,
@@ -104,9 +107,12 @@ class SynthesisJob:
         self.error = ""
         self.outputs: list[SynthesisOutput] = []
         self.step, self.total, self.eta_s = 0, 0, None
+        self.variant_seconds: list[float] = []  # wall time of each finished variant, engine start to its output
         self._variant = 0
+        self._started = 0.0
         self._exported: mrml.LayoutExport | None = None
-        self._process: BackgroundProcess | None = None
+        self.runner: EngineWorker | OneShotRunner = worker if worker is not None else OneShotRunner()
+        self._running = False  # whether the runner is busy with a variant of this job
         self._done: engine.Done | None = None
         self._nodules_json: Path | None = None
 
@@ -156,10 +162,11 @@ class SynthesisJob:
                                             precision=r.precision, patch_spacing_mm=r.patch_spacing_mm,
                                             nodules_json=self._nodules_json,
                                             guidance=r.guidance if r.model_attributes else None)
-        self._process = BackgroundProcess(command, env=engine.engine_environment(self.engine_dir, r.device))
         self.step, self.total, self.eta_s, self._done = 0, 0, None, None
         self.log(f"Variant {self._variant + 1}/{len(r.seeds)} (seed {seed}): " + " ".join(command))
-        self._process.start()
+        self._started = time.monotonic()
+        self.runner.run(command, engine.engine_environment(self.engine_dir, r.device))
+        self._running = True
         self.state = JobState.RUNNING
 
     def poll(self) -> None:
@@ -171,7 +178,7 @@ class SynthesisJob:
 
     def _read_engine(self) -> None:
         """Take progress and log lines; when the engine has exited, check it and move to IMPORTING."""
-        for stream, line in self._process.read_lines():
+        for stream, line in self.runner.read_lines():
             record = engine.parse_progress_line(line) if stream != STDERR else None
             if isinstance(record, engine.StepProgress):
                 self.step, self.total, self.eta_s = record.step, record.total, record.eta_s
@@ -179,12 +186,16 @@ class SynthesisJob:
                 self._done = record
             elif line.strip():
                 self.log(line)
-        if not self._process.finished():
+        status = self.runner.exit_status()
+        if status is None:
             return
-        if self._process.returncode != 0:
-            raise EngineError(engine.engine_error_message(self._process.stderr_lines, self._process.returncode))
+        self._running = False
+        if status != 0:
+            raise EngineError(engine.engine_error_message(self.runner.error_lines(), status))
         if self._done is None:
             raise EngineError("the engine finished without reporting its output files")
+        self.variant_seconds.append(time.monotonic() - self._started)
+        self.log(f"Variant {self._variant + 1} took {self.variant_seconds[-1]:.1f} s in the engine")
         self.state = JobState.IMPORTING
 
     def _import_variant(self) -> None:
@@ -227,8 +238,7 @@ class SynthesisJob:
         if not self.active:
             return
         self.state = JobState.CANCELLING
-        if self._process is not None:
-            self._process.kill_tree()
+        self.runner.kill()
         self._cleanup()
         self.state = JobState.CANCELLED
         self.log("Cancelled")
@@ -243,8 +253,9 @@ class SynthesisJob:
             self.error = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
             if not isinstance(error, known):
                 logging.exception("LungDDPM synthesis failed")
-            if self._process is not None:
-                self._process.kill_tree()
+            if self._running:  # the engine is still at this variant: stop it (a worker restarts on the next job)
+                self.runner.kill()
+                self._running = False
             self._cleanup()
             self.state = JobState.FAILED
             self.log(f"Failed: {self.error}")

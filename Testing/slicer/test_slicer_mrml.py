@@ -234,23 +234,26 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     assert not (tmp_path / "work").exists()
 
 
-def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("runner", ["one process per variant", "worker"])
+def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, tiny_checkpoint, tmp_path,
+                                                                 runner):
     """Cancel while sampling: no engine process survives, the work folder is gone, the scene is unchanged."""
-    from LungDDPMSlicerLib import engine, jobs
+    from LungDDPMSlicerLib import engine, jobs, worker
 
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
                                     [scene_case["nodule_id"]], tiny_checkpoint, seeds=[1, 2], device="cpu",
                                     sampler="ddpm")  # all 20 steps: time to cancel after the first
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
-                            work_dir=tmp_path / "work", log=lambda line: None)
+                            work_dir=tmp_path / "work", log=lambda line: None,
+                            worker=worker.EngineWorker(engine.python_executable()) if runner == "worker" else None)
     job.start()
     deadline = time.monotonic() + 120
     while job.step == 0 and job.active and time.monotonic() < deadline:
         job.poll()
         time.sleep(0.1)
     assert job.state is jobs.JobState.RUNNING and job.step >= 1, job.error
-    pid = job._process.pid
+    pid = job.runner.pid
     job.cancel()
     assert job.state is jobs.JobState.CANCELLED
     assert not alive(pid)
@@ -471,3 +474,33 @@ def test_attributes_travel_from_segment_tags_to_the_engines_provenance(mrml_cont
 
     plain = engine.synthesize_command("python", Path("r.nrrd"), Path("l.nrrd"), model, Path("o.nrrd"), seed=1, device="cpu")
     assert "--nodules-json" not in plain and "--guidance" not in plain  # without attributes the command has neither
+
+
+def test_one_worker_serves_several_jobs_and_survives_an_engine_error(mrml_context, scene_case, tiny_checkpoint,
+                                                                     tmp_path):
+    """Variants and new jobs go to the same engine process (model loaded once); an engine error fails only its job."""
+    from LungDDPMSlicerLib import engine, jobs, mrml, worker
+
+    from lungddpm import cli
+
+    assert worker.WORKER_FINISHED == cli.WORKER_FINISHED
+    shared = worker.EngineWorker(engine.python_executable())
+
+    def job(name: str, seeds: list[int], steps: int) -> jobs.SynthesisJob:
+        """A job of the scene case on the shared worker."""
+        request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                        [scene_case["nodule_id"]], tiny_checkpoint, seeds=seeds, device="cpu",
+                                        steps=steps)
+        return jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                                 work_dir=tmp_path / name, log=lambda line: None, worker=shared)
+
+    first = jobs.run_to_end(job("first", [1, 2], 2))
+    pid = shared.pid
+    with pytest.raises(jobs.EngineError, match="steps"):
+        jobs.run_to_end(job("bad", [3], 21))  # more steps than the model's T = 20: the engine refuses it
+    (again,) = jobs.run_to_end(job("again", [1], 2))
+    assert shared.pid == pid and shared.alive and shared.jobs_sent == 4
+    assert [o.seed for o in first] == [1, 2]
+    assert np.array_equal(mrml.volume_array(again.volume_node), mrml.volume_array(first[0].volume_node))  # same seed
+    shared.kill()  # what scene close does
+    assert not alive(pid) and not shared.alive
