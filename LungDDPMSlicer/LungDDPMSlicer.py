@@ -38,8 +38,8 @@ import LungDDPMSlicerLib
 from LungDDPMSlicerLib import compat
 
 compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
-from LungDDPMSlicerLib import (checkpoint_info, engine, estimates, geometry, install, jobs, models, mrml,  # noqa: E402
-                               nodule_attributes, panel, worker)
+from LungDDPMSlicerLib import (checkpoint_info, compare, engine, estimates, geometry, install, jobs, models,  # noqa: E402
+                               mrml, nodule_attributes, panel, worker)
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
@@ -133,6 +133,8 @@ class LungDDPMSlicerParameterNode:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     variants: Annotated[int, WithinRange(1, 50)] = 1
     keepTemporaryFiles: bool = False
+    compareAfterSynthesis: bool = True
+    fade: Annotated[float, WithinRange(0.0, 1.0)] = 0.5  # compare view: 0 reference, 1 synthetic
 
 
 def chosenPath(path: str | None) -> Path | None:
@@ -158,6 +160,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job: jobs.SynthesisJob | None = None
         self.install: install.CommandSequence | None = None
         self.schema = None  # the engine's attribute schema module (nodule_attributes.schema)
+        self.savedView: compare.ViewState | None = None  # the user's views before the compare view
         self.uiState = "idle"
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(250)
@@ -192,6 +195,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fillFromPromptButton.clicked.connect(self.onFillFromPrompt)
         self.ui.promptLineEdit.returnPressed.connect(self.onFillFromPrompt)
         self.ui.applyAttributesButton.clicked.connect(self.onApplyAttributes)
+        self.ui.restoreViewButton.clicked.connect(self.onRestoreView)
         self.ui.noduleMarkupsSelector.currentNodeChanged.connect(self.ui.noduleMarkupsPlaceWidget.setCurrentNode)
         self.ui.modelCombo.currentIndexChanged.connect(self.onModelChanged)
         self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelPathChanged)
@@ -321,6 +325,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = self.ui.modelCombo.blockSignals(True)
         self.ui.modelCombo.setCurrentIndex(max(index, 0))
         self.ui.modelCombo.blockSignals(wasBlocked)
+        if self.savedView is not None:
+            compare.set_fade(slicer.mrmlScene, p.fade)
         self.updateSamplingWidgets()
         self.updateAttributeWidgets()
         self.updateModelInfo()
@@ -529,6 +535,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createLungButton.enabled = not busy and p.referenceVolume is not None and p.segmentation is not None
         self.ui.addNoduleButton.enabled = (not busy and p.referenceVolume is not None and bool(p.lungSegmentIds)
                                            and p.noduleMarkups is not None)
+        self.ui.restoreViewButton.enabled = self.savedView is not None
         missing = self.missingInputs()
         if busy:
             self.ui.applyButton.text = _("Cancel")
@@ -601,6 +608,13 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.noduleSegmentIds = list(p.noduleSegmentIds) + [segmentId]
             self.appendLog(_("Added nodule segment {id}").format(id=segmentId))
 
+    def onRestoreView(self) -> None:
+        """Put back the views the user had before the synthesis."""
+        if self.savedView is not None:
+            compare.restore_view(slicer.mrmlScene, self.savedView)
+            self.savedView = None
+            self.updateButtons()
+
     def onClearCache(self) -> None:
         """Delete the checkpoint files in the model folder after a confirmation listing them."""
         folder = self.logic.modelCacheDir()
@@ -634,6 +648,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setUiState("starting")
         self.ui.logText.clear()
         p = self._parameterNode
+        if self.savedView is None:  # the user's own views, before results replace what they show
+            self.savedView = compare.save_view(slicer.mrmlScene)
         model = p.modelName if p.modelName != OTHER_CHECKPOINT else chosenPath(p.localModelPath)
         o = panel.sampling_options(p.sampler, p.steps, p.aasVariant, p.precision, p.patchSpacingMm)
         job = self.runWithErrorDisplay(_("Synthesis could not start."), lambda: self.logic.startSynthesis(
@@ -702,6 +718,9 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setUiState("importing")
         elif state is jobs.JobState.DONE:
             self.ui.statusLabel.text = _("Done: {n} synthetic CT(s) added beside the reference.").format(n=len(job.outputs))
+            if self._parameterNode.compareAfterSynthesis and job.outputs:
+                compare.show_compare(slicer.mrmlScene, job.request.reference_volume, job.outputs[-1].volume_node,
+                                     self._parameterNode.fade)
             self.setUiState("idle")
         elif state is jobs.JobState.FAILED:
             self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)

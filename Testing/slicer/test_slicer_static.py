@@ -32,6 +32,7 @@ EXPECTED_WIDGETS = {
     "malignancyAttributeCombo": "QComboBox",
     "guidanceSpinBox": "QDoubleSpinBox",
     "applyAttributesButton": "QPushButton",
+    "restoreViewButton": "QPushButton",
     "noduleMarkupsSelector": "qMRMLNodeComboBox",
     "noduleMarkupsPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "createLungButton": "QPushButton",
