@@ -250,3 +250,9 @@ def test_attribute_combos_cover_the_panel_attributes_and_no_step_but_synthesis_n
     for name in ("onCreateLung", "onAddNodule"):
         assert "Torch" not in ast.unparse(methods[name]) and "Dependencies" not in ast.unparse(methods[name])
     assert "startTorchInstall" in ast.unparse(methods["onApplyButton"])
+
+
+def test_make_setup_installs_the_qt_binding_of_the_ui_check():
+    """The .ui check skips without PyQt5; `make setup` (what CI runs) installs it, so in CI it always runs."""
+    assert re.search(r"pip install [^\n]*PyQt5==", (REPO / "Makefile").read_text())
+    assert "PyQt5.QtWidgets" in (REPO / "Testing" / "slicer" / "test_slicer_ui.py").read_text()
