@@ -39,7 +39,7 @@ from LungDDPMSlicerLib import compat
 
 compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
 from LungDDPMSlicerLib import (checkpoint_info, compare, engine, estimates, geometry, install, jobs, models,  # noqa: E402
-                               mrml, nodule_attributes, panel, worker)
+                               mrml, nodule_attributes, panel, preview, worker)
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
@@ -157,6 +157,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
+        self._observedMarkups = None
+        self.previewNode = None  # the click-to-place sphere (preview.update_preview)
         self.job: jobs.SynthesisJob | None = None
         self.install: install.CommandSequence | None = None
         self.schema = None  # the engine's attribute schema module (nodule_attributes.schema)
@@ -221,6 +223,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.install is not None:
             self.install.cancel()
         self.logic.stopWorker()
+        preview.remove_preview(slicer.mrmlScene, self.previewNode)
         self.pollTimer.stop()
         self.removeObservers()
 
@@ -248,6 +251,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.job.cancel()
             self.setUiState("idle")
         self.logic.stopWorker()
+        self.previewNode = None  # removed with the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -302,6 +306,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         self.observeSegmentation(p.segmentation)
+        self.observeMarkups(p.noduleMarkups)
+        self.updatePreview()
         wasBlocked = self.ui.lungSegmentSelector.blockSignals(True)
         self.ui.lungSegmentSelector.setCurrentNode(p.segmentation)
         self.ui.lungSegmentSelector.setSelectedSegmentIDs(list(p.lungSegmentIds))
@@ -354,6 +360,27 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentationNode is not None:
             for event in events:
                 self.addObserver(segmentationNode, event, self.onSegmentsChanged)
+
+    def observeMarkups(self, markupsNode) -> None:
+        """Follow the centre point list: placing, dragging or deleting a point moves the preview sphere."""
+        if markupsNode is self._observedMarkups:
+            return
+        events = (slicer.vtkMRMLMarkupsNode.PointAddedEvent, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        if self._observedMarkups is not None:
+            for event in events:
+                self.removeObserver(self._observedMarkups, event, self.updatePreview)
+        self._observedMarkups = markupsNode
+        if markupsNode is not None:
+            for event in events:
+                self.addObserver(markupsNode, event, self.updatePreview)
+
+    def updatePreview(self, caller=None, event=None) -> None:
+        """Show the nodule preview sphere at the last placed point with the chosen diameter."""
+        p = self._parameterNode
+        if p is not None:
+            self.previewNode = preview.update_preview(slicer.mrmlScene, p.noduleMarkups, p.noduleDiameterMm,
+                                                      self.previewNode)
 
     def onSegmentsChanged(self, caller=None, event=None) -> None:
         """Drop chosen segment IDs that no longer exist, then refresh."""
@@ -607,6 +634,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentId:
             p.noduleSegmentIds = list(p.noduleSegmentIds) + [segmentId]
             self.appendLog(_("Added nodule segment {id}").format(id=segmentId))
+            # the committed point is used up: its preview goes, and the next click places the next nodule
+            p.noduleMarkups.RemoveNthControlPoint(p.noduleMarkups.GetNumberOfControlPoints() - 1)
 
     def onRestoreView(self) -> None:
         """Put back the views the user had before the synthesis."""

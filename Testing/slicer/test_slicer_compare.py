@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from slicer_testing import require_slicer_core
 
 slicer = require_slicer_core(module_level=True)
@@ -53,3 +54,24 @@ def test_compare_shows_both_linked_with_a_fade_and_restores_the_users_views(mrml
     compare.restore_view(scene, previous)
     assert compare.save_view(scene) == before
     assert composites["Red"].GetBackgroundVolumeID() == users.GetID() and slices["Yellow"].GetOrientation() == "Sagittal"
+
+
+def test_click_to_place_preview_follows_the_point_and_the_diameter(mrml_context):
+    """The sphere sits at the last placed point with the chosen diameter, moves and resizes with them, and goes."""
+    from LungDDPMSlicerLib import preview
+
+    scene = mrml_context.scene
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "centre")
+    assert preview.update_preview(scene, points, 10.0) is None  # nothing placed yet
+    points.AddControlPointWorld([10.0, -20.0, 30.0])
+    sphere = preview.update_preview(scene, points, 10.0)
+    # a tessellated sphere: its bounds lie within 1 % of the radius inside the true ones
+    assert sphere.GetPolyData().GetBounds() == pytest.approx([5.0, 15.0, -25.0, -15.0, 25.0, 35.0], abs=0.05)
+    assert sphere.GetDisplayNode().GetVisibility2D() and sphere.GetDisplayNode().GetOpacity() < 1
+    points.SetNthControlPointPositionWorld(0, [0.0, 0.0, 0.0])  # the user drags the point
+    assert preview.update_preview(scene, points, 20.0, sphere) is sphere  # and widens the nodule
+    assert sphere.GetPolyData().GetBounds() == pytest.approx([-10.0, 10.0, -10.0, 10.0, -10.0, 10.0], abs=0.1)
+    models_before = scene.GetNumberOfNodesByClass("vtkMRMLModelNode")
+    preview.remove_preview(scene, sphere)  # committed with Add nodule
+    assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == models_before - 1
+    assert scene.GetNodeByID(sphere.GetID()) is None
