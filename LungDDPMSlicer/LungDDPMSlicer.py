@@ -182,6 +182,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelCombo.addItem(_("Other checkpoint file…"), OTHER_CHECKPOINT)
         self.ui.modelCacheDirLineEdit.currentPath = str(self.logic.modelCacheDir())
         self.schema = nodule_attributes.schema(self.logic.engineDir())
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         for field, combo in self.attributeCombos().items():
             for choice in nodule_attributes.choices(self.schema, field):
                 combo.addItem(choice.label, 0 if choice.code is None else choice.code)
@@ -237,9 +238,12 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         """Make sure the parameter node exists and is observed when the module is shown."""
         self.initializeParameterNode()
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
 
     def exit(self) -> None:
         """Stop observing the parameter node while the module is hidden (a running job continues)."""
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -255,7 +259,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
-        """Create a fresh parameter node after the scene closed, if the module is shown."""
+        """Create a fresh parameter node (and Segment Editor node) after the scene closed, if the module is shown."""
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -308,6 +313,10 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.observeSegmentation(p.segmentation)
         self.observeMarkups(p.noduleMarkups)
         self.updatePreview()
+        if self.ui.segmentEditorWidget.segmentationNode() is not p.segmentation:
+            self.ui.segmentEditorWidget.setSegmentationNode(p.segmentation)
+        if self.ui.segmentEditorWidget.sourceVolumeNode() is not p.referenceVolume:
+            self.ui.segmentEditorWidget.setSourceVolumeNode(p.referenceVolume)
         wasBlocked = self.ui.lungSegmentSelector.blockSignals(True)
         self.ui.lungSegmentSelector.setCurrentNode(p.segmentation)
         self.ui.lungSegmentSelector.setSelectedSegmentIDs(list(p.lungSegmentIds))
@@ -807,6 +816,10 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     def context(self) -> mrml.MrmlContext:
         """Slicer's scene and the logics the Qt-free layer needs."""
         return mrml.MrmlContext(slicer.mrmlScene, slicer.modules.segmentations.logic(), slicer.app.applicationLogic())
+
+    def segmentEditorNode(self):
+        """The module's own Segment Editor node (its effects' settings), created once per scene."""
+        return mrml.segment_editor_node(slicer.mrmlScene)
 
     def engineWorker(self) -> worker.EngineWorker:
         """The session's long-lived engine process (started by its first job)."""

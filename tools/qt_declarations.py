@@ -25,6 +25,7 @@ HEADERS = {  # class -> (project, path of its header)
     "qMRMLNodeComboBox": ("Slicer", "Libs/MRML/Widgets/qMRMLNodeComboBox.h"),
     "qMRMLSegmentSelectorWidget": ("Slicer", "Libs/MRML/Widgets/qMRMLSegmentSelectorWidget.h"),
     "qSlicerMarkupsPlaceWidget": ("Slicer", "Modules/Loadable/Markups/Widgets/qSlicerMarkupsPlaceWidget.h"),
+    "qMRMLSegmentEditorWidget": ("Slicer", "Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.h"),
     "ctkCollapsibleButton": ("CTK", "Libs/Widgets/ctkCollapsibleButton.h"),
     "ctkPathLineEdit": ("CTK", "Libs/Widgets/ctkPathLineEdit.h"),
     "ctkSliderWidget": ("CTK", "Libs/Widgets/ctkSliderWidget.h"),

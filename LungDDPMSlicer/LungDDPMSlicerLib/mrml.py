@@ -321,6 +321,20 @@ def prepare_segmentation(segmentation_node: object, reference_volume: object | N
         segmentation_node.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
 
 
+SEGMENT_EDITOR_TAG = "LungDDPM"  # singleton tag of the module's Segment Editor node (apart from the Segment Editor module's)
+
+
+def segment_editor_node(scene: object) -> object:
+    """The scene's Segment Editor node of this module (a singleton, created on first use), as Slicer's modules do."""
+    node = scene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(SEGMENT_EDITOR_TAG)
+        node = scene.AddNode(node)
+    return node
+
+
 def segment_tag(segmentation_node: object, segment_id: str, tag: str) -> str:
     """The value of a segment's tag ('' when the segment or the tag is missing)."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)

@@ -104,3 +104,14 @@ def test_segments_written_into_a_new_segmentation_are_visible(mrml_context):
     bare = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "scripted, no display")
     segment_id = mrml.add_segment(bare, ct, mrml.SegmentData("lung", box_mask()))
     assert bare.GetDisplayNode() is not None and bare.GetDisplayNode().GetSegmentVisibility(segment_id)
+
+
+def test_the_embedded_segment_editor_has_one_node_of_its_own(mrml_context):
+    """The panel's Segment Editor node is a singleton apart from the Segment Editor module's; asked twice, one node."""
+    from LungDDPMSlicerLib import mrml
+
+    scene = mrml_context.scene
+    first = mrml.segment_editor_node(scene)
+    assert first.IsA("vtkMRMLSegmentEditorNode") and first.GetSingletonTag() == mrml.SEGMENT_EDITOR_TAG
+    assert mrml.segment_editor_node(scene) is first
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode") == 1

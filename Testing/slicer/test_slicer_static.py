@@ -33,6 +33,7 @@ EXPECTED_WIDGETS = {
     "guidanceSpinBox": "QDoubleSpinBox",
     "applyAttributesButton": "QPushButton",
     "restoreViewButton": "QPushButton",
+    "segmentEditorWidget": "qMRMLSegmentEditorWidget",
     "noduleMarkupsSelector": "qMRMLNodeComboBox",
     "noduleMarkupsPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "createLungButton": "QPushButton",
@@ -54,7 +55,7 @@ EXPECTED_WIDGETS = {
     "logText": "QPlainTextEdit",
 }
 HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath", "noduleAttributes"}  # no parameterNodeWrapper connector
-MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget"}
+MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget", "qMRMLSegmentEditorWidget"}
 
 
 def cmake_list(text: str, variable: str) -> list[str]:
