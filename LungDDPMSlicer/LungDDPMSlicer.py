@@ -39,7 +39,7 @@ from LungDDPMSlicerLib import compat
 
 compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
 from LungDDPMSlicerLib import (checkpoint_info, compare, engine, estimates, geometry, install, jobs, models,  # noqa: E402
-                               mrml, nodule_attributes, panel, preview, worker)
+                               mrml, nodule_attributes, panel, preview, sample, worker)
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
@@ -99,9 +99,32 @@ the scene as it was.</p>
 Synthesis, IEEE TBME 2025 (arXiv:2502.15204); and for Lung-DDPM+: Jiang Y., Shariftabrizi A., Manem V. S. K.,
 arXiv:2508.09327 (2025).</p>
 <p>Supported: 3D Slicer 5.10 or later. Documentation: <a href="{url}">{url}</a></p>""").format(url=DOCUMENTATION_URL)
+        slicer.app.connect("startupCompleted()", registerSampleData)
         self.parent.acknowledgementText = _("""
 Reimplements the methods of Lung-DDPM and Lung-DDPM+ (Manem Lab, MIT licence); contains none of their code.
 Torch is provided by the SlicerPyTorch extension.""")
+
+
+def registerSampleData() -> None:
+    """List the demo phantom (a CT with a ready lung + nodule layout) in the Sample Data module under 'Lung DDPM'."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Lung DDPM", sampleName=sample.SAMPLE_NAME, uris=[], fileNames=[], nodeNames=[],
+        thumbnailFileName=str(resourcePath("Icons/LungDDPMSlicer.png")), customDownloader=loadDemoSample)
+
+
+def loadDemoSample(source=None) -> tuple:
+    """Sample Data's loader of the demo phantom: the engine draws it (seconds), then CT and layout enter the scene."""
+    logic = LungDDPMSlicerLogic()
+    folder = Path(slicer.util.tempDirectory("LungDDPMSample"))
+    ctPath, layoutPath = sample.write_demo_phantom(logic.engineDir(), folder)
+    ct, segmentation = sample.load_demo_sample(logic.context(), ctPath, layoutPath)
+    for node in (ct, segmentation):
+        mrml.place_beside(logic.context(), node, ct)
+    slicer.util.setSliceViewerLayers(background=ct, fit=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return ct, segmentation
 
 
 #

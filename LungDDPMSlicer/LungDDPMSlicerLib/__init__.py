@@ -8,6 +8,7 @@
 - worker: how a job runs the engine: one process per variant, or the session's long-lived `lungddpm worker`
 - compare: the compare view after a synthesis (side by side, linked, fade) and the way back to the user's views
 - preview: the click-to-place sphere that previews a nodule at the placed point with the chosen diameter
+- sample: the sample data set (the engine's phantom CT with a ready layout)
 - jobs: the pollable multi-variant synthesis job and the lung-mask / add-nodule helpers
 - checkpoint_info: the nodule attributes a model file takes, read without torch
 - nodule_attributes: the engine's attribute schema and prompt parser, segment tags, the sidecar for the engine
@@ -17,4 +18,4 @@
 - panel: the sampling widgets' rules (enabled states, offered precisions) and the options sent to the engine
 """
 
-MODULES = ("compat", "geometry", "mrml", "process", "engine", "models", "estimates", "panel", "checkpoint_info", "nodule_attributes", "install", "worker", "jobs", "compare", "preview")  # reload order (dependencies first)
+MODULES = ("compat", "geometry", "mrml", "process", "engine", "models", "estimates", "panel", "checkpoint_info", "nodule_attributes", "install", "worker", "jobs", "compare", "preview", "sample")  # reload order (dependencies first)

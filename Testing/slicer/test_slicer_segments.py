@@ -115,3 +115,21 @@ def test_the_embedded_segment_editor_has_one_node_of_its_own(mrml_context):
     assert first.IsA("vtkMRMLSegmentEditorNode") and first.GetSingletonTag() == mrml.SEGMENT_EDITOR_TAG
     assert mrml.segment_editor_node(scene) is first
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode") == 1
+
+
+def test_sample_data_phantom_loads_as_a_ct_and_a_ready_layout(mrml_context, tmp_path):
+    """The registered sample: the engine's phantom CT and layout; exported again, the layout is the file's."""
+    import SimpleITK as sitk
+    from LungDDPMSlicerLib import engine, mrml, sample
+    from slicer_testing import MODULE_DIR
+
+    ct_path, layout_path = sample.write_demo_phantom(engine.find_engine_dir(MODULE_DIR), tmp_path / "sample")
+    ct, segmentation = sample.load_demo_sample(mrml_context, ct_path, layout_path)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(layout_path)))
+    assert np.array_equal(mrml.volume_array(ct), sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path))))
+    names = [segmentation.GetSegmentation().GetNthSegment(n).GetName()
+             for n in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+    assert names == ["lung"] + [f"nodule {n}" for n in range(1, sample.SAMPLE_NODULES + 1)]
+    ids = [segmentation.GetSegmentation().GetNthSegmentID(n) for n in range(len(names))]
+    exported = mrml.export_layout(mrml_context, ct, segmentation, ids[0], ids[1:], tmp_path / "export")
+    assert np.array_equal(exported.layout, labels)
