@@ -147,11 +147,11 @@ class LungDDPMSlicerParameterNode:
     guidance: Annotated[float, WithinRange(0.0, 20.0)] = 3.0  # attribute models only; the model's default on change
     modelName: str = ""
     localModelPath: str = ""  # a str wired by hand: a Path field would show "." in the empty path widget
-    device: Annotated[str, Choice(list(engine.DEVICES))] = "auto"
-    sampler: Annotated[str, Choice(list(engine.SAMPLERS))] = engine.DEFAULT_SAMPLER
+    device: Annotated[str, Choice(list(panel.CHOICES["device"]))] = "auto"
+    sampler: Annotated[str, Choice(list(panel.CHOICES["sampler"]))] = engine.DEFAULT_SAMPLER
     steps: Annotated[int, WithinRange(1, 1000)] = engine.DEFAULT_SOLVER_STEPS  # solvers only; at most the model's T
-    aasVariant: Annotated[str, Choice(["paper", "released"])] = "paper"  # ddpm only
-    precision: Annotated[str, Choice(list(engine.PRECISIONS))] = "fp32"  # fp16: CUDA GPUs only
+    aasVariant: Annotated[str, Choice(list(panel.AAS_VARIANTS))] = "paper"  # ddpm only
+    precision: Annotated[str, Choice(list(panel.CHOICES["precision"]))] = "fp32"  # fp16: CUDA GPUs only
     patchSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0  # Lung-DDPM+ cube voxel size; 0: the model's own
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     variants: Annotated[int, WithinRange(1, 50)] = 1
@@ -317,14 +317,24 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUIFromParameterNode()
 
     def describeChoices(self) -> None:
-        """Give each sampler and precision its tooltip; offer fp16 only with a CUDA GPU (connectGui refills the combos)."""
+        """Friendly labels and tooltips for the choice combos; fp16 only with a CUDA GPU (connectGui refills them).
+
+        connectGui's combo connector reads and writes a choice by its index, so the labels can differ from the
+        stored values as long as the order is the Choice order (panel.CHOICES).
+        """
         offered = panel.offered_precisions(self.logic.cudaGpuDetected())
         for index in reversed(range(self.ui.precisionCombo.count)):
-            if self.ui.precisionCombo.itemText(index) not in offered:
+            if panel.CHOICES["precision"][index] not in offered:
                 self.ui.precisionCombo.removeItem(index)  # fp16, the last choice: the others keep their indices
-        for combo, tips in ((self.ui.samplerCombo, panel.SAMPLER_TIPS), (self.ui.precisionCombo, panel.PRECISION_TIPS)):
+        combos = {"device": self.ui.deviceCombo, "sampler": self.ui.samplerCombo, "precision": self.ui.precisionCombo,
+                  "aasVariant": self.ui.aasVariantCombo}
+        tips = {"sampler": panel.SAMPLER_TIPS, "precision": panel.PRECISION_TIPS}
+        for field, combo in combos.items():
             for index in range(combo.count):
-                combo.setItemData(index, tips[combo.itemText(index)], qt.Qt.ToolTipRole)
+                value = panel.CHOICES[field][index]
+                combo.setItemText(index, panel.CHOICE_LABELS[field][value])
+                if field in tips:
+                    combo.setItemData(index, tips[field][value], qt.Qt.ToolTipRole)
 
     # -- hand-wired widgets: segment IDs and the model list ------------------------------------------------
 

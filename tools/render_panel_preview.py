@@ -36,7 +36,7 @@ DRAWN_AS = {"qMRMLWidget": QtWidgets.QWidget, "qMRMLNodeComboBox": QtWidgets.QCo
             "ctkSliderWidget": QtWidgets.QDoubleSpinBox}
 EXAMPLE = {"referenceVolumeSelector": "CTChest", "segmentationSelector": "CTChest layout",
            "lungSegmentSelector": "lung", "noduleSegmentSelector": "nodule 1, nodule 2", "noduleMarkupsSelector": "C",
-           "samplerCombo": "dpmpp2m", "aasVariantCombo": "paper", "precisionCombo": "fp32", "deviceCombo": "auto"}
+           **{f"{field}Combo": labels[panel.CHOICES[field][0]] for field, labels in panel.CHOICE_LABELS.items()}}
 CAPTION = ("A rendering of Resources/UI/LungDDPMSlicer.ui, not a screenshot:\n"
            "Slicer/CTK widgets drawn as standard Qt widgets (PyQt5, offscreen).")
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .checkpoint_info import ModelAttributes
-from .engine import PRECISIONS
+from .engine import DEVICES, PRECISIONS, SAMPLERS
 from .estimates import PATCH_PROFILE
 from .models import ModelEntry
 
@@ -21,6 +21,17 @@ SAMPLER_TIPS = {
     "ddim": "DDIM: first-order few-step solver; usually needs more steps than DPM-Solver++ for the same quality.",
     "ddpm": "DDPM: the paper's ancestral sampler; runs all of the model's steps (hours on a CPU at 128³).",
 }
+AAS_VARIANTS = ("paper", "released")  # ddpm's AAS rule: the paper's Alg. 2, or the released code's
+# What the combo boxes show for each choice (the parameter node stores the value; connectGui keeps the order).
+CHOICE_LABELS = {
+    "device": {"auto": "Automatic (CUDA GPU, else Apple GPU, else CPU)", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)",
+               "cpu": "CPU"},
+    "sampler": {"dpmpp2m": "DPM-Solver++ (2M)", "dpmpp3m": "DPM-Solver++ (3M)", "ddim": "DDIM",
+                "ddpm": "DDPM (all of the model's steps)"},
+    "precision": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16 (CUDA GPUs)"},
+    "aasVariant": {"paper": "Paper (Alg. 2)", "released": "Released code"},
+}
+CHOICES = {"device": DEVICES, "sampler": SAMPLERS, "precision": PRECISIONS, "aasVariant": AAS_VARIANTS}  # combo order
 PRECISION_TIPS = {
     "fp32": "Full precision: the reference setting, reproducible bit for bit on the same CPU.",
     "bf16": "bfloat16 autocast of the network: faster on recent CPUs and GPUs, with small differences to fp32.",

@@ -45,6 +45,7 @@ EXPECTED_WIDGETS = {
     "stepsSpinBox": "QSpinBox",
     "aasVariantCombo": "QComboBox",
     "precisionCombo": "QComboBox",
+    "deviceCombo": "QComboBox",
     "patchSpacingSpinBox": "QDoubleSpinBox",
     "estimateLabel": "QLabel",
     "modelCacheDirLineEdit": "ctkPathLineEdit",
@@ -257,3 +258,17 @@ def test_make_setup_installs_the_qt_binding_of_the_ui_check():
     """The .ui check skips without PyQt5; `make setup` (what CI runs) installs it, so in CI it always runs."""
     assert re.search(r"pip install [^\n]*PyQt5==", (REPO / "Makefile").read_text())
     assert "PyQt5.QtWidgets" in (REPO / "Testing" / "slicer" / "test_slicer_ui.py").read_text()
+
+
+def test_choice_combos_show_a_label_for_every_choice_in_the_choice_order():
+    """Each choice combo's Choice list is panel.CHOICES (the order its labels follow), and every choice has a label."""
+    from LungDDPMSlicerLib import panel
+
+    fields = parameter_fields()
+    for field, choices in panel.CHOICES.items():
+        assert fields[field] == f"Annotated[str, Choice(list(panel.CHOICES['{field}']))]" or \
+            fields[field] == "Annotated[str, Choice(list(panel.AAS_VARIANTS))]", (field, fields[field])
+        assert set(panel.CHOICE_LABELS[field]) == set(choices)
+        assert len(set(panel.CHOICE_LABELS[field].values())) == len(choices)  # labels tell the choices apart
+    assert panel.CHOICES["aasVariant"] == panel.AAS_VARIANTS
+    assert panel.CHOICE_LABELS["sampler"]["dpmpp2m"] == "DPM-Solver++ (2M)" and panel.CHOICE_LABELS["precision"]["bf16"] == "bfloat16"
