@@ -33,7 +33,7 @@ OUTPUT = REPO / "Resources" / "Screenshots" / "panel-preview.png"
 DRAWN_AS = {"qMRMLWidget": QtWidgets.QWidget, "qMRMLNodeComboBox": QtWidgets.QComboBox,
             "qMRMLSegmentSelectorWidget": QtWidgets.QComboBox, "qSlicerMarkupsPlaceWidget": QtWidgets.QToolButton,
             "ctkCollapsibleButton": QtWidgets.QGroupBox, "ctkPathLineEdit": QtWidgets.QLineEdit,
-            "ctkSliderWidget": QtWidgets.QDoubleSpinBox}
+            "ctkSliderWidget": QtWidgets.QDoubleSpinBox, "qMRMLSegmentEditorWidget": QtWidgets.QLabel}
 EXAMPLE = {"referenceVolumeSelector": "CTChest", "segmentationSelector": "CTChest layout",
            "lungSegmentSelector": "lung", "noduleSegmentSelector": "nodule 1, nodule 2", "noduleMarkupsSelector": "C",
            **{f"{field}Combo": labels[panel.CHOICES[field][0]] for field, labels in panel.CHOICE_LABELS.items()}}
@@ -98,6 +98,8 @@ def main() -> None:
         box.setMaximum(max(box.maximum(), value))
         box.setValue(value)
     widget.findChild(QtWidgets.QCheckBox, "compareCheckBox").setChecked(True)
+    editor = widget.findChild(QtWidgets.QLabel, "segmentEditorWidget")
+    editor.setText("[Slicer's Segment Editor: segments list and effects; section collapsed by default]")
     widget.findChild(QtWidgets.QPushButton, "applyButton").setText("Synthesize")
     widget.findChild(QtWidgets.QPushButton, "applyButton").setEnabled(True)
     widget.findChild(QtWidgets.QLabel, "statusLabel").setText("")
