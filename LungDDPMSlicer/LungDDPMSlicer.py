@@ -183,7 +183,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedMarkups = None
         self.previewNode = None  # the click-to-place sphere (preview.update_preview)
         self.job: jobs.SynthesisJob | None = None
-        self.install: install.CommandSequence | None = None
+        self.torchInstall: install.CommandSequence | None = None
         self.schema = None  # the engine's attribute schema module (nodule_attributes.schema)
         self.savedView: compare.ViewState | None = None  # the user's views before the compare view
         self.uiState = "idle"
@@ -244,8 +244,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Stop a running job or install and remove observers when the module is closed."""
         if self.job is not None and self.job.active:
             self.job.cancel()
-        if self.install is not None:
-            self.install.cancel()
+        if self.torchInstall is not None:
+            self.torchInstall.cancel()
         self.logic.stopWorker()
         preview.remove_preview(slicer.mrmlScene, self.previewNode)
         self.pollTimer.stop()
@@ -648,8 +648,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 windowTitle=_("Lung DDPM")):
             return
         self.ui.logText.clear()
-        self.install = install.CommandSequence(commands, self.appendLog)
-        self.install.start()
+        self.torchInstall = install.CommandSequence(commands, self.appendLog)
+        self.torchInstall.start()
         self.setUiState("installing")
         self.pollTimer.start()
 
@@ -700,9 +700,9 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         """Synthesize when idle; Cancel while a job or the PyTorch install runs."""
-        if self.install is not None:
-            self.install.cancel()
-            self.install = None
+        if self.torchInstall is not None:
+            self.torchInstall.cancel()
+            self.torchInstall = None
             self.setUiState("idle")
             self.ui.statusLabel.text = _("PyTorch installation cancelled.")
             return
@@ -746,7 +746,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPollJob(self) -> None:
         """Timer tick: let the install or the job read its output (and import finished variants)."""
-        if self.install is not None:
+        if self.torchInstall is not None:
             self.pollInstall()
             return
         if self.job is None:
@@ -759,12 +759,12 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def pollInstall(self) -> None:
         """Follow the PyTorch install; when it ends say what to do next."""
-        self.install.poll()
-        state = self.install.state
+        self.torchInstall.poll()
+        state = self.torchInstall.state
         if state is install.InstallState.RUNNING:
             return
         self.pollTimer.stop()
-        error, self.install = self.install.error, None
+        error, self.torchInstall = self.torchInstall.error, None
         importlib.invalidate_caches()
         if state is install.InstallState.DONE and self.logic.torchSatisfied():
             self.setUiState("idle")
@@ -1122,4 +1122,5 @@ class LungDDPMSlicerTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(mrml.ijk_to_ras(volume), mrml.ijk_to_ras(ct)))
         self.assertEqual(mrml.provenance(volume)["seed"], "3")
         self.assertEqual(mrml.provenance(volume)["SYNTHETIC"], "true")
+        logic.stopWorker()
         self.delayDisplay("Synthesis passed")
