@@ -272,3 +272,12 @@ def test_choice_combos_show_a_label_for_every_choice_in_the_choice_order():
         assert len(set(panel.CHOICE_LABELS[field].values())) == len(choices)  # labels tell the choices apart
     assert panel.CHOICES["aasVariant"] == panel.AAS_VARIANTS
     assert panel.CHOICE_LABELS["sampler"]["dpmpp2m"] == "DPM-Solver++ (2M)" and panel.CHOICE_LABELS["precision"]["bf16"] == "bfloat16"
+
+
+def test_nodule_segments_are_chosen_with_a_multi_selection_segment_selector():
+    """Nodules are chosen like lung segments (a segment selector with multi-selection), not a self-clearing list."""
+    widget = ui_widgets()["noduleSegmentSelector"]
+    props = {p.get("name"): p.find("bool").text for p in widget.findall("property") if p.find("bool") is not None}
+    assert widget.get("class") == "qMRMLSegmentSelectorWidget" and props["multiSelection"] == "true"
+    assert "QListWidget" not in {w.get("class") for w in ui_widgets().values()}
+    assert "segmentSelectionChanged.connect(self.onNoduleSegmentsChanged)" in MAIN_SCRIPT.read_text()
