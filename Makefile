@@ -11,7 +11,7 @@ $(VENV)/.installed: engine/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e "engine[test]"
-	$(PY) -m pip install --quiet slicer-core==5.13.31053.0 psutil
+	$(PY) -m pip install --quiet slicer-core==5.13.31053.0 psutil PyQt5==5.15.11  # PyQt5: the .ui check (Testing/slicer/test_slicer_ui.py)
 	touch $@
 
 test: setup

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -34,13 +35,19 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import LungDDPMSlicerLib
-from LungDDPMSlicerLib import engine, estimates, geometry, jobs, models, mrml, panel
+from LungDDPMSlicerLib import compat
+
+compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
+from LungDDPMSlicerLib import (checkpoint_info, compare, engine, estimates, geometry, install, jobs, models,  # noqa: E402
+                               mrml, nodule_attributes, panel, preview, sample, worker)
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
 OTHER_CHECKPOINT = "__other__"  # model combo entry: any local checkpoint file
 CACHE_SETTING = "LungDDPM/ModelCacheDirectory"
 SELFTEST_INFERENCE_ENV = "LUNGDDPM_SELFTEST_INFERENCE"
+SETTINGS_PREFIX = "LungDDPM/"  # QSettings keys of the panel's persisted choices (panel.PERSISTED)
+DOCUMENTATION_URL = "https://github.com/LungDDPMSlicer/LungDDPMSlicer#use-in-3d-slicer"
 
 
 class UserInputError(ValueError):
@@ -49,7 +56,8 @@ class UserInputError(ValueError):
 
 # Errors whose message tells the user what to do; anything else is shown with its traceback as details.
 USER_ERRORS = (UserInputError, jobs.EngineError, models.ModelUnavailableError, models.ChecksumError,
-               models.ModelListError, mrml.ExportError, geometry.GeometryError, engine.EngineNotFoundError)
+               models.ModelListError, mrml.ExportError, geometry.GeometryError, engine.EngineNotFoundError,
+               nodule_attributes.NoduleAttributeError, checkpoint_info.CheckpointReadError)
 
 
 def resourcePath(relative: str) -> Path:
@@ -82,16 +90,41 @@ lungs conditioned on the layout while the real reference CT is kept outside them
 <b>Every output is SYNTHETIC</b>: node names say so and attributes LungDDPM.SYNTHETIC=true record it.
 Synthetic images are for research (e.g. data augmentation), never for diagnosis.
 <p>Workflow: reference CT, segmentation with a lung segment (or "Create lung segment") and nodule segments
-(Segment Editor, or "Add nodule" at a point), model, device, sampler (default DPM-Solver++ 2M, 3 steps; ddpm runs
-all of the model's steps), precision, seed, variants, then Synthesize. Lung-DDPM+ (patch) models synthesise one
+(Segment Editor, or "Add nodule" at a point), for an attribute model the nodules' attributes (or a description),
+model, device, sampler (default DPM-Solver++ 2M, 3 steps; ddpm runs all of the model's steps), precision, seed,
+variants, then Synthesize. Lung-DDPM+ (patch) models synthesise one
 64³ cube per nodule and change only the nodules. The engine runs in the background; Cancel stops it and leaves
 the scene as it was.</p>
 <p>Please cite: Jiang Y. et al., Lung-DDPM: Semantic Layout-guided Diffusion Models for Thoracic CT Image
 Synthesis, IEEE TBME 2025 (arXiv:2502.15204); and for Lung-DDPM+: Jiang Y., Shariftabrizi A., Manem V. S. K.,
-arXiv:2508.09327 (2025).</p>""")
+arXiv:2508.09327 (2025).</p>
+<p>Supported: 3D Slicer 5.10 or later. Documentation: <a href="{url}">{url}</a></p>""").format(url=DOCUMENTATION_URL)
+        slicer.app.connect("startupCompleted()", registerSampleData)
         self.parent.acknowledgementText = _("""
 Reimplements the methods of Lung-DDPM and Lung-DDPM+ (Manem Lab, MIT licence); contains none of their code.
 Torch is provided by the SlicerPyTorch extension.""")
+
+
+def registerSampleData() -> None:
+    """List the demo phantom (a CT with a ready lung + nodule layout) in the Sample Data module under 'Lung DDPM'."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Lung DDPM", sampleName=sample.SAMPLE_NAME, uris=[], fileNames=[], nodeNames=[],
+        thumbnailFileName=str(resourcePath("Icons/LungDDPMSlicer.png")), customDownloader=loadDemoSample)
+
+
+def loadDemoSample(source=None) -> tuple:
+    """Sample Data's loader of the demo phantom: the engine draws it (seconds), then CT and layout enter the scene."""
+    logic = LungDDPMSlicerLogic()
+    folder = Path(slicer.util.tempDirectory("LungDDPMSample"))
+    ctPath, layoutPath = sample.write_demo_phantom(logic.engineDir(), folder)
+    ct, segmentation = sample.load_demo_sample(logic.context(), ctPath, layoutPath)
+    for node in (ct, segmentation):
+        mrml.place_beside(logic.context(), node, ct)
+    slicer.util.setSliceViewerLayers(background=ct, fit=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return ct, segmentation
 
 
 #
@@ -109,19 +142,22 @@ class LungDDPMSlicerParameterNode:
     noduleSegmentIds: list[str]
     noduleMarkups: vtkMRMLMarkupsFiducialNode
     noduleDiameterMm: Annotated[float, WithinRange(2.0, 60.0)] = 10.0
-    noduleKind: Annotated[str, Choice(["solid", "part-solid", "ground-glass"])] = "solid"
     noduleIrregularity: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    noduleAttributes: str = "{}"  # JSON {characteristic: LIDC code} of the attribute combos (filled from the engine)
+    guidance: Annotated[float, WithinRange(0.0, 20.0)] = 3.0  # attribute models only; the model's default on change
     modelName: str = ""
     localModelPath: str = ""  # a str wired by hand: a Path field would show "." in the empty path widget
-    device: Annotated[str, Choice(list(engine.DEVICES))] = "auto"
-    sampler: Annotated[str, Choice(list(engine.SAMPLERS))] = engine.DEFAULT_SAMPLER
+    device: Annotated[str, Choice(list(panel.CHOICES["device"]))] = "auto"
+    sampler: Annotated[str, Choice(list(panel.CHOICES["sampler"]))] = engine.DEFAULT_SAMPLER
     steps: Annotated[int, WithinRange(1, 1000)] = engine.DEFAULT_SOLVER_STEPS  # solvers only; at most the model's T
-    aasVariant: Annotated[str, Choice(["paper", "released"])] = "paper"  # ddpm only
-    precision: Annotated[str, Choice(list(engine.PRECISIONS))] = "fp32"  # fp16: CUDA GPUs only
+    aasVariant: Annotated[str, Choice(list(panel.AAS_VARIANTS))] = "paper"  # ddpm only
+    precision: Annotated[str, Choice(list(panel.CHOICES["precision"]))] = "fp32"  # fp16: CUDA GPUs only
     patchSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0  # Lung-DDPM+ cube voxel size; 0: the model's own
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     variants: Annotated[int, WithinRange(1, 50)] = 1
     keepTemporaryFiles: bool = False
+    compareAfterSynthesis: bool = True
+    fade: Annotated[float, WithinRange(0.0, 1.0)] = 0.5  # compare view: 0 reference, 1 synthetic
 
 
 def chosenPath(path: str | None) -> Path | None:
@@ -144,7 +180,12 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
+        self._observedMarkups = None
+        self.previewNode = None  # the click-to-place sphere (preview.update_preview)
         self.job: jobs.SynthesisJob | None = None
+        self.torchInstall: install.CommandSequence | None = None
+        self.schema = None  # the engine's attribute schema module (nodule_attributes.schema)
+        self.savedView: compare.ViewState | None = None  # the user's views before the compare view
         self.uiState = "idle"
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(250)
@@ -163,13 +204,24 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelCombo.addItem(entry.title, entry.name)
         self.ui.modelCombo.addItem(_("Other checkpoint file…"), OTHER_CHECKPOINT)
         self.ui.modelCacheDirLineEdit.currentPath = str(self.logic.modelCacheDir())
+        self.schema = nodule_attributes.schema(self.logic.engineDir())
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        for field, combo in self.attributeCombos().items():
+            for choice in nodule_attributes.choices(self.schema, field):
+                combo.addItem(choice.label, 0 if choice.code is None else choice.code)
+            combo.currentIndexChanged.connect(self.onAttributeChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.segmentationSelector.currentNodeChanged.connect(self.onSegmentationChanged)
         self.ui.lungSegmentSelector.segmentSelectionChanged.connect(self.onLungSegmentsChanged)
-        self.ui.noduleSegmentList.itemChanged.connect(self.onNoduleItemChanged)
+        self.ui.segmentationSelector.nodeAddedByUser.connect(self.onSegmentationAdded)
+        self.ui.noduleSegmentSelector.segmentSelectionChanged.connect(self.onNoduleSegmentsChanged)
+        self.ui.fillFromPromptButton.clicked.connect(self.onFillFromPrompt)
+        self.ui.promptLineEdit.returnPressed.connect(self.onFillFromPrompt)
+        self.ui.applyAttributesButton.clicked.connect(self.onApplyAttributes)
+        self.ui.restoreViewButton.clicked.connect(self.onRestoreView)
         self.ui.noduleMarkupsSelector.currentNodeChanged.connect(self.ui.noduleMarkupsPlaceWidget.setCurrentNode)
         self.ui.modelCombo.currentIndexChanged.connect(self.onModelChanged)
         self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelPathChanged)
@@ -181,10 +233,21 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
 
+    def attributeCombos(self) -> dict:
+        """The attribute combo box of each characteristic the panel offers (nodule_attributes.PANEL_ATTRIBUTES)."""
+        return {"texture": self.ui.textureAttributeCombo, "margin": self.ui.marginAttributeCombo,
+                "spiculation": self.ui.spiculationAttributeCombo, "lobulation": self.ui.lobulationAttributeCombo,
+                "calcification": self.ui.calcificationAttributeCombo, "sphericity": self.ui.sphericityAttributeCombo,
+                "malignancy": self.ui.malignancyAttributeCombo}
+
     def cleanup(self) -> None:
-        """Stop a running job and remove observers when the module is closed."""
+        """Stop a running job or install and remove observers when the module is closed."""
         if self.job is not None and self.job.active:
             self.job.cancel()
+        if self.torchInstall is not None:
+            self.torchInstall.cancel()
+        self.logic.stopWorker()
+        preview.remove_preview(slicer.mrmlScene, self.previewNode)
         self.pollTimer.stop()
         self.removeObservers()
 
@@ -198,9 +261,12 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         """Make sure the parameter node exists and is observed when the module is shown."""
         self.initializeParameterNode()
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
 
     def exit(self) -> None:
         """Stop observing the parameter node while the module is hidden (a running job continues)."""
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -211,10 +277,13 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.job is not None and self.job.active:
             self.job.cancel()
             self.setUiState("idle")
+        self.logic.stopWorker()
+        self.previewNode = None  # removed with the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
-        """Create a fresh parameter node after the scene closed, if the module is shown."""
+        """Create a fresh parameter node (and Segment Editor node) after the scene closed, if the module is shown."""
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -225,8 +294,13 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 self._parameterNode.referenceVolume = first
-        if not self._parameterNode.modelName:
+        if not self._parameterNode.modelName:  # a new parameter node: the choices of the last session, else defaults
             self._parameterNode.modelName = self.logic.models[0].name
+            stored = {key: qt.QSettings().value(SETTINGS_PREFIX + key) for key in panel.PERSISTED}
+            offered = {"modelName": [e.name for e in self.logic.models], "device": engine.DEVICES,
+                       "sampler": engine.SAMPLERS, "precision": panel.offered_precisions(self.logic.cudaGpuDetected())}
+            for key, value in panel.restored_settings(stored, offered).items():
+                setattr(self._parameterNode, key, value)
 
     def setParameterNode(self, inputParameterNode: LungDDPMSlicerParameterNode | None) -> None:
         """Bind the GUI to a parameter node (connectGui) and observe it for the hand-wired widgets."""
@@ -243,14 +317,24 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUIFromParameterNode()
 
     def describeChoices(self) -> None:
-        """Give each sampler and precision its tooltip; offer fp16 only with a CUDA GPU (connectGui refills the combos)."""
+        """Friendly labels and tooltips for the choice combos; fp16 only with a CUDA GPU (connectGui refills them).
+
+        connectGui's combo connector reads and writes a choice by its index, so the labels can differ from the
+        stored values as long as the order is the Choice order (panel.CHOICES).
+        """
         offered = panel.offered_precisions(self.logic.cudaGpuDetected())
         for index in reversed(range(self.ui.precisionCombo.count)):
-            if self.ui.precisionCombo.itemText(index) not in offered:
+            if panel.CHOICES["precision"][index] not in offered:
                 self.ui.precisionCombo.removeItem(index)  # fp16, the last choice: the others keep their indices
-        for combo, tips in ((self.ui.samplerCombo, panel.SAMPLER_TIPS), (self.ui.precisionCombo, panel.PRECISION_TIPS)):
+        combos = {"device": self.ui.deviceCombo, "sampler": self.ui.samplerCombo, "precision": self.ui.precisionCombo,
+                  "aasVariant": self.ui.aasVariantCombo}
+        tips = {"sampler": panel.SAMPLER_TIPS, "precision": panel.PRECISION_TIPS}
+        for field, combo in combos.items():
             for index in range(combo.count):
-                combo.setItemData(index, tips[combo.itemText(index)], qt.Qt.ToolTipRole)
+                value = panel.CHOICES[field][index]
+                combo.setItemText(index, panel.CHOICE_LABELS[field][value])
+                if field in tips:
+                    combo.setItemData(index, tips[field][value], qt.Qt.ToolTipRole)
 
     # -- hand-wired widgets: segment IDs and the model list ------------------------------------------------
 
@@ -260,11 +344,27 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         self.observeSegmentation(p.segmentation)
+        self.observeMarkups(p.noduleMarkups)
+        self.updatePreview()
+        if self.ui.segmentEditorWidget.segmentationNode() is not p.segmentation:
+            self.ui.segmentEditorWidget.setSegmentationNode(p.segmentation)
+        if self.ui.segmentEditorWidget.sourceVolumeNode() is not p.referenceVolume:
+            self.ui.segmentEditorWidget.setSourceVolumeNode(p.referenceVolume)
         wasBlocked = self.ui.lungSegmentSelector.blockSignals(True)
         self.ui.lungSegmentSelector.setCurrentNode(p.segmentation)
         self.ui.lungSegmentSelector.setSelectedSegmentIDs(list(p.lungSegmentIds))
         self.ui.lungSegmentSelector.blockSignals(wasBlocked)
-        self.fillNoduleList()
+        wasBlocked = self.ui.noduleSegmentSelector.blockSignals(True)
+        self.ui.noduleSegmentSelector.setCurrentNode(p.segmentation)
+        self.ui.noduleSegmentSelector.setSelectedSegmentIDs(list(p.noduleSegmentIds))
+        self.ui.noduleSegmentSelector.blockSignals(wasBlocked)
+        values = json.loads(p.noduleAttributes or "{}")
+        for field, combo in self.attributeCombos().items():
+            wasBlocked = combo.blockSignals(True)
+            combo.setCurrentIndex(max(combo.findData(int(values.get(field, 0))), 0))
+            combo.blockSignals(wasBlocked)
+        for key, value in panel.stored_settings({key: getattr(p, key) for key in panel.PERSISTED}).items():
+            qt.QSettings().setValue(SETTINGS_PREFIX + key, value)
         if self.ui.modelPathLineEdit.currentPath != p.localModelPath:
             wasBlocked = self.ui.modelPathLineEdit.blockSignals(True)
             self.ui.modelPathLineEdit.currentPath = p.localModelPath
@@ -273,7 +373,10 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = self.ui.modelCombo.blockSignals(True)
         self.ui.modelCombo.setCurrentIndex(max(index, 0))
         self.ui.modelCombo.blockSignals(wasBlocked)
+        if self.savedView is not None:
+            compare.set_fade(slicer.mrmlScene, p.fade)
         self.updateSamplingWidgets()
+        self.updateAttributeWidgets()
         self.updateModelInfo()
         self.updateButtons()
 
@@ -300,6 +403,27 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for event in events:
                 self.addObserver(segmentationNode, event, self.onSegmentsChanged)
 
+    def observeMarkups(self, markupsNode) -> None:
+        """Follow the centre point list: placing, dragging or deleting a point moves the preview sphere."""
+        if markupsNode is self._observedMarkups:
+            return
+        events = (slicer.vtkMRMLMarkupsNode.PointAddedEvent, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        if self._observedMarkups is not None:
+            for event in events:
+                self.removeObserver(self._observedMarkups, event, self.updatePreview)
+        self._observedMarkups = markupsNode
+        if markupsNode is not None:
+            for event in events:
+                self.addObserver(markupsNode, event, self.updatePreview)
+
+    def updatePreview(self, caller=None, event=None) -> None:
+        """Show the nodule preview sphere at the last placed point with the chosen diameter."""
+        p = self._parameterNode
+        if p is not None:
+            self.previewNode = preview.update_preview(slicer.mrmlScene, p.noduleMarkups, p.noduleDiameterMm,
+                                                      self.previewNode)
+
     def onSegmentsChanged(self, caller=None, event=None) -> None:
         """Drop chosen segment IDs that no longer exist, then refresh."""
         if self._parameterNode is None:
@@ -321,31 +445,17 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if kept != list(getattr(p, field)):
                 setattr(p, field, kept)
 
-    def fillNoduleList(self) -> None:
-        """One checkable row per segment (except the lung segments), ticked when it is a chosen nodule."""
-        p = self._parameterNode
-        wasBlocked = self.ui.noduleSegmentList.blockSignals(True)
-        self.ui.noduleSegmentList.clear()
-        if p.segmentation is not None:
-            segmentation = p.segmentation.GetSegmentation()
-            for n in range(segmentation.GetNumberOfSegments()):
-                segmentId = segmentation.GetNthSegmentID(n)
-                if segmentId in p.lungSegmentIds:
-                    continue
-                item = qt.QListWidgetItem(segmentation.GetSegment(segmentId).GetName())
-                item.setData(qt.Qt.UserRole, segmentId)
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Checked if segmentId in p.noduleSegmentIds else qt.Qt.Unchecked)
-                self.ui.noduleSegmentList.addItem(item)
-        self.ui.noduleSegmentList.blockSignals(wasBlocked)
-
     def onSegmentationChanged(self, node) -> None:
         """Another segmentation: keep only the segment choices it holds."""
         if self._parameterNode is not None:
             self.pruneSegmentChoices(node)
 
+    def onSegmentationAdded(self, node) -> None:
+        """A segmentation made with the selector's "Create new": visible, on the reference CT's grid and transform."""
+        mrml.prepare_segmentation(node, self._parameterNode.referenceVolume if self._parameterNode else None)
+
     def onLungSegmentsChanged(self, segmentIds) -> None:
-        """Store the lung segment IDs (a lung segment cannot also be a nodule)."""
+        """Store the lung segment IDs; a segment chosen as lung stops being a nodule."""
         p = self._parameterNode
         if p is None:
             return
@@ -353,22 +463,93 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if set(p.lungSegmentIds) & set(p.noduleSegmentIds):
             p.noduleSegmentIds = [sid for sid in p.noduleSegmentIds if sid not in p.lungSegmentIds]
 
-    def onNoduleItemChanged(self, item) -> None:
-        """Store the ticked nodule segment IDs."""
-        checked = []
-        for row in range(self.ui.noduleSegmentList.count):
-            entry = self.ui.noduleSegmentList.item(row)
-            if entry.checkState() == qt.Qt.Checked:
-                checked.append(entry.data(qt.Qt.UserRole))
-        self._parameterNode.noduleSegmentIds = checked
+    def onNoduleSegmentsChanged(self, segmentIds) -> None:
+        """Store the nodule segment IDs; a segment chosen as nodule stops being a lung segment."""
+        p = self._parameterNode
+        if p is None:
+            return
+        p.noduleSegmentIds = list(segmentIds)
+        if set(p.lungSegmentIds) & set(p.noduleSegmentIds):
+            p.lungSegmentIds = [sid for sid in p.lungSegmentIds if sid not in p.noduleSegmentIds]
+
+    # -- nodule attributes ----------------------------------------------------------------------------------
+
+    def modelAttributeStates(self) -> panel.AttributeStates:
+        """Which attribute controls the chosen model enables, from its model file (read without torch)."""
+        p = self._parameterNode
+        entry = self.logic.modelEntry(p.modelName)
+        title = entry.title if entry is not None else _("this checkpoint")
+        path = self.logic.presentModelFile(p.modelName, chosenPath(p.localModelPath))
+        if path is None:
+            return panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, title,
+                                          _("choose or download the model file first; the file says which attributes "
+                                            "the model takes"))
+        try:
+            return panel.attribute_states(self.logic.modelAttributes(path), nodule_attributes.PANEL_ATTRIBUTES, title)
+        except checkpoint_info.CheckpointReadError as error:
+            return panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, title, str(error))
+
+    def updateAttributeWidgets(self) -> None:
+        """Enable the attribute controls, prompt and guidance only for what the chosen model takes; say why otherwise."""
+        states = self.modelAttributeStates()
+        for field, combo in self.attributeCombos().items():
+            combo.enabled = states.enabled[field]
+        anyEnabled = any(states.enabled.values())
+        self.ui.promptLineEdit.enabled = anyEnabled
+        self.ui.fillFromPromptButton.enabled = anyEnabled
+        self.ui.applyAttributesButton.enabled = anyEnabled and bool(self._parameterNode.noduleSegmentIds)
+        self.ui.guidanceSpinBox.enabled = states.guidance_enabled
+        self.ui.attributesInfoLabel.text = states.message
+
+    def currentAttributes(self) -> dict[str, float]:
+        """The known attribute values of the controls the chosen model takes."""
+        states = self.modelAttributeStates()
+        values = json.loads(self._parameterNode.noduleAttributes or "{}")
+        return {field: value for field, value in values.items() if states.enabled.get(field) and value}
+
+    def onAttributeChanged(self, index: int = 0) -> None:
+        """Store the attribute combos' values (0: unknown)."""
+        values = {field: combo.currentData for field, combo in self.attributeCombos().items() if combo.currentData}
+        self._parameterNode.noduleAttributes = json.dumps(values)
+
+    def onFillFromPrompt(self) -> None:
+        """Set the attribute controls from the description with the engine's parser; an unknown word shows its error."""
+        try:
+            parsed = nodule_attributes.parse_prompt(self.schema, self.ui.promptLineEdit.text)
+        except self.schema.InputError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Describe the nodule"))
+            return
+        states = self.modelAttributeStates()
+        ignored = [field for field in parsed if not states.enabled.get(field)]
+        self._parameterNode.noduleAttributes = json.dumps({f: int(round(v)) for f, v in parsed.items()
+                                                           if f in nodule_attributes.PANEL_ATTRIBUTES})
+        if ignored:
+            self.appendLog(_("Not taken by this model, left out: {fields}").format(fields=", ".join(ignored)))
+
+    def onApplyAttributes(self) -> None:
+        """Store the current attributes as tags of the chosen nodule segments."""
+        p = self._parameterNode
+        values = self.currentAttributes()
+        for segmentId in p.noduleSegmentIds:
+            nodule_attributes.set_attribute_tags(p.segmentation, segmentId, nodule_attributes.PANEL_ATTRIBUTES, values)
+        self.appendLog(_("Attributes {values} set on {n} nodule segment(s)").format(values=values or "unknown",
+                                                                                  n=len(p.noduleSegmentIds)))
 
     def onModelChanged(self, index: int) -> None:
-        """Store the chosen model's name."""
+        """Store the chosen model's name; the guidance scale becomes the model's default."""
         self._parameterNode.modelName = self.ui.modelCombo.itemData(index)
+        self.useModelGuidance()
 
     def onModelPathChanged(self, path: str) -> None:
-        """Store the chosen checkpoint file."""
+        """Store the chosen checkpoint file; the guidance scale becomes its default."""
         self._parameterNode.localModelPath = path
+        self.useModelGuidance()
+
+    def useModelGuidance(self) -> None:
+        """Set the guidance scale to the chosen model's default (attribute models only)."""
+        default = self.modelAttributeStates().guidance_default
+        if default is not None:
+            self._parameterNode.guidance = default
 
     def onModelCacheDirChanged(self, path: str) -> None:
         """Remember the model folder in the application settings."""
@@ -419,10 +600,11 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        busy = self.uiState in ("starting", "running", "importing", "cancelling")
+        busy = self.uiState in ("starting", "running", "importing", "cancelling", "installing")
         self.ui.createLungButton.enabled = not busy and p.referenceVolume is not None and p.segmentation is not None
         self.ui.addNoduleButton.enabled = (not busy and p.referenceVolume is not None and bool(p.lungSegmentIds)
                                            and p.noduleMarkups is not None)
+        self.ui.restoreViewButton.enabled = self.savedView is not None
         missing = self.missingInputs()
         if busy:
             self.ui.applyButton.text = _("Cancel")
@@ -456,16 +638,24 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.errorDisplay(f"{failure}\n\n{failed}", windowTitle=_("Lung DDPM"), **extra)
         return None
 
-    def ensureDependencies(self) -> bool:
-        """Install missing dependencies after one confirmation; False if declined or impossible."""
-        return bool(self.runWithErrorDisplay(_("Dependencies could not be installed."),
-                                             self.logic.installDependencies, waitCursor=False))
+    def startTorchInstall(self) -> None:
+        """Install PyTorch in the background after one confirmation (the panel stays usable; Cancel stops it)."""
+        commands = install.torch_install_commands(engine.python_executable(), TORCH_REQUIREMENT)
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Synthesis needs PyTorch {req} in Slicer's Python. Install it now in the background (light-the-torch "
+                  "picks the CUDA build for your NVIDIA driver, or the CPU build; a few minutes)?\n\n{commands}").format(
+                    req=TORCH_REQUIREMENT, commands="\n".join(" ".join(c) for c in commands)),
+                windowTitle=_("Lung DDPM")):
+            return
+        self.ui.logText.clear()
+        self.torchInstall = install.CommandSequence(commands, self.appendLog)
+        self.torchInstall.start()
+        self.setUiState("installing")
+        self.pollTimer.start()
 
     def onCreateLung(self) -> None:
         """Add an automatic lung segment and select it."""
         p = self._parameterNode
-        if not self.ensureDependencies():
-            return
         segmentId = self.runWithErrorDisplay(_("Automatic lung segmentation failed."),
                                              lambda: self.logic.createLungSegment(p.referenceVolume, p.segmentation))
         if segmentId:
@@ -478,16 +668,23 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.warningDisplay("\n\n".join(warnings), windowTitle=_("Check the lung segment"))
 
     def onAddNodule(self) -> None:
-        """Add a nodule segment at the last point of the point list and tick it as a nodule."""
+        """Add a nodule segment with the current attributes at the last point of the point list and choose it."""
         p = self._parameterNode
-        if not self.ensureDependencies():
-            return
         segmentId = self.runWithErrorDisplay(_("Adding the nodule failed."), lambda: self.logic.addNodule(
-            p.referenceVolume, p.segmentation, list(p.lungSegmentIds), p.noduleMarkups, p.noduleDiameterMm, p.noduleKind,
-            p.noduleIrregularity))
+            p.referenceVolume, p.segmentation, list(p.lungSegmentIds), p.noduleMarkups, p.noduleDiameterMm,
+            p.noduleIrregularity, attributes=self.currentAttributes()))
         if segmentId:
             p.noduleSegmentIds = list(p.noduleSegmentIds) + [segmentId]
             self.appendLog(_("Added nodule segment {id}").format(id=segmentId))
+            # the committed point is used up: its preview goes, and the next click places the next nodule
+            p.noduleMarkups.RemoveNthControlPoint(p.noduleMarkups.GetNumberOfControlPoints() - 1)
+
+    def onRestoreView(self) -> None:
+        """Put back the views the user had before the synthesis."""
+        if self.savedView is not None:
+            compare.restore_view(slicer.mrmlScene, self.savedView)
+            self.savedView = None
+            self.updateButtons()
 
     def onClearCache(self) -> None:
         """Delete the checkpoint files in the model folder after a confirmation listing them."""
@@ -502,7 +699,13 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f.unlink()
 
     def onApplyButton(self) -> None:
-        """Synthesize when idle; Cancel while a job runs."""
+        """Synthesize when idle; Cancel while a job or the PyTorch install runs."""
+        if self.torchInstall is not None:
+            self.torchInstall.cancel()
+            self.torchInstall = None
+            self.setUiState("idle")
+            self.ui.statusLabel.text = _("PyTorch installation cancelled.")
+            return
         if self.job is not None and self.job.active:
             self.setUiState("cancelling")
             slicer.app.processEvents()
@@ -510,19 +713,22 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setUiState("idle")
             self.ui.statusLabel.text = _("Cancelled; the scene is as it was before this variant.")
             return
+        if not self.logic.torchSatisfied():
+            self.startTorchInstall()
+            return
         self.setUiState("starting")
         self.ui.logText.clear()
         p = self._parameterNode
-        if not self.ensureDependencies():
-            self.setUiState("idle")
-            return
+        if self.savedView is None:  # the user's own views, before results replace what they show
+            self.savedView = compare.save_view(slicer.mrmlScene)
         model = p.modelName if p.modelName != OTHER_CHECKPOINT else chosenPath(p.localModelPath)
         o = panel.sampling_options(p.sampler, p.steps, p.aasVariant, p.precision, p.patchSpacingMm)
         job = self.runWithErrorDisplay(_("Synthesis could not start."), lambda: self.logic.startSynthesis(
             p.referenceVolume, p.segmentation, list(p.lungSegmentIds), list(p.noduleSegmentIds), model,
             seed=p.seed, variants=p.variants, device=p.device, sampler=o.sampler, steps=o.steps,
             aasVariant=o.aas_variant, precision=o.precision, patchSpacingMm=o.patch_spacing_mm,
-            localModelFile=chosenPath(p.localModelPath), keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog))
+            localModelFile=chosenPath(p.localModelPath), keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog,
+            guidance=p.guidance, downloadProgress=self.showDownload))
         if job is None:
             self.setUiState("failed")
             return
@@ -531,8 +737,18 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.active:
             self.pollTimer.start()
 
+    def showDownload(self, received: int, total: int | None) -> None:
+        """Show a model download's progress (the download runs between GUI updates)."""
+        self.ui.progressBar.value = int(1000 * received / total) if total else 0
+        self.ui.statusLabel.text = _("Downloading the model: {got:.0f} of {total} MB").format(
+            got=received / 1e6, total=f"{total / 1e6:.0f}" if total else "?")
+        slicer.app.processEvents()
+
     def onPollJob(self) -> None:
-        """Timer tick: let the job read the engine's output and import finished variants."""
+        """Timer tick: let the install or the job read its output (and import finished variants)."""
+        if self.torchInstall is not None:
+            self.pollInstall()
+            return
         if self.job is None:
             self.pollTimer.stop()
             return
@@ -540,6 +756,23 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showJob()
         if not self.job.active:
             self.pollTimer.stop()
+
+    def pollInstall(self) -> None:
+        """Follow the PyTorch install; when it ends say what to do next."""
+        self.torchInstall.poll()
+        state = self.torchInstall.state
+        if state is install.InstallState.RUNNING:
+            return
+        self.pollTimer.stop()
+        error, self.torchInstall = self.torchInstall.error, None
+        importlib.invalidate_caches()
+        if state is install.InstallState.DONE and self.logic.torchSatisfied():
+            self.setUiState("idle")
+            self.ui.statusLabel.text = _("PyTorch is installed: press Synthesize.")
+        else:
+            self.setUiState("failed")
+            self.ui.statusLabel.text = _("PyTorch could not be installed: {error}").format(error=error or state.value)
+            slicer.util.errorDisplay(self.ui.statusLabel.text, windowTitle=_("Lung DDPM"))
 
     def showJob(self) -> None:
         """Show the job's state, progress and, after a failure, the engine's one-line message."""
@@ -556,6 +789,9 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setUiState("importing")
         elif state is jobs.JobState.DONE:
             self.ui.statusLabel.text = _("Done: {n} synthetic CT(s) added beside the reference.").format(n=len(job.outputs))
+            if self._parameterNode.compareAfterSynthesis and job.outputs:
+                compare.show_compare(slicer.mrmlScene, job.request.reference_volume, job.outputs[-1].volume_node,
+                                     self._parameterNode.fade)
             self.setUiState("idle")
         elif state is jobs.JobState.FAILED:
             self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
@@ -563,10 +799,12 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(job.error, windowTitle=_("Lung DDPM"))
 
     def setUiState(self, state: str) -> None:
-        """Set the panel state (idle, starting, running, importing, cancelling, failed) and update buttons."""
+        """Set the panel state (idle, installing, starting, running, importing, cancelling, failed) and update buttons."""
         self.uiState = state
         if state == "starting":
-            self.ui.statusLabel.text = _("Starting: checking dependencies and exporting the inputs…")
+            self.ui.statusLabel.text = _("Starting: exporting the inputs…")
+        elif state == "installing":
+            self.ui.statusLabel.text = _("Installing PyTorch in the background (see the log)…")
         elif state == "importing":
             self.ui.statusLabel.text = _("Importing the result…")
         elif state == "cancelling":
@@ -601,6 +839,8 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.models = models.load_model_list(resourcePath("models.json"))
         self._gpus: list[estimates.Gpu] | None = None
+        self._modelAttributes: dict[tuple[str, float], checkpoint_info.ModelAttributes] = {}
+        self._worker: worker.EngineWorker | None = None  # one engine per Slicer session: models stay loaded
 
     def getParameterNode(self) -> LungDDPMSlicerParameterNode:
         """The module's parameter node, typed."""
@@ -609,6 +849,21 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     def context(self) -> mrml.MrmlContext:
         """Slicer's scene and the logics the Qt-free layer needs."""
         return mrml.MrmlContext(slicer.mrmlScene, slicer.modules.segmentations.logic(), slicer.app.applicationLogic())
+
+    def segmentEditorNode(self):
+        """The module's own Segment Editor node (its effects' settings), created once per scene."""
+        return mrml.segment_editor_node(slicer.mrmlScene)
+
+    def engineWorker(self) -> worker.EngineWorker:
+        """The session's long-lived engine process (started by its first job)."""
+        if self._worker is None:
+            self._worker = worker.EngineWorker(engine.python_executable())
+        return self._worker
+
+    def stopWorker(self) -> None:
+        """End the engine worker and its children (scene close, module cleanup); the next job starts a new one."""
+        if self._worker is not None:
+            self._worker.kill()
 
     def engineDir(self) -> Path:
         """The folder holding the bundled `lungddpm` package."""
@@ -645,25 +900,38 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"{modelName!r} is not a model of the list")
         demo = next((e for e in self.models if e.source == "bundled"), None)
         return estimates.estimate(entry, device, variants, self.gpus(), estimates.system_memory_gb(), demo=demo,
-                                  sampler=sampler, steps=steps, nodules=nodules)
+                                  sampler=sampler, steps=steps, nodules=nodules, apple_gpu=estimates.apple_gpu_likely())
 
-    def resolveModel(self, model: str | Path, localFile: Path | None = None) -> Path:
-        """The checkpoint file of a model-list name (bundled, chosen, cached or downloaded) or of a path."""
+    def presentModelFile(self, model: str, localFile: Path | None = None) -> Path | None:
+        """The model file of a model-list name or of the chosen checkpoint if it is already here (no download)."""
+        entry = self.modelEntry(model)
+        if entry is None:
+            return localFile if localFile is not None and localFile.is_file() else None
+        return models.present_model_file(entry, engine_dir=self.engineDir(), cache_dir=self.modelCacheDir(),
+                                         local_file=localFile)
+
+    def modelAttributes(self, path: Path) -> checkpoint_info.ModelAttributes:
+        """The nodule attributes a model file takes (read once per file version, without torch)."""
+        key = (str(path), path.stat().st_mtime)
+        if key not in self._modelAttributes:
+            self._modelAttributes[key] = checkpoint_info.read_model_attributes(path)
+        return self._modelAttributes[key]
+
+    def resolveModel(self, model: str | Path, localFile: Path | None = None, downloadProgress=None) -> Path:
+        """The checkpoint file of a model-list name (bundled, chosen, cached or downloaded) or of a path.
+
+        downloadProgress(received, total): called while a model is downloaded (bytes; total None if unknown).
+        """
         entry = self.modelEntry(str(model)) if model is not None else None
         if entry is None:
             path = Path(model) if model is not None else None
             if path is None or not path.is_file():
                 raise models.ModelUnavailableError(f"{model!r} is neither a model of the list nor an existing checkpoint file")
             return path
-
-        def download(url: str, target: Path) -> None:
-            """slicer.util.downloadFile, raising on failure (it reports failure by returning False)."""
-            if not slicer.util.downloadFile(url, str(target)):
-                raise OSError(f"download of {url} failed (network or proxy?); see the log, or download the file by "
-                              f"hand and choose it as a local file")
-
         return models.resolve_model_file(entry, engine_dir=self.engineDir(), cache_dir=self.modelCacheDir(),
-                                         local_file=localFile, downloader=download)
+                                         local_file=localFile,
+                                         downloader=lambda url, target: models.urllib_download(url, target,
+                                                                                                downloadProgress))
 
     # -- dependencies -------------------------------------------------------------------------------------------
 
@@ -675,27 +943,24 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         version = importlib.metadata.version("torch").split("+")[0].split(".")
         return (int(version[0]), int(version[1])) >= (2, 1)
 
-    def installDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install torch on first use through SlicerPyTorch (one confirmation); False if the user declined.
+    def installDependencies(self) -> None:
+        """Install torch and wait (scripts and self-tests; the panel runs the same install in the background).
 
         The engine needs only torch beyond what Slicer ships (numpy, SimpleITK are never replaced). psutil,
         when present, makes Cancel find every child process; without it the process group (or taskkill) does.
         """
         if self.torchSatisfied():
-            return True
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise UserInputError(_("Lung DDPM needs PyTorch: install the 'PyTorch' extension (SlicerPyTorch) from the "
-                                 "Extensions Manager, restart Slicer, and try again.")) from None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
-                                                              torchVersionRequirement=TORCH_REQUIREMENT)
-        if torch is None:
-            return False
+            return
+        sequence = install.CommandSequence(install.torch_install_commands(engine.python_executable(), TORCH_REQUIREMENT),
+                                           logging.info)
+        sequence.start()
+        while sequence.state is install.InstallState.RUNNING:
+            sequence.poll()
+            time.sleep(0.2)
+        importlib.invalidate_caches()
         if not self.torchSatisfied():
-            raise UserInputError(_("PyTorch {version} is installed, but Lung DDPM needs {req}; update it in the PyTorch "
-                                 "Utils module.").format(version=importlib.metadata.version("torch"), req=TORCH_REQUIREMENT))
-        return True
+            raise UserInputError(_("PyTorch {req} could not be installed: {error}").format(
+                req=TORCH_REQUIREMENT, error=sequence.error or sequence.state.value))
 
     # -- operations ---------------------------------------------------------------------------------------------
 
@@ -709,8 +974,11 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
                                         name=name)
 
     def addNodule(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str], markupsNode,
-                  diameterMm: float, kind: str = "solid", irregularity: float = 0.0) -> str:
-        """Add a nodule segment centred at the last point of a point list (in or at the lung); its segment ID."""
+                  diameterMm: float, irregularity: float = 0.0, attributes: dict[str, float] | None = None) -> str:
+        """Add a nodule segment centred at the last point of a point list (in or at the lung); its segment ID.
+
+        attributes: the nodule's known characteristics by field (LIDC codes), kept as its segment's tags.
+        """
         count = markupsNode.GetNumberOfControlPoints() if markupsNode else 0
         if count == 0:
             raise UserInputError(_("Place a point in the lung first."))
@@ -718,27 +986,33 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         markupsNode.GetNthControlPointPositionWorld(count - 1, center)
         seed = segmentationNode.GetSegmentation().GetNumberOfSegments()
         return jobs.add_nodule_segment(self.context(), referenceVolumeNode, segmentationNode, lungSegments, center,
-                                       diameterMm, kind=kind, irregularity=irregularity, engine_dir=self.engineDir(),
-                                       work_dir=Path(slicer.util.tempDirectory("LungDDPM")), seed=seed)
+                                       diameterMm, irregularity=irregularity, attributes=attributes,
+                                       engine_dir=self.engineDir(), work_dir=Path(slicer.util.tempDirectory("LungDDPM")),
+                                       seed=seed)
 
     def startSynthesis(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
                        noduleSegmentIds: list[str], model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
                        sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
                        precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
-                       keepTemporaryFiles: bool = False, log=None) -> jobs.SynthesisJob:
+                       keepTemporaryFiles: bool = False, log=None, guidance: float | None = None,
+                       downloadProgress=None) -> jobs.SynthesisJob:
         """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job.
 
         lungSegments: the lung segment's ID, or several (e.g. five lobe segments) whose union is the lung.
         steps: few-step solvers only (None: the engine's default 3); aasVariant: ddpm only; patchSpacingMm:
-        Lung-DDPM+ models only (None: the model's own cube voxel size).
+        Lung-DDPM+ models only (None: the model's own cube voxel size). For a model file that takes nodule
+        attributes, each nodule segment's attribute tags are sent, with guidance (None: the model's default).
         """
+        modelPath = self.resolveModel(model, localModelFile, downloadProgress)
+        takes = self.modelAttributes(modelPath).attributes
         request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegments, list(noduleSegmentIds),
-                                        self.resolveModel(model, localModelFile), [seed + n for n in range(variants)],
+                                        modelPath, [seed + n for n in range(variants)],
                                         device=device, sampler=sampler, steps=steps, aas_variant=aasVariant,
-                                        precision=precision, patch_spacing_mm=patchSpacingMm)
+                                        precision=precision, patch_spacing_mm=patchSpacingMm, model_attributes=takes,
+                                        guidance=guidance)
         job = jobs.SynthesisJob(self.context(), request, engine_dir=self.engineDir(),
                                 work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
-                                keep_files=keepTemporaryFiles)
+                                keep_files=keepTemporaryFiles, worker=self.engineWorker())
         job.start()
         return job
 
@@ -832,7 +1106,7 @@ class LungDDPMSlicerTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Synthesis with the demo model on CTChest")
         logic = LungDDPMSlicerLogic()
-        self.assertTrue(logic.installDependencies(askConfirmation=False))
+        logic.installDependencies()
         ct, segmentation = self.loadChest()
         lungId = logic.createLungSegment(ct, segmentation)
         lung = mrml.segment_mask(logic.context(), segmentation, lungId, ct)
@@ -840,7 +1114,7 @@ class LungDDPMSlicerTest(ScriptedLoadableModuleTest):
         point = mrml.ijk_to_ras(ct) @ np.array([i, j, k, 1.0])
         markups = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "centre")
         markups.AddControlPointWorld(point[:3].tolist())
-        noduleId = logic.addNodule(ct, segmentation, lungId, markups, 12.0, "solid", 0.2)
+        noduleId = logic.addNodule(ct, segmentation, lungId, markups, 12.0, 0.2, attributes={"texture": 5})
         outputs = logic.synthesize(ct, segmentation, lungId, [noduleId], "demo-native-32", seed=3, variants=1)
         self.assertEqual(len(outputs), 1)
         volume = outputs[0].volume_node
@@ -848,4 +1122,5 @@ class LungDDPMSlicerTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(mrml.ijk_to_ras(volume), mrml.ijk_to_ras(ct)))
         self.assertEqual(mrml.provenance(volume)["seed"], "3")
         self.assertEqual(mrml.provenance(volume)["SYNTHETIC"], "true")
+        logic.stopWorker()
         self.delayDisplay("Synthesis passed")

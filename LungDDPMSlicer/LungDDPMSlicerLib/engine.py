@@ -91,11 +91,13 @@ def check_options(device: str, sampler: str, steps: int | None, variant: str, pr
 
 def synthesize_command(python: str, reference: Path, layout: Path, model: Path, output: Path, *, seed: int,
                        device: str, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, variant: str = "paper",
-                       precision: str = "fp32", patch_spacing_mm: float | None = None) -> list[str]:
+                       precision: str = "fp32", patch_spacing_mm: float | None = None,
+                       nodules_json: Path | None = None, guidance: float | None = None) -> list[str]:
     """The `python -m lungddpm synthesize ... --progress json` command line.
 
     `--steps` goes only with the few-step solvers (None: the engine's default) and `--variant` only with ddpm,
-    which always runs all of the model's steps; `--patch-spacing` only when given (Lung-DDPM+ models).
+    which always runs all of the model's steps; `--patch-spacing` only when given (Lung-DDPM+ models);
+    `--nodules-json` (per-nodule attributes) and `--guidance` only when given (attribute models).
     """
     check_options(device, sampler, steps, variant, precision, patch_spacing_mm)
     command = [python, "-m", "lungddpm", "synthesize", "--reference", str(reference), "--layout", str(layout),
@@ -107,6 +109,10 @@ def synthesize_command(python: str, reference: Path, layout: Path, model: Path, 
         command += ["--steps", str(steps)]
     if patch_spacing_mm is not None:
         command += ["--patch-spacing", repr(float(patch_spacing_mm))]
+    if nodules_json is not None:
+        command += ["--nodules-json", str(nodules_json)]
+    if guidance is not None:
+        command += ["--guidance", repr(float(guidance))]
     return command
 
 
@@ -130,11 +136,15 @@ def parse_lung_report(stdout_lines: Sequence[str]) -> dict:
 
 
 def add_nodule_command(python: str, layout: Path, output: Path, center_lps: Sequence[float], diameter_mm: float,
-                       kind: str, irregularity: float, seed: int) -> list[str]:
-    """The `python -m lungddpm add-nodule` command line (centre in LPS mm)."""
+                       irregularity: float, seed: int) -> list[str]:
+    """The `python -m lungddpm add-nodule` command line (centre in LPS mm).
+
+    No --kinds: the module keeps a nodule's attributes (texture included) in its segment's tags and sends them
+    with the synthesis (nodule_attributes), so the layout's sidecar that add-nodule writes is not used.
+    """
     return [python, "-m", "lungddpm", "add-nodule", "--layout", str(layout), "--output", str(output),
             "--center", *(repr(float(v)) for v in center_lps), "--diameter", repr(float(diameter_mm)),
-            "--kinds", kind, "--irregularity", repr(float(irregularity)), "--seed", str(seed)]
+            "--irregularity", repr(float(irregularity)), "--seed", str(seed)]
 
 
 def parse_progress_line(line: str) -> StepProgress | Done | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -125,12 +126,18 @@ def pass_cost(entry: ModelEntry, on_gpu: bool, nodules: int) -> tuple[float | No
     return per_pass * units, f"{units} {label} × {per_pass:g} s"
 
 
+def apple_gpu_likely(system: str | None = None, machine: str | None = None) -> bool:
+    """Whether this is an Apple-silicon Mac, where the engine's 'auto' picks the Apple GPU (MPS) (asked without torch)."""
+    return (system or platform.system()) == "Darwin" and (machine or platform.machine()) == "arm64"
+
+
 def estimate(entry: ModelEntry, device: str, variants: int, gpus: list[Gpu], ram_gb: float | None,
              demo: ModelEntry | None = None, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
-             nodules: int = 1) -> Estimate:
+             nodules: int = 1, apple_gpu: bool = False) -> Estimate:
     """What a synthesis of `variants` outputs with this model, sampler and steps on a device (auto/cuda/mps/cpu) costs.
 
     `nodules`: the nodule segments the user chose (patch models cut one cube per nodule; 1 if unknown).
+    `apple_gpu`: an Apple-silicon Mac (apple_gpu_likely), where 'auto' without a CUDA GPU runs on MPS.
     """
     passes = network_passes(entry.timesteps, sampler, steps)
     warnings = []
@@ -155,7 +162,9 @@ def estimate(entry: ModelEntry, device: str, variants: int, gpus: list[Gpu], ram
     result = Estimate("cpu", seconds, entry.cpu_memory_gb, warnings,
                       _per_variant(f"{passes} network passes × {cpu_wording}", variants))
     if device == "auto" and not gpus:
-        warnings.append("No CUDA GPU was detected: synthesis runs on the CPU.")
+        warnings.append("No CUDA GPU was detected: 'auto' runs on the Apple GPU (MPS) when PyTorch offers it, else on "
+                        "the CPU; MPS was not measured, the figures below are for a CPU." if apple_gpu else
+                        "No CUDA GPU was detected: synthesis runs on the CPU.")
     if ram_gb is not None and ram_gb < entry.cpu_memory_gb:
         warnings.append(f"This computer has {ram_gb:.0f} GB of RAM; {entry.title} needs about {entry.cpu_memory_gb:.0f} GB "
                         f"on the CPU. Use a machine with a large GPU or more RAM.")

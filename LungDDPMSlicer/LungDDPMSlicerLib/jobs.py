@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine, mrml
+from . import engine, mrml, nodule_attributes
 from .geometry import GeometryError, lps_geometry_from_ijk_to_ras, ras_to_lps
 from .process import STDERR, BackgroundProcess
+from .worker import EngineWorker, OneShotRunner
 
 LUNG_COLOR = (0.85, 0.66, 0.56)
 NODULE_COLOR = (0.90, 0.25, 0.20)
@@ -64,6 +65,8 @@ class SynthesisRequest:
     aas_variant: str = "paper"  # ddpm only
     precision: str = "fp32"
     patch_spacing_mm: float | None = None  # Lung-DDPM+ models only; None: the model's own
+    model_attributes: Sequence[str] = ()  # the attributes the model takes (checkpoint_info); () sends none
+    guidance: float | None = None  # attribute models only; None: the model's default
 
 
 @dataclass
@@ -88,7 +91,9 @@ class SynthesisJob:
     """
 
     def __init__(self, context: mrml.MrmlContext, request: SynthesisRequest, *, engine_dir: Path, work_dir: Path,
-                 python: str | None = None, log: Log | None = None, keep_files: bool = False) -> None:
+                 python: str | None = None, log: Log | None = None, keep_files: bool = False,
+                 worker: EngineWorker | None = None) -> None:
+        """worker: a long-lived engine (models stay loaded between jobs); None: one engine process per variant."""
         if not request.seeds:
             raise ValueError("a synthesis needs at least one seed")
         engine.check_options(request.device, request.sampler, request.steps, request.aas_variant, request.precision,
@@ -102,10 +107,14 @@ class SynthesisJob:
         self.error = ""
         self.outputs: list[SynthesisOutput] = []
         self.step, self.total, self.eta_s = 0, 0, None
+        self.variant_seconds: list[float] = []  # wall time of each finished variant, engine start to its output
         self._variant = 0
+        self._started = 0.0
         self._exported: mrml.LayoutExport | None = None
-        self._process: BackgroundProcess | None = None
+        self.runner: EngineWorker | OneShotRunner = worker if worker is not None else OneShotRunner()
+        self._running = False  # whether the runner is busy with a variant of this job
         self._done: engine.Done | None = None
+        self._nodules_json: Path | None = None
 
     @property
     def active(self) -> bool:
@@ -136,6 +145,12 @@ class SynthesisJob:
                                             list(r.nodule_segment_ids), self.work_dir)
         self.log(f"Exported {r.reference_volume.GetName()!r} and the layout (lung {self._exported.lung.name!r}, "
                  f"{len(self._exported.nodules)} nodule segment(s)) to {self.work_dir}")
+        if r.model_attributes:
+            fields = list(nodule_attributes.schema(self.engine_dir).BY_FIELD)
+            described = [(n.name, n.mask, nodule_attributes.segment_attributes(r.segmentation_node, sid, fields))
+                         for n, sid in zip(self._exported.nodules, r.nodule_segment_ids)]
+            self._nodules_json = nodule_attributes.write_nodule_sidecar(self.engine_dir, self._exported.layout_path,
+                                                                        described)
         self._launch()
 
     def _launch(self) -> None:
@@ -144,11 +159,14 @@ class SynthesisJob:
         command = engine.synthesize_command(self.python, self._exported.reference_path, self._exported.layout_path,
                                             r.model_path, self.work_dir / f"synthetic-seed{seed}.nrrd", seed=seed,
                                             device=r.device, sampler=r.sampler, steps=r.steps, variant=r.aas_variant,
-                                            precision=r.precision, patch_spacing_mm=r.patch_spacing_mm)
-        self._process = BackgroundProcess(command, env=engine.engine_environment(self.engine_dir, r.device))
+                                            precision=r.precision, patch_spacing_mm=r.patch_spacing_mm,
+                                            nodules_json=self._nodules_json,
+                                            guidance=r.guidance if r.model_attributes else None)
         self.step, self.total, self.eta_s, self._done = 0, 0, None, None
         self.log(f"Variant {self._variant + 1}/{len(r.seeds)} (seed {seed}): " + " ".join(command))
-        self._process.start()
+        self._started = time.monotonic()
+        self.runner.run(command, engine.engine_environment(self.engine_dir, r.device))
+        self._running = True
         self.state = JobState.RUNNING
 
     def poll(self) -> None:
@@ -160,7 +178,7 @@ class SynthesisJob:
 
     def _read_engine(self) -> None:
         """Take progress and log lines; when the engine has exited, check it and move to IMPORTING."""
-        for stream, line in self._process.read_lines():
+        for stream, line in self.runner.read_lines():
             record = engine.parse_progress_line(line) if stream != STDERR else None
             if isinstance(record, engine.StepProgress):
                 self.step, self.total, self.eta_s = record.step, record.total, record.eta_s
@@ -168,12 +186,16 @@ class SynthesisJob:
                 self._done = record
             elif line.strip():
                 self.log(line)
-        if not self._process.finished():
+        status = self.runner.exit_status()
+        if status is None:
             return
-        if self._process.returncode != 0:
-            raise EngineError(engine.engine_error_message(self._process.stderr_lines, self._process.returncode))
+        self._running = False
+        if status != 0:
+            raise EngineError(engine.engine_error_message(self.runner.error_lines(), status))
         if self._done is None:
             raise EngineError("the engine finished without reporting its output files")
+        self.variant_seconds.append(time.monotonic() - self._started)
+        self.log(f"Variant {self._variant + 1} took {self.variant_seconds[-1]:.1f} s in the engine")
         self.state = JobState.IMPORTING
 
     def _import_variant(self) -> None:
@@ -216,8 +238,7 @@ class SynthesisJob:
         if not self.active:
             return
         self.state = JobState.CANCELLING
-        if self._process is not None:
-            self._process.kill_tree()
+        self.runner.kill()
         self._cleanup()
         self.state = JobState.CANCELLED
         self.log("Cancelled")
@@ -227,12 +248,14 @@ class SynthesisJob:
         try:
             action()
         except Exception as error:  # every failure must end in FAILED with a message, never in a stuck state
-            known = (mrml.ExportError, GeometryError, EngineError, engine.EngineNotFoundError, OSError)
+            known = (mrml.ExportError, GeometryError, EngineError, engine.EngineNotFoundError, OSError,
+                     nodule_attributes.NoduleAttributeError)
             self.error = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
             if not isinstance(error, known):
                 logging.exception("LungDDPM synthesis failed")
-            if self._process is not None:
-                self._process.kill_tree()
+            if self._running:  # the engine is still at this variant: stop it (a worker restarts on the next job)
+                self.runner.kill()
+                self._running = False
             self._cleanup()
             self.state = JobState.FAILED
             self.log(f"Failed: {self.error}")
@@ -310,9 +333,12 @@ def next_nodule_name(segmentation_node: object) -> str:
 
 def add_nodule_segment(context: mrml.MrmlContext, reference_volume: object, segmentation_node: object,
                        lung_segments: str | Sequence[str], center_world_ras: Sequence[float], diameter_mm: float, *,
-                       kind: str, irregularity: float, engine_dir: Path, work_dir: Path, python: str | None = None,
-                       seed: int = 0) -> str:
-    """Add a parametric nodule (the engine's add-nodule) centred at a world RAS point in or at the lung segment(s)."""
+                       irregularity: float, engine_dir: Path, work_dir: Path, attributes: dict[str, float] | None = None,
+                       python: str | None = None, seed: int = 0) -> str:
+    """Add a parametric nodule (the engine's add-nodule) centred at a world RAS point in or at the lung segment(s).
+
+    attributes: the nodule's known characteristics by field (LIDC codes), kept as its segment's tags.
+    """
     python = python or engine.python_executable()
     try:
         lung = mrml.segment_mask(context, segmentation_node, lung_segments, reference_volume)
@@ -320,11 +346,12 @@ def add_nodule_segment(context: mrml.MrmlContext, reference_volume: object, segm
         layout = mrml.write_image(lung.astype(np.uint8), geometry, Path(work_dir) / "lung.nrrd")
         output = Path(work_dir) / "with-nodule.nrrd"
         center_lps = ras_to_lps(mrml.world_to_volume_ras(center_world_ras, reference_volume))
-        run_engine(engine.add_nodule_command(python, layout, output, center_lps, diameter_mm, kind, irregularity, seed),
+        run_engine(engine.add_nodule_command(python, layout, output, center_lps, diameter_mm, irregularity, seed),
                    engine_dir)
         labels, out_geometry, _ = mrml.read_image(output)
         mrml.check_on_reference_grid(labels, out_geometry, reference_volume, output)
-        tags = {"LungDDPM.kind": kind, "LungDDPM.diameter_mm": f"{diameter_mm:g}", "LungDDPM.irregularity": f"{irregularity:g}"}
+        tags = {"LungDDPM.diameter_mm": f"{diameter_mm:g}", "LungDDPM.irregularity": f"{irregularity:g}",
+                **nodule_attributes.attribute_tags(attributes or {})}
         segment = mrml.SegmentData(next_nodule_name(segmentation_node), labels == mrml.NODULE, NODULE_COLOR, tags)
         return mrml.add_segment(segmentation_node, reference_volume, segment)
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -19,6 +18,8 @@ REQUIRED_FIELDS = ("name", "title", "version", "description", "source", "file_na
                    "estimate_basis", "citation")
 CACHE_ENV = "LUNGDDPM_MODEL_CACHE"
 Downloader = Callable[[str, Path], None]
+Progress = Callable[[int, "int | None"], None]  # (bytes received, total bytes or None when the server does not say)
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class ModelListError(ValueError):
@@ -130,10 +131,19 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def urllib_download(url: str, target: Path) -> None:
-    """Download url to target with urllib (the headless fallback of slicer.util.downloadFile)."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as handle:
-        shutil.copyfileobj(response, handle, length=1 << 20)
+def urllib_download(url: str, target: Path, progress: Progress | None = None, timeout_s: float = 60.0) -> None:
+    """Download url to target with urllib, reporting (received, total) after each chunk; a short body is an OSError."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(target, "wb") as handle:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        received = 0
+        while block := response.read(DOWNLOAD_CHUNK):
+            handle.write(block)
+            received += len(block)
+            if progress is not None:
+                progress(received, total)
+    if total is not None and received != total:
+        raise OSError(f"download of {url} stopped after {received} of {total} bytes; retry")
 
 
 def download(url: str, target: Path, sha256: str, downloader: Downloader = urllib_download) -> Path:
@@ -162,25 +172,33 @@ def verify(path: Path, sha256: str | None) -> None:
                                 f"this is not the file the model list describes")
 
 
+def present_model_file(entry: ModelEntry, *, engine_dir: Path, cache_dir: Path, local_file: Path | None = None
+                       ) -> Path | None:
+    """The checkpoint file of an entry that is already here (bundled, chosen by the user, or cached), else None."""
+    if entry.source == "bundled":
+        path = engine_dir / "lungddpm" / "models" / entry.file_name
+    elif local_file:
+        path = Path(local_file)
+    else:
+        path = cache_dir / entry.file_name
+    return path if path.is_file() else None
+
+
 def resolve_model_file(entry: ModelEntry, *, engine_dir: Path, cache_dir: Path, local_file: Path | None = None,
                        downloader: Downloader = urllib_download) -> Path:
     """The checkpoint file of an entry: bundled, chosen by the user, found in the cache, or downloaded to it."""
     if not entry.supported:
         raise ModelUnavailableError(f"{entry.title}: {entry.unsupported_reason}")
-    if entry.source == "bundled":
-        path = engine_dir / "lungddpm" / "models" / entry.file_name
-        if not path.is_file():
-            raise ModelUnavailableError(f"{entry.title}: the bundled file {path} is missing; rebuild or reinstall the "
-                                        f"extension")
-    elif local_file:
-        path = Path(local_file)
-        if not path.is_file():
-            raise ModelUnavailableError(f"{entry.title}: the chosen file {path} does not exist")
-    elif (cache_dir / entry.file_name).is_file():
-        path = cache_dir / entry.file_name
-    elif entry.source == "url":
-        return download(entry.url, cache_dir / entry.file_name, entry.sha256, downloader)
-    else:
+    path = present_model_file(entry, engine_dir=engine_dir, cache_dir=cache_dir, local_file=local_file)
+    if path is None:
+        if entry.source == "bundled":
+            raise ModelUnavailableError(f"{entry.title}: the bundled file "
+                                        f"{engine_dir / 'lungddpm' / 'models' / entry.file_name} is missing; rebuild or "
+                                        f"reinstall the extension")
+        if local_file:
+            raise ModelUnavailableError(f"{entry.title}: the chosen file {local_file} does not exist")
+        if entry.source == "url":
+            return download(entry.url, cache_dir / entry.file_name, entry.sha256, downloader)
         raise ModelUnavailableError(f"{entry.title}: download {entry.file_name} from {entry.download_page} and choose "
                                     f"it as the local file, or put it in the model folder {cache_dir}")
     verify(path, entry.sha256)

@@ -23,7 +23,8 @@ ATTRIBUTE_PREFIX = "LungDDPM."
 # NRRD header keys written by `lungddpm synthesize` that become node attributes LungDDPM.<key>.
 PROVENANCE_KEYS = ("SYNTHETIC", "model", "model_sha256", "profile", "sampler", "steps", "seed", "device",
                    "lungddpm_version", "aas_variant", "model_weights", "sampling_seconds", "blend_margin_mm",
-                   "precision", "patches", "patch_spacing_mm")
+                   "precision", "patches", "patch_spacing_mm", "attribute_schema", "guidance", "nodule_attributes",
+                   "nodule_attributes_from")
 
 
 class ExportError(ValueError):
@@ -285,7 +286,13 @@ def oriented_mask(mask: np.ndarray, matrix: np.ndarray) -> object:
 
 
 def add_segment(segmentation_node: object, reference_volume: object, segment: SegmentData) -> str:
-    """Add a segment from a mask on the reference grid; returns its new segment ID."""
+    """Add a segment from a mask on the reference grid; returns its new segment ID.
+
+    Like Slicer's ImportLabelmapToSegmentationNode, the mask is carried through the transform between the
+    reference volume's and the segmentation's parent transforms (linear: exactly, by its geometry; otherwise
+    resampled), so that it lands on the reference's voxels in world space. A segmentation without a display
+    node gets one, so the new segment is visible.
+    """
     import slicer
 
     segmentation = segmentation_node.GetSegmentation()
@@ -293,10 +300,39 @@ def add_segment(segmentation_node: object, reference_volume: object, segment: Se
     for tag, value in segment.tags.items():
         segmentation.GetSegment(segment_id).SetTag(tag, value)
     image = oriented_mask(segment.mask, ijk_to_ras(reference_volume))
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(reference_volume.GetParentTransformNode(),
+                                                         segmentation_node.GetParentTransformNode(), transform)
+    slicer.vtkOrientedImageDataResample.TransformOrientedImage(image, transform)
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id):
         segmentation.RemoveSegment(segment_id)
         raise ExportError(f"segment {segment.name!r} could not be written into {segmentation_node.GetName()!r}")
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
     return segment_id
+
+
+def prepare_segmentation(segmentation_node: object, reference_volume: object | None) -> None:
+    """Make a new, empty segmentation usable: a display node, and the reference CT's geometry and parent transform."""
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    if reference_volume is not None:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+        segmentation_node.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
+
+
+SEGMENT_EDITOR_TAG = "LungDDPM"  # singleton tag of the module's Segment Editor node (apart from the Segment Editor module's)
+
+
+def segment_editor_node(scene: object) -> object:
+    """The scene's Segment Editor node of this module (a singleton, created on first use), as Slicer's modules do."""
+    node = scene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(SEGMENT_EDITOR_TAG)
+        node = scene.AddNode(node)
+    return node
 
 
 def segment_tag(segmentation_node: object, segment_id: str, tag: str) -> str:

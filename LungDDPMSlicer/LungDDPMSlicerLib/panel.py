@@ -5,12 +5,15 @@ The widget applies these to its combo boxes and spin boxes; keeping them here le
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .engine import PRECISIONS
+from .checkpoint_info import ModelAttributes
+from .engine import DEVICES, PRECISIONS, SAMPLERS
 from .estimates import PATCH_PROFILE
 from .models import ModelEntry
 
+PERSISTED = ("modelName", "device", "sampler", "steps", "precision")  # kept across scenes and sessions (QSettings)
 UNKNOWN_MAX_STEPS = 1000  # steps range for a checkpoint outside the model list (its T is read by the engine)
 SAMPLER_TIPS = {
     "dpmpp2m": "DPM-Solver++ 2M: second-order few-step solver, the default (3 steps; more steps: closer to ddpm, slower).",
@@ -18,6 +21,17 @@ SAMPLER_TIPS = {
     "ddim": "DDIM: first-order few-step solver; usually needs more steps than DPM-Solver++ for the same quality.",
     "ddpm": "DDPM: the paper's ancestral sampler; runs all of the model's steps (hours on a CPU at 128³).",
 }
+AAS_VARIANTS = ("paper", "released")  # ddpm's AAS rule: the paper's Alg. 2, or the released code's
+# What the combo boxes show for each choice (the parameter node stores the value; connectGui keeps the order).
+CHOICE_LABELS = {
+    "device": {"auto": "Automatic (CUDA GPU, else Apple GPU, else CPU)", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)",
+               "cpu": "CPU"},
+    "sampler": {"dpmpp2m": "DPM-Solver++ (2M)", "dpmpp3m": "DPM-Solver++ (3M)", "ddim": "DDIM",
+                "ddpm": "DDPM (all of the model's steps)"},
+    "precision": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16 (CUDA GPUs)"},
+    "aasVariant": {"paper": "Paper (Alg. 2)", "released": "Released code"},
+}
+CHOICES = {"device": DEVICES, "sampler": SAMPLERS, "precision": PRECISIONS, "aasVariant": AAS_VARIANTS}  # combo order
 PRECISION_TIPS = {
     "fp32": "Full precision: the reference setting, reproducible bit for bit on the same CPU.",
     "bf16": "bfloat16 autocast of the network: faster on recent CPUs and GPUs, with small differences to fp32.",
@@ -44,6 +58,33 @@ class WidgetStates:
     max_steps: int
     aas_variant_enabled: bool
     patch_spacing_enabled: bool
+
+
+@dataclass(frozen=True)
+class AttributeStates:
+    """Which nodule-attribute controls are enabled for a model, the guidance default, and what the panel says."""
+
+    enabled: dict[str, bool]
+    guidance_enabled: bool
+    guidance_default: float | None
+    message: str
+
+
+def attribute_states(model: ModelAttributes | None, fields: Sequence[str], model_title: str,
+                     unknown_reason: str = "") -> AttributeStates:
+    """Attribute controls enabled for the characteristics the model takes (None: the model file is not readable yet)."""
+    if model is None:
+        return AttributeStates({f: False for f in fields}, False, None,
+                               f"Nodule attributes: {unknown_reason or 'the model file cannot be read'}.")
+    if not model.attributes:
+        return AttributeStates({f: False for f in fields}, False, None,
+                               f"{model_title} takes no nodule attributes: its nodules follow the layout only. "
+                               f"Choose an attribute model (e.g. the bundled demo-nodules) to describe them.")
+    enabled = {f: f in model.attributes for f in fields}
+    others = [f for f in fields if not enabled[f]]
+    message = f"{model_title} takes {', '.join(model.attributes)}" + (
+        f"; it does not know {', '.join(others)}." if others else ".")
+    return AttributeStates(enabled, True, model.guidance_scale, message)
 
 
 def sampling_options(sampler: str, steps: int, aas_variant: str, precision: str,
@@ -74,3 +115,28 @@ def precision_problem(precision: str, device: str, cuda_gpu: bool) -> str:
                 "or precision bf16 or fp32")
     return ""
 
+
+
+def stored_settings(values: Mapping[str, object]) -> dict[str, str]:
+    """The persisted parameters as the text QSettings stores."""
+    return {key: str(values[key]) for key in PERSISTED if key in values}
+
+
+def restored_settings(stored: Mapping[str, object], offered: Mapping[str, Sequence[str]]) -> dict[str, object]:
+    """The stored parameters that are still valid (a choice still offered, steps a whole number from 1), typed.
+
+    A value QSettings returns as None (never stored) or that no longer fits (a model removed from the list,
+    fp16 on a computer without a CUDA GPU) is left out, so the default stays.
+    """
+    restored: dict[str, object] = {}
+    for key in PERSISTED:
+        value = stored.get(key)
+        if value is None:
+            continue
+        if key == "steps":
+            text = str(value)
+            if text.isdigit() and int(text) >= 1:
+                restored[key] = int(text)
+        elif str(value) in offered.get(key, ()):
+            restored[key] = str(value)
+    return restored

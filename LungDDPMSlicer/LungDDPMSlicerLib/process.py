@@ -23,8 +23,10 @@ STDOUT, STDERR = "stdout", "stderr"
 class BackgroundProcess:
     """One child process whose stdout and stderr lines are collected in the background."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 stdin_pipe: bool = False) -> None:
         self.args = [str(a) for a in args]
+        self.stdin_pipe = stdin_pipe  # True: send_line() writes to the child's stdin (a long-lived worker)
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.popen: subprocess.Popen | None = None
@@ -36,7 +38,8 @@ class BackgroundProcess:
         """Start the process in its own session/process group, with line-buffered text pipes."""
         options: dict = {"start_new_session": True} if os.name == "posix" else {
             "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
-        self.popen = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin = subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL
+        self.popen = subprocess.Popen(self.args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.env,
                                       cwd=self.cwd, **options)
         for name, stream in ((STDOUT, self.popen.stdout), (STDERR, self.popen.stderr)):
@@ -49,6 +52,11 @@ class BackgroundProcess:
         for line in stream:
             self._lines.put((name, line.rstrip("\r\n")))
         stream.close()
+
+    def send_line(self, text: str) -> None:
+        """Write one line to the child's stdin (started with stdin_pipe) and flush it."""
+        self.popen.stdin.write(text.rstrip("\n") + "\n")
+        self.popen.stdin.flush()
 
     @property
     def pid(self) -> int | None:

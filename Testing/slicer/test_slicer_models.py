@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import http.server
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -113,6 +115,56 @@ def test_download_failure_leaves_no_partial_file(http_folder, tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
+def test_download_reports_progress_and_cleans_up_when_the_server_is_down_or_cuts_off(http_folder, tmp_path):
+    """Progress counts up to the size; a refused connection or a body cut short leaves nothing in the cache."""
+    folder, base = http_folder
+    payload = bytes(range(256)) * 10000  # 2.5 MB: several chunks
+    (folder / "big.pt").write_bytes(payload)
+    seen = []
+    target = tmp_path / "cache" / "big.pt"
+    models.download(f"{base}/big.pt", target, hashlib.sha256(payload).hexdigest(),
+                    functools.partial(models.urllib_download, progress=lambda got, total: seen.append((got, total))))
+    assert target.read_bytes() == payload
+    assert seen[-1] == (len(payload), len(payload)) and len(seen) >= 3 and seen == sorted(seen)
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on this port: connection refused
+    down = tmp_path / "down" / "x.pt"
+    with pytest.raises(OSError):
+        models.download(f"http://127.0.0.1:{port}/x.pt", down, "0" * 64)
+    assert list(down.parent.iterdir()) == []
+
+    cut = tmp_path / "cut" / "x.pt"
+    with truncating_server(len(payload), payload[:100_000]) as url, pytest.raises(OSError):
+        models.download(url, cut, hashlib.sha256(payload).hexdigest())
+    assert list(cut.parent.iterdir()) == []
+
+
+@contextlib.contextmanager
+def truncating_server(announced: int, body: bytes):
+    """The URL of a one-shot HTTP server on 127.0.0.1 that announces `announced` bytes, sends `body`, and hangs up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        """Answer one request with a short body."""
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % announced + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/x.pt"
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+
+
 def test_resolve_downloads_once_then_uses_the_cache(entries, tmp_path):
     """A URL entry downloads into the cache (file:// here) and is then found there and re-verified."""
     source = tmp_path / "published.pt"
@@ -173,6 +225,11 @@ def test_estimates_warn_with_the_alternative(entries):
     assert any("T400 has 2 GB" in w and "'cpu' (about 2 min)" in w for w in small.warnings)
     missing = estimates.estimate(demo, "cuda", 1, [], 16.0, demo=demo)
     assert any("No CUDA GPU" in w for w in missing.warnings)
+    mac = estimates.estimate(demo, "auto", 1, [], 16.0, demo=demo, apple_gpu=True)
+    assert any("Apple GPU (MPS)" in w for w in mac.warnings) and not any("runs on the CPU." in w for w in mac.warnings)
+    assert any("runs on the CPU." in w for w in estimates.estimate(demo, "auto", 1, [], 16.0, demo=demo).warnings)
+    assert estimates.apple_gpu_likely("Darwin", "arm64") and not estimates.apple_gpu_likely("Darwin", "x86_64")
+    assert not estimates.apple_gpu_likely("Linux", "arm64")
     tight = estimates.estimate(released, "cpu", 1, [], 4.0, demo=demo)
     assert any("4 GB of RAM" in w for w in tight.warnings)
     assert estimates.estimate(demo, "cpu", 2, [], 16.0, demo=demo, sampler="ddpm").seconds == pytest.approx(0.5 * 250 * 2)

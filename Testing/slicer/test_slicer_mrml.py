@@ -8,6 +8,8 @@ SimpleITK's index<->physical mapping, independently of the module's geometry cod
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
@@ -232,23 +234,26 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     assert not (tmp_path / "work").exists()
 
 
-def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("runner", ["one process per variant", "worker"])
+def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, scene_case, tiny_checkpoint, tmp_path,
+                                                                 runner):
     """Cancel while sampling: no engine process survives, the work folder is gone, the scene is unchanged."""
-    from LungDDPMSlicerLib import engine, jobs
+    from LungDDPMSlicerLib import engine, jobs, worker
 
     before = snapshot(mrml_context, scene_case)
     request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
                                     [scene_case["nodule_id"]], tiny_checkpoint, seeds=[1, 2], device="cpu",
                                     sampler="ddpm")  # all 20 steps: time to cancel after the first
     job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
-                            work_dir=tmp_path / "work", log=lambda line: None)
+                            work_dir=tmp_path / "work", log=lambda line: None,
+                            worker=worker.EngineWorker(engine.python_executable()) if runner == "worker" else None)
     job.start()
     deadline = time.monotonic() + 120
     while job.step == 0 and job.active and time.monotonic() < deadline:
         job.poll()
         time.sleep(0.1)
     assert job.state is jobs.JobState.RUNNING and job.step >= 1, job.error
-    pid = job._process.pid
+    pid = job.runner.pid
     job.cancel()
     assert job.state is jobs.JobState.CANCELLED
     assert not alive(pid)
@@ -384,8 +389,17 @@ def test_several_segments_as_lung(mrml_context, case, scene_case, tmp_path):
         mrml.export_layout(mrml_context, scene_case["ct"], scene_case["segmentation"], [], [], tmp_path)
 
 
-def test_automatic_lung_segment_carries_the_engine_report(mrml_context, case, scene_case, tmp_path):
-    """A real `lungddpm lung-mask`: the segment holds each lung's volume; a CT with a filled left lung warns."""
+@pytest.fixture()
+def without_torch(monkeypatch, tmp_path) -> None:
+    """Engine subprocesses in which `import torch` fails, as in a Slicer where PyTorch is not installed yet."""
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked: this step must not need it')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(blocker.parent), os.environ.get("PYTHONPATH")])))
+
+
+def test_automatic_lung_segment_carries_the_engine_report(mrml_context, case, scene_case, tmp_path, without_torch):
+    """A real `lungddpm lung-mask`, without torch: the segment holds each lung's volume; a filled left lung warns."""
     from LungDDPMSlicerLib import engine, jobs, mrml
 
     engine_dir = engine.find_engine_dir(MODULE_DIR)
@@ -403,3 +417,89 @@ def test_automatic_lung_segment_carries_the_engine_report(mrml_context, case, sc
     warned = jobs.create_lung_segment(mrml_context, filled, segmentation, engine_dir=engine_dir, work_dir=tmp_path / "b")
     (warning,) = jobs.lung_mask_warnings(segmentation, warned)
     assert "left lung" in warning and "missing" in warning
+
+
+def test_add_nodule_without_torch_places_a_tagged_ball_at_the_point(mrml_context, case, scene_case, tmp_path,
+                                                                    without_torch):
+    """add-nodule (no torch) at a world point of a transformed CT: a ball of the diameter there, with its attribute tags."""
+    from LungDDPMSlicerLib import engine, jobs, mrml, nodule_attributes
+
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 10.0)  # the CT under a 10 mm translation, e.g. after a registration
+    transform = mrml_context.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(shift)
+    ct, segmentation = scene_case["ct"], scene_case["segmentation"]
+    ct.SetAndObserveTransformNodeID(transform.GetID())
+    centre_world = case["lung_probe_lps"] * LPS_TO_RAS + np.array([10.0, 0.0, 0.0])
+    nodule_id = jobs.add_nodule_segment(mrml_context, ct, segmentation, scene_case["lung_id"], centre_world, 8.0,
+                                        irregularity=0.0, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                                        work_dir=tmp_path / "work", attributes={"texture": 1, "spiculation": 4})
+    fields = ("texture", "spiculation", "margin")
+    assert nodule_attributes.segment_attributes(segmentation, nodule_id, fields) == {"texture": 1.0, "spiculation": 4.0}
+    assert mrml.segment_tag(segmentation, nodule_id, "LungDDPM.diameter_mm") == "8"
+    mask = mrml.segment_mask(mrml_context, segmentation, nodule_id, ct)
+    physical = np.stack(np.meshgrid(*(np.arange(n) for n in mask.shape), indexing="ij"), axis=-1)
+    distance = np.linalg.norm(_physical_points(case["image"], physical) - case["lung_probe_lps"], axis=-1)
+    assert mask[distance <= 2.0].all() and not mask[distance >= 6.0].any()
+    assert not (tmp_path / "work").exists()
+
+
+def test_attributes_travel_from_segment_tags_to_the_engines_provenance(mrml_context, case, scene_case, tmp_path):
+    """demo-nodules: the command carries --nodules-json and --guidance; the output records each nodule's attributes."""
+    from LungDDPMSlicerLib import checkpoint_info, engine, jobs, mrml, nodule_attributes
+
+    engine_dir = engine.find_engine_dir(MODULE_DIR)
+    model = engine_dir / "lungddpm" / "models" / "demo-nodules.pt"
+    takes = checkpoint_info.read_model_attributes(model).attributes
+    segmentation = scene_case["segmentation"]
+    second_id = import_segment(mrml_context, segmentation, "nodule B", case["nodule_b"], case["matrix"])
+    nodule_attributes.set_attribute_tags(segmentation, scene_case["nodule_id"], takes, {"texture": 1, "spiculation": 5})
+    nodule_attributes.set_attribute_tags(segmentation, second_id, takes, {"texture": 5, "margin": 2})
+    lines = []
+    request = jobs.SynthesisRequest(scene_case["ct"], segmentation, scene_case["lung_id"],
+                                    [scene_case["nodule_id"], second_id], model, seeds=[1], device="cpu", steps=2,
+                                    model_attributes=takes, guidance=2.0)
+    job = jobs.SynthesisJob(mrml_context, request, engine_dir=engine_dir, work_dir=tmp_path / "work",
+                            log=lines.append, keep_files=True)
+    (output,) = jobs.run_to_end(job)
+    (command,) = [line for line in lines if line.startswith("Variant 1/1")]
+    assert "--nodules-json" in command and "--guidance 2.0" in command
+    record = mrml.provenance(output.volume_node)
+    assert record["guidance"] == "2" and record["attribute_schema"] == ",".join(takes)
+    used = sorted(json.loads(record["nodule_attributes"]), key=lambda entry: entry["attributes"]["texture"])
+    assert [entry["attributes"] for entry in used] == [{"texture": 1, "spiculation": 5}, {"texture": 5, "margin": 2}]
+    sidecar = json.loads((tmp_path / "work" / "layout.nodules.json").read_text())
+    centres = [np.array(n["center_lps_mm"]) for n in sidecar["nodules"]]
+    assert min(np.linalg.norm(c - case["centre_lps"]) for c in centres) < 1.0  # keyed by each nodule's centre in mm
+
+    plain = engine.synthesize_command("python", Path("r.nrrd"), Path("l.nrrd"), model, Path("o.nrrd"), seed=1, device="cpu")
+    assert "--nodules-json" not in plain and "--guidance" not in plain  # without attributes the command has neither
+
+
+def test_one_worker_serves_several_jobs_and_survives_an_engine_error(mrml_context, scene_case, tiny_checkpoint,
+                                                                     tmp_path):
+    """Variants and new jobs go to the same engine process (model loaded once); an engine error fails only its job."""
+    from LungDDPMSlicerLib import engine, jobs, mrml, worker
+
+    from lungddpm import cli
+
+    assert worker.WORKER_FINISHED == cli.WORKER_FINISHED
+    shared = worker.EngineWorker(engine.python_executable())
+
+    def job(name: str, seeds: list[int], steps: int) -> jobs.SynthesisJob:
+        """A job of the scene case on the shared worker."""
+        request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                        [scene_case["nodule_id"]], tiny_checkpoint, seeds=seeds, device="cpu",
+                                        steps=steps)
+        return jobs.SynthesisJob(mrml_context, request, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                                 work_dir=tmp_path / name, log=lambda line: None, worker=shared)
+
+    (first,) = jobs.run_to_end(job("first", [1], 2))
+    pid = shared.pid
+    with pytest.raises(jobs.EngineError, match="steps"):
+        jobs.run_to_end(job("bad", [3], 21))  # more steps than the model's T = 20: the engine refuses it
+    (again,) = jobs.run_to_end(job("again", [1], 2))
+    assert shared.pid == pid and shared.alive and shared.jobs_sent == 3
+    assert np.array_equal(mrml.volume_array(again.volume_node), mrml.volume_array(first.volume_node))  # same seed
+    shared.kill()  # what scene close does
+    assert not alive(pid) and not shared.alive

@@ -134,8 +134,9 @@ def test_engine_command_and_environment(tmp_path):
     env = engine.engine_environment(tmp_path, "cpu", {"PYTHONPATH": "/other"})
     assert env["PYTHONPATH"] == os.pathsep.join([str(tmp_path), "/other"]) and env["CUDA_VISIBLE_DEVICES"] == "-1"
     assert "CUDA_VISIBLE_DEVICES" not in engine.engine_environment(tmp_path, "auto", {})
-    nodule = engine.add_nodule_command("p", Path("l"), Path("o"), [1.5, -2.0, 3.0], 10.0, "part-solid", 0.3, 2)
+    nodule = engine.add_nodule_command("p", Path("l"), Path("o"), [1.5, -2.0, 3.0], 10.0, 0.3, 2)
     assert nodule[nodule.index("--center") + 1:nodule.index("--center") + 4] == ["1.5", "-2.0", "3.0"]
+    assert "--kinds" not in nodule  # a nodule's attributes travel as segment tags, sent with the synthesis
     with pytest.raises(engine.EngineNotFoundError, match="rebuild or reinstall"):
         engine.find_engine_dir(tmp_path / "module")
     assert engine.find_engine_dir(MODULE_DIR) == MODULE_DIR.parent / "engine"

@@ -19,7 +19,21 @@ MAIN_SCRIPT = MODULE_DIR / "LungDDPMSlicer.py"
 EXPECTED_WIDGETS = {
     "segmentationSelector": "qMRMLNodeComboBox",
     "lungSegmentSelector": "qMRMLSegmentSelectorWidget",
-    "noduleSegmentList": "QListWidget",
+    "noduleSegmentSelector": "qMRMLSegmentSelectorWidget",
+    "attributesInfoLabel": "QLabel",
+    "promptLineEdit": "QLineEdit",
+    "fillFromPromptButton": "QPushButton",
+    "textureAttributeCombo": "QComboBox",
+    "marginAttributeCombo": "QComboBox",
+    "spiculationAttributeCombo": "QComboBox",
+    "lobulationAttributeCombo": "QComboBox",
+    "calcificationAttributeCombo": "QComboBox",
+    "sphericityAttributeCombo": "QComboBox",
+    "malignancyAttributeCombo": "QComboBox",
+    "guidanceSpinBox": "QDoubleSpinBox",
+    "applyAttributesButton": "QPushButton",
+    "restoreViewButton": "QPushButton",
+    "segmentEditorWidget": "qMRMLSegmentEditorWidget",
     "noduleMarkupsSelector": "qMRMLNodeComboBox",
     "noduleMarkupsPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "createLungButton": "QPushButton",
@@ -31,6 +45,7 @@ EXPECTED_WIDGETS = {
     "stepsSpinBox": "QSpinBox",
     "aasVariantCombo": "QComboBox",
     "precisionCombo": "QComboBox",
+    "deviceCombo": "QComboBox",
     "patchSpacingSpinBox": "QDoubleSpinBox",
     "estimateLabel": "QLabel",
     "modelCacheDirLineEdit": "ctkPathLineEdit",
@@ -40,8 +55,8 @@ EXPECTED_WIDGETS = {
     "statusLabel": "QLabel",
     "logText": "QPlainTextEdit",
 }
-HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath"}  # no parameterNodeWrapper connector
-MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget"}
+HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath", "noduleAttributes"}  # no parameterNodeWrapper connector
+MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget", "qMRMLSegmentEditorWidget"}
 
 
 def cmake_list(text: str, variable: str) -> list[str]:
@@ -204,3 +219,65 @@ def test_icon_is_a_128_pixel_png():
     path = REPO / "Resources" / "Icons" / "LungDDPMSlicer.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sitk.ReadImage(str(path)).GetSize() == (128, 128)
+
+
+def test_old_slicer_or_python_is_refused_at_module_load_with_one_message():
+    """Slicer 5.8 (Python 3.9) gets a message naming the versions; the check runs before anything newer than 3.9."""
+    from LungDDPMSlicerLib import compat
+
+    message = compat.unsupported_reason((3, 9, 10, "final", 0), (5, 8))
+    assert "Slicer 5.10 or later" in message and "Slicer 5.8 with Python 3.9.10" in message
+    assert compat.unsupported_reason((3, 12, 4), (5, 10)) == "" and compat.unsupported_reason((3, 12), (6, 0)) == ""
+    assert "Python 3.10 or later" in compat.unsupported_reason((3, 9, 10), (5, 10))
+    with pytest.raises(ImportError, match="download.slicer.org"):
+        compat.require_supported((3, 9, 10), (5, 8))
+    for path in (MAIN_SCRIPT, MODULE_DIR / "LungDDPMSlicerLib" / "compat.py"):  # both must parse on Python 3.9
+        ast.parse(path.read_text(), feature_version=(3, 9))
+    body = ast.parse(MAIN_SCRIPT.read_text()).body
+    check = next(n for n, node in enumerate(body) if isinstance(node, ast.Expr) and "require_supported" in ast.unparse(node))
+    later_lib = [n for n, node in enumerate(body) if isinstance(node, ast.ImportFrom) and node.module == "LungDDPMSlicerLib"
+                 and [a.name for a in node.names] != ["compat"]]
+    assert later_lib and check < min(later_lib)
+
+
+def test_attribute_combos_cover_the_panel_attributes_and_no_step_but_synthesis_needs_torch():
+    """One combo per panel attribute; Create lung segment and Add nodule start no PyTorch install, Synthesize does."""
+    from LungDDPMSlicerLib import nodule_attributes
+
+    text = MAIN_SCRIPT.read_text()
+    methods = {n.name: n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)}
+    pairs = re.findall(r'"(\w+)": self\.ui\.(\w+)AttributeCombo', ast.get_source_segment(text, methods["attributeCombos"]))
+    assert [field for field, _ in pairs] == list(nodule_attributes.PANEL_ATTRIBUTES)
+    assert all(field == widget for field, widget in pairs)
+    for name in ("onCreateLung", "onAddNodule"):
+        assert "Torch" not in ast.unparse(methods[name]) and "Dependencies" not in ast.unparse(methods[name])
+    assert "startTorchInstall" in ast.unparse(methods["onApplyButton"])
+
+
+def test_make_setup_installs_the_qt_binding_of_the_ui_check():
+    """The .ui check skips without PyQt5; `make setup` (what CI runs) installs it, so in CI it always runs."""
+    assert re.search(r"pip install [^\n]*PyQt5==", (REPO / "Makefile").read_text())
+    assert "PyQt5.QtWidgets" in (REPO / "Testing" / "slicer" / "test_slicer_ui.py").read_text()
+
+
+def test_choice_combos_show_a_label_for_every_choice_in_the_choice_order():
+    """Each choice combo's Choice list is panel.CHOICES (the order its labels follow), and every choice has a label."""
+    from LungDDPMSlicerLib import panel
+
+    fields = parameter_fields()
+    for field, choices in panel.CHOICES.items():
+        assert fields[field] == f"Annotated[str, Choice(list(panel.CHOICES['{field}']))]" or \
+            fields[field] == "Annotated[str, Choice(list(panel.AAS_VARIANTS))]", (field, fields[field])
+        assert set(panel.CHOICE_LABELS[field]) == set(choices)
+        assert len(set(panel.CHOICE_LABELS[field].values())) == len(choices)  # labels tell the choices apart
+    assert panel.CHOICES["aasVariant"] == panel.AAS_VARIANTS
+    assert panel.CHOICE_LABELS["sampler"]["dpmpp2m"] == "DPM-Solver++ (2M)" and panel.CHOICE_LABELS["precision"]["bf16"] == "bfloat16"
+
+
+def test_nodule_segments_are_chosen_with_a_multi_selection_segment_selector():
+    """Nodules are chosen like lung segments (a segment selector with multi-selection), not a self-clearing list."""
+    widget = ui_widgets()["noduleSegmentSelector"]
+    props = {p.get("name"): p.find("bool").text for p in widget.findall("property") if p.find("bool") is not None}
+    assert widget.get("class") == "qMRMLSegmentSelectorWidget" and props["multiSelection"] == "true"
+    assert "QListWidget" not in {w.get("class") for w in ui_widgets().values()}
+    assert "segmentSelectionChanged.connect(self.onNoduleSegmentsChanged)" in MAIN_SCRIPT.read_text()

@@ -43,8 +43,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_synthesize(args: argparse.Namespace) -> int:
-    """Synthesise a CT from a reference CT and a layout (or lung + nodule masks) and write it with its labels."""
+def _cmd_synthesize(args: argparse.Namespace, models=None) -> int:
+    """Synthesise a CT from a reference CT and a layout (or lung + nodule masks) and write it with its labels.
+
+    models: a synthesis.model_cache.ModelCache that keeps loaded models between calls (`lungddpm worker`).
+    """
     if args.nodule_mask and not args.lung_mask:
         raise ConfigError("--nodule-mask goes with --lung-mask; with --layout, nodules are label 2 of the layout")
     from lungddpm.io.outputs import check_output_file
@@ -66,6 +69,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     attributes, source = _nodule_request(args)
     if source and attributes is None:  # a sidecar next to the layout: used when the model takes attributes
         model, attributes, source = _with_layout_sidecar(model, source)
+    if models is not None and isinstance(model, Path):
+        model = models.get(model, args.device)
     result = synthesize(reference, layout, model, seed=args.seed, sampler=args.sampler, steps=args.steps,
                         device=args.device, progress=Progress(args.progress), variant=args.variant,
                         precision=args.precision, patch_spacing_mm=args.patch_spacing, attributes=attributes,
@@ -530,7 +535,42 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=SEED, default=0, help=f"{SEED_HELP} of the patient split")
     pr.add_argument("--progress", default="none", choices=["json", "none"])
     pr.set_defaults(func=_cmd_prepare)
+
+    wk = sub.add_parser("worker", help="serve synthesize jobs from stdin (JSON argument lists), keeping models loaded")
+    wk.set_defaults(func=_cmd_worker)
     return parser
+
+
+WORKER_FINISHED = "finished"  # the event `lungddpm worker` prints after each job, with its exit status
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """Run synthesize jobs read from stdin (one JSON list of its arguments per line), keeping models loaded.
+
+    After each job one line {"event": "finished", "status": N} follows its usual output (N as `synthesize`
+    would exit). End of input ends the worker; killing it is the way to cancel a job.
+    """
+    from lungddpm.synthesis.model_cache import ModelCache
+
+    models, parser = ModelCache(), build_parser()
+    print(json.dumps({"event": "ready"}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            argv = json.loads(line)
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise ConfigError("a worker job is one JSON list of `synthesize` arguments per line")
+            status = _cmd_synthesize(parser.parse_args(["synthesize", *argv]), models)
+        except SystemExit as exit_:  # argparse's one-line error (already printed)
+            status = exit_.code if isinstance(exit_.code, int) else 2
+        except (LungDDPMError, json.JSONDecodeError) as exc:
+            status = user_error(exc if isinstance(exc, LungDDPMError) else ConfigError(f"worker job is not JSON: {exc}"))
+        except Exception as exc:  # a bug: reported, and the worker goes on with the next job
+            status = internal_error(exc)
+        sys.stderr.flush()
+        print(json.dumps({"event": WORKER_FINISHED, "status": status, "model_loads": models.loads}), flush=True)
+    return 0
 
 
 @exits_cleanly

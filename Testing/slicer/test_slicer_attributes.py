@@ -1,0 +1,82 @@
+"""Nodule attributes on the Slicer side: the model file's attributes read without torch, the engine's vocabulary,
+the prompt, the segment tags and the panel's rules, checked against the engine itself."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+
+import pytest
+from slicer_testing import REPO  # also puts LungDDPMSlicerLib on sys.path
+from LungDDPMSlicerLib import checkpoint_info, engine, models, nodule_attributes, panel
+
+ENGINE_DIR = REPO / "engine"
+MODELS = ENGINE_DIR / "lungddpm" / "models"
+
+
+def test_model_attributes_read_without_torch_agree_with_the_engine(tiny_checkpoint, tmp_path):
+    """demo-nodules takes texture, margin, spiculation (w = 3); demo and released checkpoints take none."""
+    from lungddpm.model import checkpoints
+
+    assert checkpoint_info.PROJECT_FORMAT == checkpoints.PROJECT_FORMAT
+    for path in (MODELS / "demo-nodules.pt", MODELS / "demo-native-32.pt", tiny_checkpoint):
+        config = checkpoints.load_model(path).config
+        read = checkpoint_info.read_model_attributes(path)
+        assert read.attributes == tuple(config.attributes)
+        assert read.guidance_scale == (config.guidance_scale if config.attributes else None)
+    assert checkpoint_info.read_model_attributes(MODELS / "demo-nodules.pt") == \
+        checkpoint_info.ModelAttributes(("texture", "margin", "spiculation"), 3.0)
+    not_a_model = tmp_path / "notes.pt"
+    not_a_model.write_text("not a zip")
+    with pytest.raises(checkpoint_info.CheckpointReadError, match="notes.pt"):
+        checkpoint_info.read_model_attributes(not_a_model)
+    hostile = tmp_path / "hostile.pt"  # a pickle that would run code: refused, not executed
+    with zipfile.ZipFile(hostile, "w") as archive:
+        archive.writestr("hostile/data.pkl", pickle.dumps({"format": "x", "hook": print}, protocol=2))
+    with pytest.raises(checkpoint_info.CheckpointReadError, match=r"print is not expected"):
+        checkpoint_info.read_model_attributes(hostile)
+
+
+def test_panel_vocabulary_is_the_engines_and_the_prompt_uses_its_parser():
+    """Each panel attribute is an engine characteristic, with 'unknown' and the engine's value names; prompt errors are the engine's."""
+    from lungddpm.errors import InputError
+    from lungddpm.layout import attributes
+
+    schema = nodule_attributes.schema(ENGINE_DIR)
+    assert schema is attributes
+    assert set(nodule_attributes.PANEL_ATTRIBUTES) <= set(attributes.BY_FIELD)
+    texture = nodule_attributes.choices(schema, "texture")
+    assert texture[0] == nodule_attributes.Choice("unknown", None)
+    assert [c.label for c in texture[1:]] == [f"{n} {v}" for n, v in enumerate(attributes.BY_FIELD["texture"].values, 1)]
+    assert nodule_attributes.parse_prompt(schema, "12 mm part-solid spiculated nodule") == {"texture": 3, "spiculation": 5}
+    with pytest.raises(InputError, match="'blue' is not in the nodule vocabulary"):
+        nodule_attributes.parse_prompt(schema, "blue nodule")
+    assert nodule_attributes.attribute_tags({"texture": 3, "margin": None, "spiculation": 4.5}) == \
+        {"LungDDPM.attribute.texture": "3", "LungDDPM.attribute.spiculation": "4.5"}
+
+
+def test_attribute_controls_follow_the_model():
+    """Enabled only for the characteristics the model takes; otherwise the panel says why."""
+    demo_nodules = checkpoint_info.ModelAttributes(("texture", "margin", "spiculation"), 3.0)
+    states = panel.attribute_states(demo_nodules, nodule_attributes.PANEL_ATTRIBUTES, "demo-nodules")
+    assert states.enabled == {"texture": True, "margin": True, "spiculation": True, "lobulation": False,
+                              "calcification": False, "sphericity": False, "malignancy": False}
+    assert states.guidance_enabled and states.guidance_default == 3.0 and "lobulation" in states.message
+    none = panel.attribute_states(checkpoint_info.ModelAttributes((), None), nodule_attributes.PANEL_ATTRIBUTES, "demo")
+    assert not any(none.enabled.values()) and not none.guidance_enabled and "demo takes no nodule attributes" in none.message
+    unknown = panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, "Lung-DDPM+", "the file is not here yet")
+    assert not any(unknown.enabled.values()) and "the file is not here yet" in unknown.message
+
+
+def test_persisted_settings_round_trip_and_stale_values_are_dropped():
+    """Model, device, sampler, steps and precision come back typed; values no longer offered keep the default."""
+    values = {"modelName": "demo-nodules", "device": "cpu", "sampler": "ddim", "steps": 7, "precision": "bf16",
+              "seed": 4}
+    stored = panel.stored_settings(values)
+    assert stored == {"modelName": "demo-nodules", "device": "cpu", "sampler": "ddim", "steps": "7", "precision": "bf16"}
+    offered = {"modelName": ["demo-native-32", "demo-nodules"], "device": engine.DEVICES, "sampler": engine.SAMPLERS,
+               "precision": panel.offered_precisions(False)}
+    assert panel.restored_settings(stored, offered) == {k: v for k, v in values.items() if k != "seed"}
+    stale = {"modelName": "withdrawn", "device": "tpu", "sampler": None, "steps": "0", "precision": "fp16"}
+    assert panel.restored_settings(stale, offered) == {}
+    assert set(offered["modelName"]) <= {e.name for e in models.load_model_list(REPO / "Resources" / "models.json")}
