@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .checkpoint_info import ModelAttributes
 from .engine import DEVICES, PRECISIONS, SAMPLERS
-from .estimates import PATCH_PROFILE
+from .estimates import PATCH_PROFILES
 from .models import ModelEntry
 
 PERSISTED = ("modelName", "device", "sampler", "steps", "precision")  # kept across scenes and sessions (QSettings)
@@ -100,7 +100,7 @@ def widget_states(sampler: str, entry: ModelEntry | None) -> WidgetStates:
     solver = sampler != "ddpm"
     return WidgetStates(steps_enabled=solver, max_steps=entry.timesteps if entry is not None else UNKNOWN_MAX_STEPS,
                         aas_variant_enabled=not solver,
-                        patch_spacing_enabled=entry is None or entry.profile == PATCH_PROFILE)
+                        patch_spacing_enabled=entry is None or entry.profile in PATCH_PROFILES)
 
 
 def offered_precisions(cuda_gpu: bool) -> tuple[str, ...]:
