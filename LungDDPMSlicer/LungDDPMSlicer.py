@@ -591,7 +591,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return entry.unsupported_reason
         if entry is None and chosenPath(p.localModelPath) is None:
             return _("Choose a checkpoint file.")
-        if entry is not None and entry.profile == estimates.PATCH_PROFILE and not p.noduleSegmentIds:
+        if entry is not None and entry.profile in estimates.PATCH_PROFILES and not p.noduleSegmentIds:
             return _("{model} synthesises nodules only: tick a nodule segment or add one.").format(model=entry.title)
         return panel.precision_problem(p.precision, p.device, self.logic.cudaGpuDetected())
 
