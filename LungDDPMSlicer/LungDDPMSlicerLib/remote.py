@@ -50,6 +50,13 @@ def check_url(url: str) -> str:
     return url.strip()
 
 
+def connect(url: str, token: str, timeout_s: float = 30.0) -> Server:
+    """A Server from the panel's URL and token; ValueError naming what is missing or malformed."""
+    if not token.strip():
+        raise ValueError("the server needs its token: paste the content of the server's --token-file")
+    return Server(check_url(url), token.strip(), timeout_s)
+
+
 def _request(server: Server, method: str, path: str, *, body: bytes | None = None,
              headers: Mapping[str, str] | None = None, token: bool = True):
     """urlopen one request; RemoteError with the server's message for HTTP errors and unreachable servers."""

@@ -41,7 +41,10 @@ def test_connection_models_and_the_servers_refusals(server):
     with pytest.raises(remote.RemoteError, match="cannot be reached"):
         remote.health(remote.Server("http://127.0.0.1:9", "x" * 20, timeout_s=5))
     with pytest.raises(ValueError, match="must look like http://127.0.0.1:8890"):
-        remote.check_url("ftp://host/")
+        remote.connect("ftp://host/", server.token)
+    with pytest.raises(ValueError, match="needs its token"):
+        remote.connect(server.url, "  ")
+    assert remote.connect(f" {server.url} ", f"{server.token}\n") == remote.Server(server.url, server.token)
 
 
 def test_a_server_run_is_imported_exactly_as_a_local_run(mrml_context, scene_case, server, tmp_path):  # noqa: F811

@@ -39,6 +39,13 @@ EXPECTED_WIDGETS = {
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
     "logText": "QPlainTextEdit",
+    # Run on: this computer | server (issue 17)
+    "runOnCombo": "QComboBox",
+    "serverUrlLineEdit": "QLineEdit",
+    "serverTokenLineEdit": "QLineEdit",
+    "testConnectionButton": "QPushButton",
+    "serverStatusLabel": "QLabel",
+    "serverModelCombo": "QComboBox",
 }
 HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath"}  # no parameterNodeWrapper connector
 MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget"}

@@ -371,13 +371,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import functools
     import logging
 
+    from lungddpm.server.auth import read_token
+
+    token = read_token(args.token_file)  # before torch is imported: a missing token is said at once
     from lungddpm.runtime.device import resolve_device
     from lungddpm.server.app import ServerConfig, run_server
-    from lungddpm.server.auth import read_token
     from lungddpm.server.catalog import build_catalog
 
     _set_threads(args.threads)
-    token = read_token(args.token_file)
     catalog = build_catalog(args.models)
     device = str(resolve_device(args.device))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
