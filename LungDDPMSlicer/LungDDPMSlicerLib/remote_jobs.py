@@ -82,7 +82,10 @@ class RemoteSynthesisJob(SynthesisJob):
         seed = self.request.seeds[self._variant]
         image = remote.download(self.server, self.job_id, "image", self.work_dir / f"synthetic-seed{seed}.nrrd")
         labels = remote.download(self.server, self.job_id, "labels", self.work_dir / f"synthetic-seed{seed}_labels.nrrd")
-        remote.cancel(self.server, self.job_id)  # a finished job's DELETE removes its files from the server
+        try:  # a finished job's DELETE removes its files from the server (else they go after its keep time)
+            remote.cancel(self.server, self.job_id)
+        except remote.RemoteError as error:
+            self.log(f"The server kept job {self.job_id}'s files: {error}")
         self._done = engine.Done(image, labels)
         self.state = JobState.IMPORTING
 

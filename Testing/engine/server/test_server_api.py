@@ -17,7 +17,7 @@ from lungddpm.demo.demo import DEMO_MODEL
 from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.io.volume import write_volume
 from lungddpm.model.checkpoints import file_sha256
-from lungddpm.server.store import RESTARTED
+from lungddpm.server.store import RESTARTED, STOPPED
 from lungddpm.synthesis.synthesize import synthesize
 from serving import call, multipart, start_server, submit, wait_for
 
@@ -112,12 +112,14 @@ def test_bad_uploads_are_refused_with_the_cli_message_and_leave_nothing(server, 
         "option": (reference, layout, {"model": "demo", "output": "/tmp/x.nrrd"}, 422, "'output': not job options"),
         "attributes": (reference, layout, {"model": "demo", "nodule": "texture=solid"}, 422, "takes no nodule attributes"),
         "not an image": (b"hello", layout, FAST, 415, "not an NRRD, NIfTI or MHA image"),
+        "truncated": (reference[: len(reference) // 2], layout, FAST, 422,
+                      "reference.nrrd: the compressed voxel data end early (the file is truncated)"),
         "detached": (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\ndata file: /etc/passwd\n\n", layout, FAST,
                      422, "points at another file"),
     }
     for name, (ref, lay, options, code, words) in cases.items():
         status, answer = submit(server, ref, lay, options)
-        assert status == code and words in answer["error"], name
+        assert status == code and words in answer["error"] and str(server.work_dir) not in answer["error"], name
     body, kind = multipart({"reference": reference, "layout": layout, "options": "{not json"})
     status, _, data = call(server, "POST", "/v1/jobs", body=body, content_type=kind)
     assert status == 422 and "options field is not JSON" in _json(data)["error"]
@@ -218,8 +220,13 @@ def test_a_server_killed_mid_job_restarts_with_the_job_failed_and_no_partial_fil
         assert record["state"] == "failed" and record["error"] == RESTARTED
         assert [p.name for p in (first.work_dir / "jobs" / job).iterdir()] == ["job.json"]
         assert call(second, "GET", f"/v1/jobs/{job}/image")[0] == 409
+        running = submit(second, reference, layout, SLOW)[1]["id"]
+        wait_for(second, running, states=("running",), min_step=1)
     finally:
-        second.stop()
+        second.stop()  # SIGTERM: a clean stop ends the running job as failed, with a message
+    record = json.loads((first.work_dir / "jobs" / running / "job.json").read_text())
+    assert (record["state"], record["error"]) == ("failed", STOPPED) and second.process.returncode is not None
+    assert [p.name for p in (first.work_dir / "jobs" / running).iterdir()] == ["job.json"]
 
 
 def _chunked(body: bytes, size: int = 65536) -> bytes:

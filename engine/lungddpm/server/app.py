@@ -119,7 +119,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             return _error(error.status, str(error))
         except LungDDPMError as error:
             shutil.rmtree(folder, ignore_errors=True)
-            return _error(422, " ".join(str(error).split()))
+            return _error(422, store.for_client(str(error), job_id))
         except QueueFull:
             store.remove(job_id)
             return _queue_full(config.max_queue)

@@ -10,6 +10,7 @@ deleted once they are older than the keep time.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ FINAL = ("done", "failed", "cancelled")
 RECORD = "job.json"
 IMAGE, LABELS = "image.nrrd", "image_labels.nrrd"  # write_result's names for an output image.nrrd
 RESTARTED = "the server restarted before the job finished; submit it again"
+STOPPED = "the server stopped before the job finished; submit it again when it is back"
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -69,6 +71,10 @@ class JobStore:
     def folder(self, job_id: str) -> Path:
         """The folder of a job id."""
         return self.root / job_id
+
+    def for_client(self, message: str, job_id: str) -> str:
+        """An error message on one line, a job's files named without the server's folders ('reference.nrrd: ...')."""
+        return " ".join(message.replace(f"{self.folder(job_id)}{os.sep}", "").split())
 
     def get(self, job_id: str) -> Job | None:
         """The job with that id, or None (ids that are not ours included)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from lungddpm.errors import LungDDPMError
 from lungddpm.server.checks import JobRequest
-from lungddpm.server.store import IMAGE, Job, JobStore
+from lungddpm.server.store import IMAGE, STOPPED, Job, JobStore
 from lungddpm.synthesis.synthesize import synthesize, write_result
 
 log = logging.getLogger("lungddpm.server")
@@ -68,7 +68,7 @@ class Worker:
                 self.cancelled.add(job.id)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancel the running job and end the thread."""
+        """End the running job (failed: the server stopped) and the thread; waiting jobs fail at the next start."""
         with self.condition:
             self.stopping = True
             if self.running:
@@ -119,10 +119,13 @@ class Worker:
                                 **request.kwargs)
             write_result(result, folder / IMAGE)
         except JobCancelled:
-            self.store.finish(job, "cancelled")
-            log.info("job %s cancelled at step %d of %d", job.id, job.step, job.total)
+            if self.stopping:
+                self.store.finish(job, "failed", STOPPED)
+            else:
+                self.store.finish(job, "cancelled")
+            log.info("job %s stopped at step %d of %d", job.id, job.step, job.total)
         except LungDDPMError as error:
-            self.store.finish(job, "failed", " ".join(str(error).split()))
+            self.store.finish(job, "failed", self.store.for_client(str(error), job.id))
             log.info("job %s failed: %s", job.id, job.error)
         except Exception as error:  # a bug: the job fails, the server keeps serving
             log.exception("job %s failed with an internal error", job.id)
