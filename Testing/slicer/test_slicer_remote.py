@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -21,6 +22,12 @@ def server(tmp_path_factory):
     running = start_server(tmp_path_factory.mktemp("server"))
     yield running
     running.stop()
+
+
+def _unfinished(server) -> list[str]:
+    """The server's jobs that are queued or running, read from its job records."""
+    records = (json.loads(p.read_text()) for p in (server.work_dir / "jobs").glob("*/job.json"))
+    return [r["id"] for r in records if r["state"] in ("queued", "running")]
 
 
 def _remote(server, token=None):
@@ -103,6 +110,17 @@ def test_cancel_stops_the_servers_job_and_a_refusal_fails_with_its_message(mrml_
         time.sleep(0.1)
     assert remote.status(_remote(server), job.job_id)["state"] == "cancelled"
     assert_unchanged(mrml_context, scene_case, before)
+
+    early = remote_jobs.RemoteSynthesisJob(mrml_context, request, server=_remote(server), model="demo",
+                                           work_dir=tmp_path / "early", log=lambda line: None)
+    early.start()  # cancelled while its upload is under way: no job of it is left running on the server
+    early.cancel()
+    early._call.thread.join(60)
+    assert early.state is jobs.JobState.CANCELLED and not (tmp_path / "early").exists()
+    deadline = time.monotonic() + 30
+    while _unfinished(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _unfinished(server) == []
 
     refused = remote_jobs.RemoteSynthesisJob(mrml_context, request, server=_remote(server), model="released-128",
                                              work_dir=tmp_path / "refused", log=lambda line: None)
