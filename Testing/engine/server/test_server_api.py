@@ -13,9 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 from lungddpm.cli import build_parser
-from lungddpm.demo.demo import DEMO_MODEL
+from lungddpm.demo.demo import DEMO_MODEL, DEMO_NODULES_MODEL
 from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.io.volume import write_volume
+from lungddpm.layout.attributes import parse_prompt
 from lungddpm.model.checkpoints import file_sha256
 from lungddpm.server.store import RESTARTED, STOPPED
 from lungddpm.synthesis.synthesize import synthesize
@@ -87,6 +88,20 @@ def test_a_job_equals_a_local_synthesize_voxel_for_voxel(server, case, tmp_path,
     status, _, data = call(server, "DELETE", f"/v1/jobs/{job}")  # a finished job's files go when asked
     assert status == 200 and not (server.work_dir / "jobs" / job).exists()
     assert call(server, "GET", f"/v1/jobs/{job}")[0] == 404
+
+
+def test_an_attribute_job_takes_the_prompt_and_guidance_of_the_cli(server, case, tmp_path, one_thread):
+    reference, layout, ph = case
+    options = {"model": "demo-nodules", "seed": 3, "sampler": "ddim", "steps": 2, "prompt": "solid spiculated nodule",
+               "guidance": 2.0}
+    status, answer = submit(server, reference, layout, options)
+    assert status == 202 and wait_for(server, answer["id"])["state"] == "done"
+    (tmp_path / "image.nrrd").write_bytes(call(server, "GET", f"/v1/jobs/{answer['id']}/image")[2])
+    local = synthesize(ph.ct, ph.layout, DEMO_NODULES_MODEL, seed=3, sampler="ddim", steps=2, device="cpu",
+                       attributes=parse_prompt("solid spiculated nodule"), guidance=2.0)
+    image = sitk.ReadImage(str(tmp_path / "image.nrrd"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), local.image.array)
+    assert image.GetMetaData("nodule_attributes") == local.metadata["nodule_attributes"]
 
 
 def _cli_message(argv: list[str], capsys) -> str:
