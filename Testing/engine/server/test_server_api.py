@@ -37,7 +37,7 @@ def case(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    running = start_server(tmp_path_factory.mktemp("server"), "--max-queue", "1", "--max-upload-mb", "1")
+    running = start_server(tmp_path_factory.mktemp("server"), "--max-queue", "2", "--max-upload-mb", "1")
     yield running
     running.stop()
     log = running.log_text()
@@ -157,46 +157,45 @@ def test_bad_uploads_are_refused_with_the_cli_message_and_leave_nothing(server, 
     assert set((server.work_dir / "jobs").iterdir()) == before  # nothing of a refused upload is kept
 
 
-def test_cancel_mid_run_a_full_queue_and_two_clients(server, case):
+def test_two_clients_queue_behind_a_running_job_a_full_queue_and_cancel_mid_run(server, case):
     reference, layout, _ = case
-    status, answer = submit(server, reference, layout, SLOW)
-    slow = answer["id"]
+    slow = submit(server, reference, layout, SLOW)[1]["id"]
     wait_for(server, slow, states=("running",), min_step=1)
-    status, answer = submit(server, reference, layout, FAST)  # queued behind the slow job
-    assert status == 202
-    queued = answer["id"]
+    submitted, seen, polled = {}, {}, {"a": threading.Event(), "b": threading.Event()}
+
+    def client(name: str, seed: int) -> None:  # two clients at once, each on its own connections
+        status, answer = submit(server, reference, layout, {**FAST, "seed": seed})
+        submitted[name] = (status, answer.get("id"))
+        states = []
+        while status == 202:
+            record = _json(call(server, "GET", f"/v1/jobs/{answer['id']}")[2])
+            states.append(record["state"])
+            polled[name].set()
+            if record["state"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        seen[name] = states
+
+    threads = [threading.Thread(target=client, args=(name, seed)) for name, seed in (("a", 4), ("b", 5))]
+    for t in threads:
+        t.start()
+    assert all(event.wait(60) for event in polled.values())  # each client has seen its job once
+    assert sorted(status for status, _ in submitted.values()) == [202, 202]
+    for _, job in submitted.values():  # both wait: the device runs the slow job
+        assert wait_for(server, job, states=("queued",))["state"] == "queued"
     status, headers, data = call(server, "POST", "/v1/jobs", body=multipart({"options": "{}"})[0],
                                  content_type="multipart/form-data; boundary=x")
-    assert status == 503 and headers["retry-after"] == "30" and "queue is full (1 jobs waiting)" in _json(data)["error"]
-    assert wait_for(server, queued, states=("queued",))["state"] == "queued"
+    assert status == 503 and headers["retry-after"] == "30" and "queue is full (2 jobs waiting)" in _json(data)["error"]
     status, _, data = call(server, "DELETE", f"/v1/jobs/{slow}")
     at_cancel = _json(data)["step"]
     record = wait_for(server, slow, timeout_s=30)
     assert record["state"] == "cancelled" and at_cancel <= record["step"] <= at_cancel + 1  # within one network pass
     assert call(server, "GET", f"/v1/jobs/{slow}/image")[0] == 409
     assert sorted(p.name for p in (server.work_dir / "jobs" / slow).iterdir()) == ["job.json"]
-    assert wait_for(server, queued)["state"] == "done"  # the queue moves on
-
-    results, seen = {}, {}
-
-    def client(name: str, options: dict) -> None:  # two clients at once, each on its own connection
-        status, answer = submit(server, reference, layout, options)
-        states = set()
-        while True:
-            record = _json(call(server, "GET", f"/v1/jobs/{answer['id']}")[2])
-            states.add(record["state"])
-            if record["state"] in ("done", "failed", "cancelled"):
-                break
-            time.sleep(0.05)
-        results[name], seen[name] = (status, record["state"]), states
-
-    threads = [threading.Thread(target=client, args=(n, {**FAST, "seed": s})) for n, s in (("a", 4), ("b", 5))]
-    for t in threads:
-        t.start()
     for t in threads:
         t.join(120)
-    assert results == {"a": (202, "done"), "b": (202, "done")}
-    assert any("queued" in s for s in seen.values())  # one waited for the other
+    assert {name: states[-1] for name, states in seen.items()} == {"a": "done", "b": "done"}  # the queue moved on
+    assert all(states[0] == "queued" for states in seen.values())  # each client first saw its job wait
 
 
 def test_a_client_that_goes_away_mid_upload_or_mid_job(server, case):
