@@ -39,7 +39,8 @@ from LungDDPMSlicerLib import compat
 
 compat.require_supported(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))  # before newer syntax runs
 from LungDDPMSlicerLib import (checkpoint_info, compare, engine, estimates, geometry, install, jobs, models,  # noqa: E402
-                               mrml, nodule_attributes, panel, preview, sample, worker)
+                               mrml, nodule_attributes, panel, preview, remote, remote_jobs, sample,
+                               worker)
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.1"
@@ -48,6 +49,8 @@ CACHE_SETTING = "LungDDPM/ModelCacheDirectory"
 SELFTEST_INFERENCE_ENV = "LUNGDDPM_SELFTEST_INFERENCE"
 SETTINGS_PREFIX = "LungDDPM/"  # QSettings keys of the panel's persisted choices (panel.PERSISTED)
 DOCUMENTATION_URL = "https://github.com/LungDDPMSlicer/LungDDPMSlicer#use-in-3d-slicer"
+SERVER_SETTINGS = {"runOn": "LungDDPM/RunOn", "url": "LungDDPM/ServerURL", "token": "LungDDPM/ServerToken"}
+RUN_ON_SERVER = "server"  # the runOnCombo entry of a `lungddpm serve` server
 
 
 class UserInputError(ValueError):
@@ -57,7 +60,7 @@ class UserInputError(ValueError):
 # Errors whose message tells the user what to do; anything else is shown with its traceback as details.
 USER_ERRORS = (UserInputError, jobs.EngineError, models.ModelUnavailableError, models.ChecksumError,
                models.ModelListError, mrml.ExportError, geometry.GeometryError, engine.EngineNotFoundError,
-               nodule_attributes.NoduleAttributeError, checkpoint_info.CheckpointReadError)
+               nodule_attributes.NoduleAttributeError, checkpoint_info.CheckpointReadError, remote.RemoteError)
 
 
 def resourcePath(relative: str) -> Path:
@@ -230,6 +233,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addNoduleButton.clicked.connect(self.onAddNodule)
         self.ui.clearCacheButton.clicked.connect(self.onClearCache)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.setupServerPanel()
 
         self.initializeParameterNode()
 
@@ -586,6 +590,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return _("Choose a reference CT.")
         if p.segmentation is None or not p.lungSegmentIds:
             return _("Choose a segmentation and its lung segment(s).")
+        if self.runsOnServer():
+            return self.serverProblem()
         entry = self.logic.modelEntry(p.modelName)
         if entry is not None and not entry.supported:
             return entry.unsupported_reason
@@ -713,14 +719,19 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setUiState("idle")
             self.ui.statusLabel.text = _("Cancelled; the scene is as it was before this variant.")
             return
+        if self.savedView is None:  # the user's own views, before results replace what they show
+            self.savedView = compare.save_view(slicer.mrmlScene)
+        if self.runsOnServer():  # the server has its own torch: nothing to install here
+            self.setUiState("starting")
+            self.ui.logText.clear()
+            self.startServerJob()
+            return
         if not self.logic.torchSatisfied():
             self.startTorchInstall()
             return
         self.setUiState("starting")
         self.ui.logText.clear()
         p = self._parameterNode
-        if self.savedView is None:  # the user's own views, before results replace what they show
-            self.savedView = compare.save_view(slicer.mrmlScene)
         model = p.modelName if p.modelName != OTHER_CHECKPOINT else chosenPath(p.localModelPath)
         o = panel.sampling_options(p.sampler, p.steps, p.aasVariant, p.precision, p.patchSpacingMm)
         job = self.runWithErrorDisplay(_("Synthesis could not start."), lambda: self.logic.startSynthesis(
@@ -729,6 +740,10 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             aasVariant=o.aas_variant, precision=o.precision, patchSpacingMm=o.patch_spacing_mm,
             localModelFile=chosenPath(p.localModelPath), keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog,
             guidance=p.guidance, downloadProgress=self.showDownload))
+        self.followJob(job)
+
+    def followJob(self, job: jobs.SynthesisJob | None) -> None:
+        """Show a started job (local or on a server) and poll it until it ends; None: it could not start."""
         if job is None:
             self.setUiState("failed")
             return
@@ -743,6 +758,87 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Downloading the model: {got:.0f} of {total} MB").format(
             got=received / 1e6, total=f"{total / 1e6:.0f}" if total else "?")
         slicer.app.processEvents()
+
+    # -- Run on: this computer | server (a `lungddpm serve` machine) ---------------------------------------
+
+    def setupServerPanel(self) -> None:
+        """Fill the Run-on group from Slicer's settings and connect it; the token is shown masked."""
+        settings = qt.QSettings()
+        self.ui.runOnCombo.currentText = settings.value(SERVER_SETTINGS["runOn"], self.ui.runOnCombo.itemText(0))
+        self.ui.serverUrlLineEdit.text = settings.value(SERVER_SETTINGS["url"], "")
+        self.ui.serverTokenLineEdit.text = settings.value(SERVER_SETTINGS["token"], "")
+        self.ui.runOnCombo.currentIndexChanged.connect(self.onServerSettingsChanged)
+        self.ui.serverUrlLineEdit.editingFinished.connect(self.onServerSettingsChanged)
+        self.ui.serverTokenLineEdit.editingFinished.connect(self.onServerSettingsChanged)
+        self.ui.serverModelCombo.currentIndexChanged.connect(lambda index: self.updateButtons())
+        self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
+        self.showServerWidgets()
+
+    def runsOnServer(self) -> bool:
+        """Whether Synthesize sends the job to the server."""
+        return self.ui.runOnCombo.currentText == RUN_ON_SERVER
+
+    def showServerWidgets(self) -> None:
+        """Enable the server's fields only when running there."""
+        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit, self.ui.testConnectionButton,
+                       self.ui.serverModelCombo):
+            widget.enabled = self.runsOnServer()
+
+    def onServerSettingsChanged(self, *args) -> None:
+        """Keep the choice, URL and token in Slicer's settings; a new address needs a new connection test."""
+        settings = qt.QSettings()
+        settings.setValue(SERVER_SETTINGS["runOn"], self.ui.runOnCombo.currentText)
+        settings.setValue(SERVER_SETTINGS["url"], self.ui.serverUrlLineEdit.text.strip())
+        settings.setValue(SERVER_SETTINGS["token"], self.ui.serverTokenLineEdit.text.strip())
+        self.showServerWidgets()
+        self.updateButtons()
+
+    def server(self) -> remote.Server:
+        """The server of the panel's URL and token; UserInputError naming what to fix."""
+        try:
+            return remote.connect(self.ui.serverUrlLineEdit.text, self.ui.serverTokenLineEdit.text)
+        except ValueError as error:
+            raise UserInputError(str(error)) from None
+
+    def serverProblem(self) -> str:
+        """Why a server job cannot start yet (empty when it can)."""
+        try:
+            self.server()
+        except UserInputError as error:
+            return str(error)
+        if not self.ui.serverModelCombo.currentText:
+            return _("Press Test connection to list the server's models, then choose one.")
+        return ""
+
+    def onTestConnection(self) -> None:
+        """Ask the server who it is and fill the server-model list from its answer."""
+        self.onServerSettingsChanged()
+
+        def ask():
+            server = self.server()
+            return remote.test_connection(server), remote.list_models(server)
+
+        answer = self.runWithErrorDisplay(_("The server did not answer."), ask)
+        self.ui.serverModelCombo.clear()
+        if answer is None:
+            self.ui.serverStatusLabel.text = _("Not connected.")
+        else:
+            line, offered = answer
+            self.ui.serverStatusLabel.text = line
+            for entry in offered:
+                self.ui.serverModelCombo.addItem(entry["name"])
+        self.updateButtons()
+
+    def startServerJob(self) -> None:
+        """Start the synthesis on the server with the panel's settings (the server chooses its device)."""
+        p = self._parameterNode
+        o = panel.sampling_options(p.sampler, p.steps, p.aasVariant, p.precision, p.patchSpacingMm)
+        self.followJob(self.runWithErrorDisplay(_("Synthesis could not start on the server."), lambda:
+            self.logic.startServerSynthesis(
+                p.referenceVolume, p.segmentation, list(p.lungSegmentIds), list(p.noduleSegmentIds), self.server(),
+                self.ui.serverModelCombo.currentText, seed=p.seed, variants=p.variants, sampler=o.sampler,
+                steps=o.steps, aasVariant=o.aas_variant, precision=o.precision, patchSpacingMm=o.patch_spacing_mm,
+                keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog)))
 
     def onPollJob(self) -> None:
         """Timer tick: let the install or the job read its output (and import finished variants)."""
@@ -1013,6 +1109,24 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         job = jobs.SynthesisJob(self.context(), request, engine_dir=self.engineDir(),
                                 work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
                                 keep_files=keepTemporaryFiles, worker=self.engineWorker())
+        job.start()
+        return job
+
+    def startServerSynthesis(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
+                             noduleSegmentIds: list[str], server: remote.Server, model: str, seed: int = 0,
+                             variants: int = 1, sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None,
+                             aasVariant: str = "paper", precision: str = "fp32", patchSpacingMm: float | None = None,
+                             keepTemporaryFiles: bool = False, log=None) -> remote_jobs.RemoteSynthesisJob:
+        """Start a synthesis on a `lungddpm serve` server (model: a name it lists); poll() the returned job.
+
+        The job has the local job's states, progress and cancel; its results are imported as a local run's.
+        """
+        request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegments, list(noduleSegmentIds),
+                                        Path(model), [seed + n for n in range(variants)], sampler=sampler, steps=steps,
+                                        aas_variant=aasVariant, precision=precision, patch_spacing_mm=patchSpacingMm)
+        job = remote_jobs.RemoteSynthesisJob(self.context(), request, server=server, model=model,
+                                             work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
+                                             keep_files=keepTemporaryFiles)
         job.start()
         return job
 

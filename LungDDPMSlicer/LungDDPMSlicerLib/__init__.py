@@ -13,9 +13,12 @@
 - checkpoint_info: the nodule attributes a model file takes, read without torch
 - nodule_attributes: the engine's attribute schema and prompt parser, segment tags, the sidecar for the engine
 - install: the PyTorch install as background processes (light-the-torch, as SlicerPyTorch does)
+- remote: a stdlib (urllib) client of `lungddpm serve`
+- remote_jobs: the synthesis job run on such a server, imported as a local run's
 - models: Resources/models.json, the model cache folder, downloads checked by SHA-256
 - estimates: time and memory to expect for a model, sampler and device, with warnings
 - panel: the sampling widgets' rules (enabled states, offered precisions) and the options sent to the engine
 """
 
-MODULES = ("compat", "geometry", "mrml", "process", "engine", "models", "estimates", "panel", "checkpoint_info", "nodule_attributes", "install", "worker", "jobs", "compare", "preview", "sample")  # reload order (dependencies first)
+MODULES = ("compat", "geometry", "mrml", "process", "engine", "models", "estimates", "panel", "checkpoint_info",
+           "nodule_attributes", "install", "worker", "jobs", "remote", "remote_jobs", "compare", "preview", "sample")  # reload order (dependencies first)

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "engine" / "lungddpm"
 # The stages in pipeline order; a module may import from its own stage and from earlier ones only.
 STAGES = ("errors", "io", "runtime", "layout", "model", "sampling", "synthesis", "training", "generation", "evaluation",
-          "demo", "cli_checks", "cli", "__init__", "__main__")
+          "demo", "cli_checks", "server", "cli", "__init__", "__main__")
 
 
 def _modules() -> dict[str, Path]:

@@ -54,6 +54,13 @@ EXPECTED_WIDGETS = {
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
     "logText": "QPlainTextEdit",
+    # Run on: this computer | server (issue 17)
+    "runOnCombo": "QComboBox",
+    "serverUrlLineEdit": "QLineEdit",
+    "serverTokenLineEdit": "QLineEdit",
+    "testConnectionButton": "QPushButton",
+    "serverStatusLabel": "QLabel",
+    "serverModelCombo": "QComboBox",
 }
 HAND_WIRED_PARAMETERS = {"lungSegmentIds", "noduleSegmentIds", "modelName", "localModelPath", "noduleAttributes"}  # no parameterNodeWrapper connector
 MRML_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qSlicerMarkupsPlaceWidget", "qMRMLSegmentEditorWidget"}

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from lungddpm import __version__
-from lungddpm.cli_checks import (COUNT, MILLIMETRES, POSITIVE, SEED, SEED_HELP, OneLineParser, OrderedPair, internal_error,
-                                 number, user_error)
+from lungddpm.cli_checks import (COUNT, MILLIMETRES, POSITIVE, SEED, SEED_HELP, CheckingParser, OneLineParser, OrderedPair,
+                                 internal_error, number, user_error, whole_number)
 from lungddpm.errors import ConfigError, InputError, LungDDPMError
 from lungddpm.generation.export import LABEL_SETS
 from lungddpm.layout.nodules import NODULE_KINDS, RANDOM_DIAMETERS_MM
@@ -347,6 +347,61 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+JOB_OPTIONS = ("model", "seed", "sampler", "steps", "precision", "variant", "patch_spacing", "nodule", "prompt", "guidance")
+
+
+def _job_request(options: dict, catalog: dict):
+    """A server job's JSON options, checked by the synthesize parser (its messages), as a JobRequest."""
+    from lungddpm.server.catalog import offered
+    from lungddpm.server.checks import JobRequest
+
+    unknown = sorted(set(options) - set(JOB_OPTIONS))
+    if unknown:
+        raise ConfigError(f"options {', '.join(map(repr, unknown))}: not job options; give only {', '.join(JOB_OPTIONS)}")
+    model = offered(catalog, options.get("model", DEMO_MODEL_NAME))
+    argv = ["synthesize", "--reference=-", "--layout=-", "--output=-.nrrd", f"--model={model.name}"]
+    argv += [f"--{key.replace('_', '-')}={options[key]}" for key in JOB_OPTIONS[1:] if options.get(key) is not None]
+    args = build_parser(CheckingParser).parse_args(argv)
+    args.layout = None  # no sidecar: a server job's attributes come with its options
+    attributes, _ = _nodule_request(args)
+    return JobRequest(model, {"seed": args.seed, "sampler": args.sampler, "steps": args.steps, "variant": args.variant,
+                              "precision": args.precision, "patch_spacing_mm": args.patch_spacing,
+                              "attributes": attributes, "guidance": args.guidance, "reference_name": "reference",
+                              "layout_name": "layout"})
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve synthesis jobs over HTTP until interrupted (see README: running the server on a GPU machine)."""
+    try:
+        import fastapi  # noqa: F401  (the server's extra)
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"lungddpm serve needs the server extra ({error.name} is missing): "
+                          'pip install "lungddpm[server]"') from None
+    import functools
+    import logging
+
+    from lungddpm.server.auth import read_token
+
+    token = read_token(args.token_file)  # before torch is imported: a missing token is said at once
+    from lungddpm.runtime.device import resolve_device
+    from lungddpm.server.app import ServerConfig, run_server
+    from lungddpm.server.catalog import build_catalog
+
+    _set_threads(args.threads)
+    catalog = build_catalog(args.models)
+    device = str(resolve_device(args.device))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"lungddpm: warning: serving on {args.host} without TLS: anyone who can reach it sees the images; "
+              "prefer the default 127.0.0.1 with an SSH tunnel, or a reverse proxy with TLS", file=sys.stderr)
+    config = ServerConfig(token=token, work_dir=Path(args.work_dir), catalog=catalog, device=device,
+                          max_queue=args.max_queue, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                          keep_s=args.keep_hours * 3600, parse_options=functools.partial(_job_request, catalog=catalog))
+    run_server(config, args.host, args.port)
+    return 0
+
+
 def _report(mode: str, record: dict) -> None:
     """Print a final record: JSON in json mode, else a readable line."""
     if mode == "json":
@@ -355,9 +410,9 @@ def _report(mode: str, record: dict) -> None:
         print("wrote " + ", ".join(f"{k} {v}" for k, v in record.items() if k != "event"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every sub-command."""
-    parser = OneLineParser(prog="lungddpm", description="Semantic-layout-guided chest CT synthesis (Lung-DDPM).")
+def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) -> argparse.ArgumentParser:
+    """The argument parser with every sub-command (parser_class: CheckingParser raises instead of exiting)."""
+    parser = parser_class(prog="lungddpm", description="Semantic-layout-guided chest CT synthesis (Lung-DDPM).")
     parser.add_argument("--version", action="version", version=f"lungddpm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -519,6 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in the backward pass")
     tr.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch per process")
     tr.set_defaults(func=_cmd_train)
+
+    sv = sub.add_parser("serve", help="serve synthesis jobs over HTTP (for Slicer on a machine without a GPU); needs "
+                                      'pip install "lungddpm[server]"')
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; reach it "
+                                                       "through an SSH tunnel or a TLS reverse proxy, see README)")
+    sv.add_argument("--port", type=whole_number(1, 65535), default=8890)
+    sv.add_argument("--token-file", required=True, help="file holding the bearer token clients must send")
+    sv.add_argument("--models", default=None, metavar="DIR", help="folder of .pt models offered by file name (the "
+                                                                 "bundled demo and demo-nodules are always offered)")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps: one job runs on it at a time")
+    sv.add_argument("--work-dir", default="lungddpm-server", help="folder of the jobs' uploads and results (created)")
+    sv.add_argument("--max-queue", type=POSITIVE, default=8, help="jobs that may wait; more are refused with 503")
+    sv.add_argument("--max-upload-mb", type=number(0.0, low_open=True), default=1024.0,
+                    help="largest request (reference + layout) in MB; larger ones are refused with 413")
+    sv.add_argument("--keep-hours", type=number(0.0, low_open=True), default=24.0,
+                    help="finished jobs and their results are deleted this long after they end")
+    sv.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch")
+    sv.set_defaults(func=_cmd_serve)
 
     pr = sub.add_parser("prepare", help="CT folders + nodule masks / LIDC XML / VOC boxes -> prepared training set")
     pr.add_argument("--input", nargs="+", required=True, help="case folders or folders of case folders")

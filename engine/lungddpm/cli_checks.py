@@ -33,6 +33,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{PREFIX}{message}; see `{self.prog} --help`\n")
 
 
+class OptionsError(LungDDPMError):
+    """Options refused as the command line refuses them (the server's job options are checked this way)."""
+
+
+class CheckingParser(OneLineParser):
+    """A OneLineParser that raises OptionsError with the command line's message instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the message the command line would print."""
+        raise OptionsError(f"{message}; see `{self.prog} --help`")
+
+
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an int in [minimum, maximum] (no maximum: unbounded), else the range in the message."""
     wanted = f"a whole number from {minimum} to {maximum}" if maximum is not None else f"a whole number >= {minimum}"

@@ -93,9 +93,9 @@ def synthesize(
     validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
     dev = resolve_device(device)
     net = _as_model(model, dev)
-    check_request(net.config, _model_name(net), attributes, guidance)
-    n_steps = network_passes(sampler, steps, net.config.timesteps, variant)
-    profile = profile_for(net.config, blend_margin_mm=margin_mm, patch_spacing_mm=patch_spacing_mm)
+    n_steps, profile = check_settings(net.config, _model_name(net), sampler=sampler, steps=steps, variant=variant,
+                                      attributes=attributes, guidance=guidance, margin_mm=margin_mm,
+                                      patch_spacing_mm=patch_spacing_mm)
     by_component = nodule_attributes(lay, attributes)
     start = time.perf_counter()
     case = profile.encode_case(ref, lay, net.config)
@@ -116,6 +116,16 @@ def synthesize(
     metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}",
                      "precision": precision, **extra, **extra_meta})
     return SynthesisResult(image, labels, metadata)
+
+
+def check_settings(config: ModelConfig, model_name: str, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
+                   variant: str = "paper", attributes: Request = None, guidance: float | None = None,
+                   margin_mm: float | None = None,
+                   patch_spacing_mm: float | None = None) -> tuple[int, GridProfile | PatchProfile]:
+    """(network passes, profile) of a request to a model; a setting the model refuses raises with the fix, before any work."""
+    check_request(config, model_name, attributes, guidance)
+    n_steps = network_passes(sampler, steps, config.timesteps, variant)
+    return n_steps, profile_for(config, blend_margin_mm=margin_mm, patch_spacing_mm=patch_spacing_mm)
 
 
 def _model_name(model: LungDDPM) -> str:
