@@ -37,6 +37,6 @@ def grids(draw, sizes=(18, 31), spacings=(0.6, 2.5), anisotropy=4.0) -> dict:
     return {"shape": shape, "spacing": spacing, "origin": origin, "direction": tuple(draw(directions()).ravel())}
 
 
-def index_matrix(geometry: dict) -> np.ndarray:
-    """direction @ diag(spacing), computed here from the geometry (not with the engine's helper)."""
-    return np.asarray(geometry["direction"]).reshape(3, 3) @ np.diag(geometry["spacing"])
+def index_matrix(direction, spacing) -> np.ndarray:
+    """direction @ diag(spacing): (i, j, k) index offset -> LPS mm, computed here (not with the engine's helper)."""
+    return np.asarray(direction, float).reshape(3, 3) @ np.diag(spacing)

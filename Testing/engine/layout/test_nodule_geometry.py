@@ -30,7 +30,7 @@ def test_nodule_centroid_is_the_requested_point(geometry, where, irregularity, s
     shape = geometry.pop("shape")
     layout = Volume(np.full(shape, LUNG, np.uint8), **geometry)
     index = np.array(where) * (np.array(shape[::-1]) - 1)  # a sub-voxel point well inside the image
-    centre = np.asarray(geometry["origin"]) + index_matrix(geometry) @ index
+    centre = np.asarray(geometry["origin"]) + index_matrix(geometry["direction"], geometry["spacing"]) @ index
     # at least 12 voxels across on every axis: a binary ball's centroid jumps by ~1/radius voxels as a shell of
     # voxels enters it, so 0.1 voxel needs that size (a half-voxel placement error is 0.5)
     diameter = 12.0 * max(geometry["spacing"])
