@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench
+.PHONY: setup test demo bench mutation
 
 setup: $(VENV)/.installed
 
@@ -22,3 +22,6 @@ demo: setup
 
 bench: setup
 	$(PY) bench/engine_cpu.py
+
+mutation: setup  # not in CI: cosmic-ray over the core modules (tools/mutation.py), tens of minutes on one core
+	$(PY) tools/mutation.py

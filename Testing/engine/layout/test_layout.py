@@ -61,10 +61,9 @@ def measured(real_ct: tuple[Volume, Volume], report: ModuleType) -> tuple[np.nda
     return ours, numbers
 
 
-def test_lung_mask_volume_and_runtime(measured: tuple[np.ndarray, dict]) -> None:
+def test_lung_mask_volume(measured: tuple[np.ndarray, dict]) -> None:
     _, numbers = measured
-    assert 3.0 <= numbers["lung_volume_l"] <= 7.0
-    assert numbers["runtime_s"] < 10.0
+    assert 3.0 <= numbers["lung_volume_l"] <= 7.0  # the runtime is measured by bench/lung_mask_report.py
 
 
 def test_lung_mask_two_lungs_left_and_right(real_ct: tuple[Volume, Volume], measured: tuple[np.ndarray, dict]) -> None:

@@ -138,3 +138,23 @@ def test_bad_solver_arguments(model):
         sample_aas_solver(model, cond, x_ref, "ddim", 5, x0_correction="tanh")
     with pytest.raises(ConfigError, match="precision"):
         sample_aas_solver(model, cond, x_ref, "ddim", 5, precision="int8")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+def test_aas_pastes_the_reference_at_the_level_of_the_timestep_each_step_lands_on(sampler):
+    """Eq. 5 for the solvers, in closed form: the network's input at step n has the background
+    sqrt(ᾱ_{t_n}) x_ref + sqrt(1 − ᾱ_{t_n}) ε_n, with ε_n the n-th replayed draw (the fast check of the noise level)."""
+    m = random_model(seed=7, timesteps=50)
+    inputs = []
+    network = m.predict_noise
+    m.predict_noise = lambda x, cond, t, *rest, **kw: inputs.append(x.clone()) or network(x, cond, t, *rest, **kw)
+    cond, x_ref = random_layout()
+    steps = 6
+    draws = [torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(n)) for n in range(steps + 1)]
+    sample_aas_solver(m, cond, x_ref, sampler, steps, draws=draws)
+    bg = ((cond[:, :1] == -1) & (cond[:, 1:] == -1)).expand_as(x_ref)  # outside lung and nodule, computed here
+    ac = m.diffusion.alphas_cumprod.double()
+    for n, t in enumerate(trailing_timesteps(50, steps)[1:], start=1):
+        expected = ac[t].sqrt() * x_ref.double() + (1 - ac[t]).sqrt() * draws[n].double()
+        assert torch.allclose(inputs[n][bg].double(), expected[bg], atol=1e-5), (n, t)
+        assert not torch.isclose(inputs[n][~bg].double(), expected[~bg], atol=1e-5).any()  # the layout is sampled
