@@ -22,8 +22,9 @@ def check_mode(mode: str) -> str:
 class Progress:
     """A (step, total) callback that prints one JSON object per step or a one-line text bar.
 
-    Optional fields (e.g. a training loss) join the JSON object and follow the bar as key=value; a line
-    printed with keep=True stays on the console instead of being overwritten by the next one. A run
+    Optional fields (e.g. a training loss) join the JSON object and follow the bar as key=value (a field
+    "event" names the bar's line instead of the label). A bar line printed with keep=True, or to a stream
+    that is not a terminal (a job's log file), stays instead of being overwritten by the next one. A run
     resumed at start_step counts its ETA from the steps done since then.
     """
 
@@ -47,10 +48,18 @@ class Progress:
             width = 30
             filled = int(width * step / total)
             eta_text = f"{eta:6.0f} s left" if eta is not None else ""
-            extra = "".join(f"  {k}={_short(v)}" for k, v in (fields or {}).items())
-            end = "\n" if step == total or keep else ""
-            print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {step}/{total} {elapsed:6.0f} s {eta_text}{extra}",
+            fields = dict(fields or {})
+            label = fields.pop("event", self.label)
+            extra = "".join(f"  {k}={_short(v)}" for k, v in fields.items())
+            end = "\n" if step == total or keep or not _is_terminal(self.stream) else ""
+            print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {step}/{total} {elapsed:6.0f} s {eta_text}{extra}",
                   end=end, file=self.stream, flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether a stream is an interactive terminal (a bar line may then be redrawn in place)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _short(value: object) -> str:

@@ -128,15 +128,12 @@ class TrainingRun:
         self.log = RunLog(config.output, config.tensorboard, resume_step) if ctx.is_main else None
 
     def _validation_cases(self, schema: tuple[str, ...]) -> PreparedCases | None:
-        """The data's validation split, or None when validation is off or the data have none (noted on rank 0)."""
+        """The data's validation split, or None when validation is off or the data have none."""
         if not self.config.val_every:
             return None
         try:
             cases, _ = load_cases(self.config.data, VALIDATION_SPLIT)
         except InputError:  # the split is empty: prepared with --val-fraction 0
-            if self.ctx.is_main:
-                print(f"lungddpm: note: {', '.join(self.config.data)}: no {VALIDATION_SPLIT} cases, so no validation "
-                      "loss; prepare with --val-fraction > 0 to have one", file=sys.stderr)
             return None
         return PreparedCases(cases, schema)
 
@@ -273,6 +270,9 @@ class TrainingRun:
         if self.ctx.is_main:
             write_text(Path(cfg.output) / "config.json", json.dumps(cfg.to_dict(), indent=2))
             leaves(_kept(cfg.output, self.step))
+            if progress != "none" and cfg.val_every and self.validation is None:
+                print(f"lungddpm: note: {', '.join(cfg.data)}: no {VALIDATION_SPLIT} cases, so no validation loss; "
+                      "prepare with --val-fraction > 0 to have one", file=sys.stderr)
         losses: list[float] = []
         start = mark = time.perf_counter()
         mark_step = self.step
@@ -300,7 +300,7 @@ class TrainingRun:
                               "grad_norm": self.grad_norm, "steps_per_s": (self.step - mark_step) / (now - mark),
                               "elapsed_s": now - start, **peak_memory_mb(self.device)}
                     self.log.write(record)
-                    console(self.step, cfg.steps, {"event": "train", **_rounded(record, "step", "lr", "elapsed_s")})
+                    console(self.step, cfg.steps, {"event": "training", **_rounded(record, "step", "lr", "elapsed_s")})
                     mark, mark_step = now, self.step
                 if saving:
                     self.save()
