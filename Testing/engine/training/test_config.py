@@ -58,6 +58,11 @@ def test_the_reported_channel_mult_reaches_the_model():
     assert config.model_config().channel_mult == (1, 2, 2) and config.attention_resolutions == []
 
 
+def test_names_lists_in_the_forms_the_readme_shows():
+    for text in ('["texture","margin"]', "texture,margin", "[texture, margin]"):
+        assert build_run_config(None, [f"attributes={text}"]).attributes == ["texture", "margin"]
+
+
 @pytest.mark.parametrize("text, value", [("true", True), ("True", True), ("yes", True), ("1", True), ("on", True),
                                          ("false", False), ("no", False), ("0", False), ("off", False)])
 def test_booleans(text, value):

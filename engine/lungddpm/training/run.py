@@ -108,6 +108,7 @@ class TrainingRun:
         self.step = 0
         self.saved_step = 0  # the step of the latest checkpoint (0: none yet)
         self.best: dict | None = None  # {"val_loss", "step"} of best.pt
+        self.grad_norm: float | None = None  # the last step's gradient norm (before Adam)
         if checkpoint is not None:
             self._restore(checkpoint)
         self.net: torch.nn.Module = self.model.denoise_fn
@@ -167,8 +168,7 @@ class TrainingRun:
     def _restore(self, checkpoint: dict) -> None:
         """Model, EMA, optimiser, step and RNG states from a checkpoint of this run."""
         self.model.denoise_fn.load_state_dict(checkpoint["model"])
-        if self.ema is not None:
-            self.ema.load_state_dict(checkpoint["ema"])
+        self.ema.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step = self.saved_step = int(checkpoint["step"])
         self.best = checkpoint["run"].get("best")
