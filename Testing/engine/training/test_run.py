@@ -317,3 +317,14 @@ def test_a_non_finite_gradient_stops_the_step_before_the_weights_change(prepared
     with pytest.raises(TrainingError, match=r"step 2: the gradient norm is (inf|nan); .*no checkpoint was written yet"):
         run.train_step()
     assert run.step == 1 and all(torch.equal(before[k], v) for k, v in run.model.denoise_fn.state_dict().items())
+
+
+def test_bar_progress_to_a_file_is_a_line_per_report_after_a_note_on_missing_validation(prepared16, tmp_path, capsys,
+                                                                                        one_thread):
+    run = _run(prepared16, tmp_path, steps=2)
+    run.fit("bar")
+    lines = capsys.readouterr().err.split("\n")
+    assert lines[0] == (f"lungddpm: note: {prepared16}: no validation cases, so no validation loss; prepare with "
+                        "--val-fraction > 0 to have one")
+    assert [line.split("]")[1].split()[0] for line in lines[1:3]] == ["1/2", "2/2"] and lines[3:] == [""]
+    assert all(line.startswith("\rtraining [") and "  loss=" in line and "steps_per_s=" in line for line in lines[1:3])
