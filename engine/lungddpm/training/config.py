@@ -1,7 +1,8 @@
 """Training-run configuration: one flat table of settings from a TOML or YAML file plus command-line overrides.
 
 Precedence: defaults < config file < ``--set key=value`` < explicit command-line flags. Unknown keys
-are an error that lists the known ones. Defaults reproduce the released trainer (Adam lr 1e-5, batch 1,
+are an error that lists the known ones; every value, text or from a file, is read by its setting's
+declared type (``setting_value``: lists from ``1,2,2`` or ``[1,2,2]``, ``none`` for unset, finite numbers). Defaults reproduce the released trainer (Adam lr 1e-5, batch 1,
 accumulation 2, EMA 0.995 every 10 steps from step 2000, 100 k steps) at the released 128³ width.
 """
 

@@ -4,7 +4,8 @@ Validation case c gets ``count`` timesteps t_j = ⌊T (j + ½) / count⌋, j = 0
 from a generator seeded by (VALIDATION_SEED, crc32(case id), j). The draws depend neither on the run's seed
 nor on the process count nor on the order of the cases, so validation losses of different runs on the same
 split compare directly. The loss is Alg. 1's (eq. 2 then the L1 loss of eq. 7) at those (t, ε), averaged over
-cases and timesteps; processes take every world_size-th case and their sums are added up.
+cases and timesteps; processes take every world_size-th case and their sums are added up. An attribute
+model is scored with each case's own attributes (no condition dropout).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def validation_loss(net: nn.Module, diffusion: Diffusion, cases: PreparedCases, 
         for first in range(0, count, batch_size):
             n = min(batch_size, count - first)
             batch = [v[None].expand(n, *v.shape).to(ctx.device) for v in (x, cond)]
-            attrs = attributes[None].expand(n, -1).to(ctx.device) if cases.schema else None
+            attrs = attributes[None].expand(n, *attributes.shape).to(ctx.device) if cases.schema else None
             with autocast(ctx.device, precision):
                 loss = loss_at(net, diffusion, *batch, timesteps[first:first + n].to(ctx.device),
                                noise[first:first + n].to(ctx.device), attrs)
