@@ -26,9 +26,10 @@ def test_noise_depends_on_the_case_id_only():
     assert not torch.equal(a[0], a[1])
 
 
-def test_loss_is_the_mean_l1_noise_error_by_hand_in_any_batch_and_process_split(prepared16_val, one_thread):
-    model = random_model()
-    cases = PreparedCases(load_cases([str(prepared16_val)], VALIDATION_SPLIT)[0])
+@pytest.mark.parametrize("schema", [(), ("texture",)], ids=["plain", "attribute-model"])
+def test_loss_is_the_mean_l1_noise_error_by_hand_in_any_batch_and_process_split(prepared16_val, schema, one_thread):
+    model = random_model(attributes=schema)
+    cases = PreparedCases(load_cases([str(prepared16_val)], VALIDATION_SPLIT)[0], schema)
     assert len(cases) == 2
     count, ab = 4, model.diffusion.alphas_cumprod.float()
     errors = []
@@ -36,10 +37,11 @@ def test_loss_is_the_mean_l1_noise_error_by_hand_in_any_batch_and_process_split(
         for index, case in enumerate(cases.cases):
             x = torch.from_numpy(np.load(case.folder / "x.npy")).float()[None]
             cond = torch.from_numpy(np.load(case.folder / "cond.npy")).float()[None]
+            attributes = cases[(index, 0)][2][None] if schema else None  # the case's own (phantoms: texture unknown)
             for j, t in enumerate([1, 3, 5, 7]):  # T = 8: the midpoints of 4 bins
                 eps = validation_noise(case.case_id, count, tuple(x.shape[1:]))[j][None]
                 x_t = ab[t].sqrt() * x + (1 - ab[t]).sqrt() * eps  # eq. 2
-                predicted = model.denoise_fn(torch.cat([x_t, cond], 1), torch.tensor([t]))
+                predicted = model.denoise_fn(torch.cat([x_t, cond], 1), torch.tensor([t]), attributes)
                 errors.append((predicted - eps).abs().mean().item())  # eq. 7
     expected = float(np.mean(errors))
     for batch_size in (1, 3):
