@@ -269,6 +269,7 @@ def test_progress_lines_and_validation_records_come_at_the_intervals_asked(prepa
         ("training", 2, 5), ("validation", 3, 5), ("training", 4, 5), ("validation", 5, 5), ("training", 5, 5)]
     train, val = _records(read_log(out))
     assert [r["step"] for r in train] == [2, 4, 5] and [r["step"] for r in val] == [3, 5]
+    assert all(r["val_s"] > 0 for r in val) and train[-1]["elapsed_s"] > sum(r["val_s"] for r in val)
     shown = [r for r in lines if r["event"] == "training"]
     assert [r["loss"] for r in shown] == pytest.approx([r["loss"] for r in train], rel=1e-5)
     assert all(r["steps_per_s"] > 0 and r["peak_rss_mb"] > 50 and np.isfinite(r["grad_norm"]) for r in shown)

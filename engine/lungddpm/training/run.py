@@ -282,8 +282,9 @@ class TrainingRun:
                 last = self.step == cfg.steps
                 improved = False
                 if self.validation is not None and (self.step % cfg.val_every == 0 or last):
-                    before = self.best
-                    record = self.validate()
+                    before, began = self.best, time.perf_counter()
+                    record = {**self.validate(), "val_s": time.perf_counter() - began}
+                    mark += record["val_s"]  # steps/s counts training time only
                     improved = self.best is not before
                     if self.ctx.is_main:
                         self.log.write(record, group="validation")
