@@ -329,7 +329,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = build_run_config(args.config, args.set or [], data=args.data, output=args.output, steps=args.steps,
                               batch_size=args.batch_size, init=args.init, device=args.device,
                               bf16=True if args.bf16 else None, grad_checkpoint=True if args.grad_checkpoint else None)
-    summary = run_training(config, resume=args.resume)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    summary = run_training(config, resume=args.resume, progress=args.progress)
     if summary is not None:
         print(json.dumps(summary))
     return 0
@@ -573,6 +576,11 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
     tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     tr.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in the backward pass")
     tr.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch per process")
+    tr.add_argument("--progress", default=PROGRESS_MODES[0], choices=PROGRESS_MODES,
+                    help="rank 0's console lines every log_every steps and at each validation: a bar (stderr), "
+                         "JSON lines (stdout) or none")
+    tr.add_argument("--print-config", action="store_true",
+                    help="print the resolved settings as JSON (also valid YAML: save as run.yaml for --config) and exit")
     tr.set_defaults(func=_cmd_train)
 
     sv = sub.add_parser("serve", help="serve synthesis jobs over HTTP (for Slicer on a machine without a GPU); needs "

@@ -31,3 +31,7 @@ class SeriesError(InputError):
 
 class OutputError(LungDDPMError):
     """An output that cannot be written (no space left, no permission); nothing of it is left behind."""
+
+
+class TrainingError(LungDDPMError):
+    """A training run that cannot go on: a non-finite loss or gradient (the weights are left as they were)."""

@@ -27,3 +27,11 @@ def prepared16(phantom_cases, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared16")
     prepare_dataset([phantom_cases], out, size=16, val_fraction=0.0)
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared16_val(phantom_cases, tmp_path_factory):
+    """The phantoms at 16³ in the native profile with a validation split: one train case, two validation cases."""
+    out = tmp_path_factory.mktemp("prepared16_val")
+    prepare_dataset([phantom_cases], out, size=16, val_fraction=2 / 3)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from lungddpm import LungDDPM, load_model
 from lungddpm.model.checkpoints import read_checkpoint
 from lungddpm.cli import main
 from lungddpm.training.distributed import DistContext
-from lungddpm.errors import ConfigError
+from lungddpm.errors import ConfigError, TrainingError
+from lungddpm.training.data import PreparedCases, SampleOrder, load_cases
+from lungddpm.training.validation import VALIDATION_SPLIT, validation_loss
 from lungddpm.training.runlog import read_log
 from lungddpm.training.objective import loss_at
 from lungddpm.training.prepare import prepare_dataset
@@ -33,6 +36,11 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ENGINE), "OMP_NUM_THREADS": "1"}
 
 
+def _records(log):
+    """A run log's training records and its validation records."""
+    return [r for r in log if "loss" in r], [r for r in log if "val_loss" in r]
+
+
 def _weights(path, which="model"):
     return read_checkpoint(path)[which]
 
@@ -43,15 +51,19 @@ def _assert_same_weights(a, b, atol=1e-6):
     assert worst <= atol, worst
 
 
-def test_two_gloo_processes_match_one_process(prepared16, tmp_path, one_thread):
-    common = ["train", "--data", str(prepared16), "--steps", "3", "--threads", "1", *TINY, "--set", "grad_accum=2"]
+def test_two_gloo_processes_match_one_process(prepared16, prepared16_val, tmp_path, one_thread):
+    # training on 4 cases (3 + 1), validating on the 2 validation cases of prepared16_val (one per process) at step 3
+    common = ["train", "--data", str(prepared16), str(prepared16_val), "--steps", "3", "--threads", "1", *TINY,
+              "--set", "grad_accum=2", "--set", "val_every=3"]
     assert main([*common, "--output", str(tmp_path / "one"), "--batch-size", "2", "--set", "workers=0"]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581", "-m", "lungddpm",
            *common, "--output", str(tmp_path / "two"), "--batch-size", "1", "--set", "workers=1", "--device", "cpu"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    (one, one_val), (two, two_val) = (_records(read_log(tmp_path / name)) for name in ("one", "two"))
     assert [r["step"] for r in two] == [1, 2, 3]  # rank 0 alone logs
+    assert [r["step"] for r in one_val] == [r["step"] for r in two_val] == [3]
+    assert abs(one_val[0]["val_loss"] - two_val[0]["val_loss"]) < 1e-6 and one_val[0]["val_loss"] > 0.1
     assert np.allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=0, atol=1e-6)
     assert len({round(r["loss"], 4) for r in one}) == 3  # the steps really differ
     # Adam divides by sqrt(v): for weights whose gradients nearly cancel, the different summation order of the
@@ -126,7 +138,7 @@ SIGNALLER = textwrap.dedent("""
 def test_signals_end_a_run_at_its_last_checkpoint_and_the_resumed_run_leaves_nothing_stale(prepared16, tmp_path, one_thread):
     run = tmp_path / "run"
     common = ["train", "--data", str(prepared16), "--threads", "1", "--batch-size", "1", *TINY, "--set", "save_every=2",
-              "--set", "workers=1", "--output", str(run), "--steps", "5"]
+              "--set", "workers=1", "--output", str(run), "--steps", "5", "--progress", "none"]
 
     def child(sig, step, *extra):
         return subprocess.run([sys.executable, "-c", SIGNALLER, str(int(sig)), str(step), *common, *extra], env=_env(),
@@ -243,3 +255,77 @@ def test_config_file_then_overrides_then_flags(tmp_path):
         build_run_config(None, ["learning_rate=1"])
     with pytest.raises(ConfigError, match="must be a whole number"):
         build_run_config(None, ["steps=1.5"])
+
+
+def test_progress_lines_and_validation_records_come_at_the_intervals_asked(prepared16, prepared16_val, tmp_path, capsys,
+                                                                          one_thread):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(prepared16), str(prepared16_val), "--output", str(out), "--steps", "5",
+                 "--threads", "1", "--batch-size", "1", *TINY, "--set", "log_every=2", "--set", "val_every=3",
+                 "--set", "save_every=100", "--set", "workers=0", "--progress", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    summary = lines.pop()
+    assert [(r["event"], r["step"], r["total"]) for r in lines] == [
+        ("training", 2, 5), ("validation", 3, 5), ("training", 4, 5), ("validation", 5, 5), ("training", 5, 5)]
+    train, val = _records(read_log(out))
+    assert [r["step"] for r in train] == [2, 4, 5] and [r["step"] for r in val] == [3, 5]
+    assert all(r["val_s"] > 0 for r in val) and train[-1]["elapsed_s"] > sum(r["val_s"] for r in val)
+    shown = [r for r in lines if r["event"] == "training"]
+    assert [r["loss"] for r in shown] == pytest.approx([r["loss"] for r in train], rel=1e-5)
+    assert all(r["steps_per_s"] > 0 and r["peak_rss_mb"] > 50 and np.isfinite(r["grad_norm"]) for r in shown)
+    # best.pt is the step of the lowest validation loss, and its EMA weights give that loss again
+    best = min(val, key=lambda r: r["val_loss"])
+    assert summary["best"]["step"] == best["step"] == read_checkpoint(out / "best.pt")["step"] == val[-1]["best_step"]
+    model = load_model(out / "best.pt")
+    cases = PreparedCases(load_cases([str(prepared16_val)], VALIDATION_SPLIT)[0])
+    again = validation_loss(model.denoise_fn, model.diffusion, cases, 4, DistContext())
+    assert again == pytest.approx(best["val_loss"], abs=1e-6)
+    # the steps that improved on the best are saved besides the schedule (here: only the last step)
+    improved = [r["step"] for r in val if r["best_step"] == r["step"]]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s:07d}.pt" for s in sorted({*improved, 5})]
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(prepared16, tmp_path, capsys,
+                                                                                       one_thread):
+    data = tmp_path / "data"
+    shutil.copytree(prepared16, data)
+    cases, _ = load_cases([str(data)])
+    bad = cases[SampleOrder(len(cases), 0)(2)]  # sample position 2: step 3 with batch 1 and no accumulation
+    x = np.load(bad.folder / "x.npy")
+    x[0, 8, 8, 8] = np.nan  # a damaged prepared case
+    np.save(bad.folder / "x.npy", x)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(data), "--output", str(out), "--steps", "5", "--threads", "1", "--batch-size", "1",
+                 *TINY, "--set", "grad_accum=1", "--set", "save_every=1", "--set", "workers=0", "--progress", "none"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"lungddpm: error: step 3: the loss is nan; stopped before updating the weights; the last "
+                             f"good checkpoint is {out / 'latest.pt'} (step 2), unchanged; check the cases of this step "
+                             f"({bad.case_id}) for NaN"), err[0]
+    latest = read_checkpoint(out / "latest.pt")
+    assert latest["step"] == 2 and all(torch.isfinite(v).all() for k in ("model", "ema") for v in latest[k].values())
+    assert load_model(out / "latest.pt").source.step == 2  # load_model refuses non-finite weights
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001.pt", "step-0000002.pt"]
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+
+
+def test_a_non_finite_gradient_stops_the_step_before_the_weights_change(prepared16, tmp_path, one_thread):
+    run = _run(prepared16, tmp_path, steps=3)
+    run.train_step()
+    before = {k: v.clone() for k, v in run.model.denoise_fn.state_dict().items()}
+    first = next(run.model.denoise_fn.parameters())
+    first.register_hook(lambda g: g * float("inf"))  # an overflowing gradient (as fp16 without loss scaling can give)
+    with pytest.raises(TrainingError, match=r"step 2: the gradient norm is (inf|nan); .*no checkpoint was written yet"):
+        run.train_step()
+    assert run.step == 1 and all(torch.equal(before[k], v) for k, v in run.model.denoise_fn.state_dict().items())
+
+
+def test_bar_progress_to_a_file_is_a_line_per_report_after_a_note_on_missing_validation(prepared16, tmp_path, capsys,
+                                                                                        one_thread):
+    run = _run(prepared16, tmp_path, steps=2)
+    run.fit("bar")
+    lines = capsys.readouterr().err.split("\n")
+    assert lines[0] == (f"lungddpm: note: {prepared16}: no validation cases, so no validation loss; prepare with "
+                        "--val-fraction > 0 to have one")
+    assert [line.split("]")[1].split()[0] for line in lines[1:3]] == ["1/2", "2/2"] and lines[3:] == [""]
+    assert all(line.startswith("\rtraining [") and "  loss=" in line and "steps_per_s=" in line for line in lines[1:3])

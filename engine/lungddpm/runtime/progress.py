@@ -20,28 +20,51 @@ def check_mode(mode: str) -> str:
 
 
 class Progress:
-    """A (step, total) callback that prints one JSON object per step or a one-line text bar."""
+    """A (step, total) callback that prints one JSON object per step or a one-line text bar.
 
-    def __init__(self, mode: str = "bar", stream: TextIO | None = None, label: str = "sampling") -> None:
+    Optional fields (e.g. a training loss) join the JSON object and follow the bar as key=value (a field
+    "event" names the bar's line instead of the label). A bar line printed with keep=True, or to a stream
+    that is not a terminal (a job's log file), stays instead of being overwritten by the next one. A run
+    resumed at start_step counts its ETA from the steps done since then.
+    """
+
+    def __init__(self, mode: str = "bar", stream: TextIO | None = None, label: str = "sampling", start_step: int = 0) -> None:
         self.mode = check_mode(mode)
         self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
         self.label = label
+        self.start_step = start_step
         self.start = time.perf_counter()
 
-    def __call__(self, step: int, total: int) -> None:
-        """Report that step of total is done."""
+    def __call__(self, step: int, total: int, fields: dict | None = None, keep: bool = False) -> None:
+        """Report that step of total is done (with optional fields)."""
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / step * (total - step) if step else None
+        done = step - self.start_step
+        eta = elapsed / done * (total - step) if done > 0 else None
         if self.mode == "json":
-            record = {"step": step, "total": total, "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)}
+            record = {**(fields or {}), "step": step, "total": total, "elapsed_s": round(elapsed, 3),
+                      "eta_s": None if eta is None else round(eta, 3)}
             print(json.dumps(record), file=self.stream, flush=True)
         elif self.mode == "bar":
             width = 30
             filled = int(width * step / total)
             eta_text = f"{eta:6.0f} s left" if eta is not None else ""
-            end = "\n" if step == total else ""
-            print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {step}/{total} {elapsed:6.0f} s {eta_text}",
+            fields = dict(fields or {})
+            label = fields.pop("event", self.label)
+            extra = "".join(f"  {k}={_short(v)}" for k, v in fields.items())
+            end = "\n" if step == total or keep or not _is_terminal(self.stream) else ""
+            print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {step}/{total} {elapsed:6.0f} s {eta_text}{extra}",
                   end=end, file=self.stream, flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether a stream is an interactive terminal (a bar line may then be redrawn in place)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _short(value: object) -> str:
+    """A field's value for the bar: numbers to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class BatchProgress:

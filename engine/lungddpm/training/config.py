@@ -1,14 +1,17 @@
 """Training-run configuration: one flat table of settings from a TOML or YAML file plus command-line overrides.
 
 Precedence: defaults < config file < ``--set key=value`` < explicit command-line flags. Unknown keys
-are an error that lists the known ones. Defaults reproduce the released trainer (Adam lr 1e-5, batch 1,
+are an error that lists the known ones; every value, text or from a file, is read by its setting's
+declared type (``setting_value``: lists from ``1,2,2`` or ``[1,2,2]``, ``none`` for unset, finite numbers). Defaults reproduce the released trainer (Adam lr 1e-5, batch 1,
 accumulation 2, EMA 0.995 every 10 steps from step 2000, 100 k steps) at the released 128³ width.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import sys
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,9 @@ class RunConfig:
     grad_checkpoint: bool = False
     workers: int = 2
     # logging
-    log_every: int = 10
+    log_every: int = 10  # steps between log records and console progress lines
+    val_every: int = 1000  # steps between validation losses (0: none); needs a validation split in the data
+    val_timesteps: int = 4  # fixed t per validation case: T (k + 1/2) / val_timesteps, k = 0 .. val_timesteps - 1
     preview_every: int = 1000  # 0: no previews
     preview_steps: int = 10  # DDIM network passes per preview
     tensorboard: bool = True
@@ -72,8 +77,10 @@ class RunConfig:
         for name in ("batch_size", "grad_accum", "ema_every", "save_every", "log_every", "preview_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be at least 1")
-        if self.steps < 0 or self.workers < 0 or self.preview_every < 0:
-            raise ConfigError("steps, workers and preview_every must be ≥ 0")
+        if self.steps < 0 or self.workers < 0 or self.preview_every < 0 or self.val_every < 0:
+            raise ConfigError("steps, workers, preview_every and val_every must be ≥ 0")
+        if not 1 <= self.val_timesteps <= self.timesteps:
+            raise ConfigError(f"val_timesteps = {self.val_timesteps} must lie in 1 .. timesteps ({self.timesteps})")
         if self.init_weights not in ("ema", "model"):
             raise ConfigError(f"init_weights {self.init_weights!r} must be 'ema' or 'model'")
         if self.lr <= 0:
@@ -131,16 +138,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return table
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """'key=value' -> (key, value); the value is read as JSON (numbers, true/false, lists) or else kept as text."""
+def parse_override(text: str) -> tuple[str, str]:
+    """'key=value' -> (key, value text); the text is typed later by the setting it names (setting_value)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. lr=2e-5 or channel_mult=[1,2,2]")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. lr=2e-5 or channel_mult=1,2,2")
+    return key.strip(), value.strip()
 
 
 def build_run_config(file: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> RunConfig:
@@ -151,25 +154,80 @@ def build_run_config(file: str | Path | None = None, overrides: list[str] = (), 
     unknown = sorted(set(settings) - set(KNOWN_KEYS))
     if unknown:
         raise ConfigError(f"unknown training settings {unknown}; known settings: {', '.join(KNOWN_KEYS)}")
-    try:
-        return RunConfig(**{k: _coerce(k, v) for k, v in settings.items()})
-    except TypeError as exc:
-        raise ConfigError(f"training settings do not fit: {exc}") from None
+    return RunConfig(**{k: setting_value(k, v) for k, v in settings.items()})
 
 
-_NUMERIC = {f.name: type(f.default) for f in fields(RunConfig) if type(f.default) in (int, float)}
-_NUMERIC.update(in_channels=int, patch_spacing_mm=float)  # numbers whose default is None
+_HINTS = typing.get_type_hints(RunConfig)
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_WANTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Numbers given as text (YAML reads 1e-5 as a string) converted to the setting's type."""
-    kind = _NUMERIC.get(key)
-    if kind is None or isinstance(value, bool) or value is None:
-        return value
+def setting_value(key: str, value: Any) -> Any:
+    """A setting's value (text from --set, or what a TOML/YAML file holds) converted to its declared type.
+
+    Lists take ``1,2,2`` or ``[1,2,2]`` (an empty list: ``[]``); settings that may be None take ``none``.
+    Raises ConfigError naming the key, the value and the form wanted.
+    """
+    hint = _HINTS[key]
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    optional = type(None) in options
+    if optional:
+        hint = next(a for a in options if a is not type(None))
+    if optional and (value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS)):
+        return None
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        wanted = f"a list of {'whole numbers, e.g. 1,2,2' if item is int else 'names, e.g. a,b'} or [{'1,2,2' if item is int else 'a,b'}]"
+        try:
+            return [_scalar(key, part, item, wanted, optional) for part in _list_items(key, value, wanted, optional)]
+        except ConfigError:
+            raise _bad(key, value, wanted, optional) from None
+    return _scalar(key, value, hint, _WANTED[hint], optional)
+
+
+def _list_items(key: str, value: Any, wanted: str, optional: bool) -> list[Any]:
+    """The items of a list setting: a list as such, or text '1,2,2' / '[1,2,2]' split at the commas."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, str):
+        raise _bad(key, value, wanted, optional)
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _scalar(key: str, value: Any, kind: type, wanted: str, optional: bool) -> Any:
+    """One value as int, float, bool or str; text is read by that type (YAML reads 1e-5 as text)."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise _bad(key, value, wanted, optional)
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        return value[1:-1] if quoted else value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if isinstance(value, (str, int)) and word in _TRUE_WORDS + _FALSE_WORDS:
+            return word in _TRUE_WORDS
+        raise _bad(key, value, wanted, optional)
+    if isinstance(value, bool):
+        raise _bad(key, value, wanted, optional)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"setting {key} = {value!r} must be a number") from None
-    if kind is int and number != int(number):
-        raise ConfigError(f"setting {key} = {value!r} must be a whole number")
-    return kind(number)
+        raise _bad(key, value, wanted, optional) from None
+    if not math.isfinite(number):
+        raise _bad(key, value, f"a finite {wanted[2:]}", optional)
+    if kind is int:
+        if not number.is_integer():
+            raise _bad(key, value, wanted, optional)
+        return int(number)
+    return number
+
+
+def _bad(key: str, value: Any, wanted: str, optional: bool) -> ConfigError:
+    """The error for a value that does not fit its setting."""
+    return ConfigError(f"setting {key} = {value!r} must be {wanted}{' or none' if optional else ''}; fix it in --set "
+                       "or the config file (`lungddpm train --print-config` lists every setting with its value)")

@@ -63,13 +63,18 @@ def init_distributed(device: str = "auto") -> DistContext:
     return ctx
 
 
-def mean_over_processes(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """The mean of a tensor over all processes (the tensor itself in a single process)."""
+def sum_over_processes(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The sum of a tensor over all processes, on this process's device (the tensor itself in a single process)."""
     if not ctx.distributed:
         return value
-    total = value.detach().clone()
+    total = value.detach().to(ctx.device, copy=True)
     dist.all_reduce(total)
-    return total / ctx.world_size
+    return total
+
+
+def mean_over_processes(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean of a tensor over all processes (the tensor itself in a single process)."""
+    return sum_over_processes(value, ctx) / ctx.world_size
 
 
 def barrier(ctx: DistContext) -> None:

@@ -47,14 +47,14 @@ class RunLog:
             purge = resume_step + 1 if resume_step is not None else None
             self.writer = SummaryWriter(str(Path(output) / "tensorboard"), purge_step=purge)
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (it must hold 'step'); numeric fields also go to TensorBoard as train/<name>."""
+    def write(self, record: dict[str, Any], group: str = "train") -> None:
+        """Append one record (it must hold 'step'); numeric fields also go to TensorBoard as <group>/<name>."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+                    self.writer.add_scalar(f"{group}/{key}", value, record["step"])
 
     def close(self) -> None:
         """Flush and close TensorBoard's event file."""
