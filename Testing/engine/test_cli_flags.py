@@ -191,6 +191,11 @@ SCENARIOS = {
                  "--device", "cpu", "--dataset-id", "7"],
     "generate-ddpm": ["generate", "--references", "{refs}", "--model", "{tiny8}", "--output", "gen", "--sampler", "ddpm",
                       "--device", "cpu", "--dataset-id", "7"],
+    "generate-attributes": ["generate", "--references", "{refs}", "--model", "demo-nodules", "--output", "gen",
+                            "--steps", "3", "--device", "cpu", "--dataset-id", "7", "--nodules", "1"],
+    "generate-described": ["generate", "--references", "{refs}", "--model", "demo-nodules", "--output", "gen",
+                           "--steps", "3", "--device", "cpu", "--dataset-id", "7", "--nodules", "1",
+                           "--attributes-from", "texture=ground-glass"],
     "evaluate": ["evaluate", "{dataset}", "--output", "rep", "--device", "cpu", "--feature-size", "16", "--previews", "1"],
     "evaluate-damaged": ["evaluate", "{damaged}", "--output", "rep", "--device", "cpu", "--feature-size", "16"],
     "train": ["train", "--data", "{prepared}", "--output", "run", "--steps", "1", "--device", "cpu", *TINY_TRAIN,
@@ -315,6 +320,12 @@ FLAGS: dict[tuple[str, str], Flag | str] = {
     ("generate", "--device"): Flag("generate", ("--device", "cuda:7"), refused("cuda:7")),
     ("generate", "--progress"): Flag("generate", ("--progress", "json"), differs(stdout)),
     ("generate", "--threads"): Flag("generate", ("--threads", "2", *STOP), threads(2)),
+    ("generate", "--attributes-from"): Flag("generate-attributes", ("--attributes-from", "texture=ground-glass"),
+                                            all_of(differs(voxels(GEN_IMAGE)),
+                                                   records(lambda run: manifest("attributes_from")(run) is not None,
+                                                           True))),
+    ("generate", "--guidance"): Flag("generate-described", ("--guidance", "1"),
+                                     all_of(differs(voxels(GEN_IMAGE)), records(manifest("guidance"), 1.0))),
     ("generate", "--finalize"): Flag("generate", ("--finalize",), refused("no finished cases")),  # samples nothing
     # evaluate
     ("evaluate", "--output"): Flag("evaluate", ("--output", "rep2"), differs(files)),
@@ -344,10 +355,24 @@ FLAGS: dict[tuple[str, str], Flag | str] = {
                            "test_killed_run_resumes_to_the_same_weights (same weights as an uninterrupted run)",
     ("train", "--device"): Flag("train", ("--device", "cuda:7"), refused("cuda:7")),
     ("train", "--bf16"): Flag("train", ("--bf16",), differs(weights("run/latest.pt"))),
+    ("train", "--print-config"): Flag("train", ("--print-config",), all_of(differs(stdout), differs(files))),  # no run
+    ("train", "--progress"): Flag("train", ("--progress", "json"), differs(stdout)),
     ("train", "--grad-checkpoint"): "gives the same loss and gradients by design, so no output differs; "
                                     "training/test_run.py test_gradient_checkpointing_gives_the_same_loss_and_gradients "
                                     "shows it is applied",
     ("train", "--threads"): Flag("train", ("--threads", "2", *STOP), threads(2)),
+    # serve (a long-running server: shown against real server processes in Testing/engine/server/)
+    ("serve", "--token-file"): "test_server_api.py: 401 without or with a wrong token, 200 with the file's",
+    ("serve", "--port"): "Testing/serving.py starts every test server on a free port given with --port",
+    ("serve", "--host"): "only the default 127.0.0.1 is tried, so that the tests stay on loopback",
+    ("serve", "--work-dir"): "test_server_api.py: the killed-and-restarted server reopens the jobs of --work-dir",
+    ("serve", "--device"): "test_server_api.py: /v1/health reports the --device cpu the test servers get",
+    ("serve", "--max-queue"): "test_server_api.py: with --max-queue 2 the fourth job is refused with 503",
+    ("serve", "--max-upload-mb"): "test_server_api.py: /v1/health reports it; larger uploads are refused with 413",
+    ("serve", "--models"): "server/test_server_flags.py: /v1/models lists the folder's files",
+    ("serve", "--keep-hours"): "server/test_server_flags.py: the 404 message gives the keep time",
+    ("serve", "--threads"): "torch's CPU threads in the server process (the same _set_threads as synthesize "
+                            "--threads, shown above); not visible over HTTP",
     # prepare
     ("prepare", "--input"): Flag("prepare", ("--input", "{cases2}"), differs(text("prep/manifest.json"))),
     ("prepare", "--output"): Flag("prepare", ("--output", "prep2"), differs(files)),
