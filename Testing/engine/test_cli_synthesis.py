@@ -213,7 +213,8 @@ def test_bundled_demo_nodules_model_knows_its_attributes(phantom_files, tmp_path
     from lungddpm.model.checkpoints import load_model
 
     model = load_model(_model_path(DEMO_NODULES_NAME))
-    assert model.config.attributes == ("texture", "margin", "spiculation") and model.config.is_patch_model
+    assert model.config.attributes == ("texture", "calcification", "margin", "spiculation")
+    assert model.config.profile == "native-patch" and model.config.patch_spacing_mm == 1.5
     ref, lay, _ = phantom_files
     assert main(["synthesize", "--reference", str(ref), "--layout", str(lay), "--model", DEMO_NODULES_NAME, "--output",
                  str(tmp_path / "o.nrrd"), "--prompt", "ground-glass nodule", "--device", "cpu", "--threads", "1"]) == 0

@@ -15,7 +15,7 @@ MODELS = ENGINE_DIR / "lungddpm" / "models"
 
 
 def test_model_attributes_read_without_torch_agree_with_the_engine(tiny_checkpoint, tmp_path):
-    """demo-nodules takes texture, margin, spiculation (w = 3); demo and released checkpoints take none."""
+    """demo-nodules takes texture, calcification, margin, spiculation (w = 3); demo and released checkpoints take none."""
     from lungddpm.model import checkpoints
 
     assert checkpoint_info.PROJECT_FORMAT == checkpoints.PROJECT_FORMAT
@@ -25,7 +25,7 @@ def test_model_attributes_read_without_torch_agree_with_the_engine(tiny_checkpoi
         assert read.attributes == tuple(config.attributes)
         assert read.guidance_scale == (config.guidance_scale if config.attributes else None)
     assert checkpoint_info.read_model_attributes(MODELS / "demo-nodules.pt") == \
-        checkpoint_info.ModelAttributes(("texture", "margin", "spiculation"), 3.0)
+        checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0)
     not_a_model = tmp_path / "notes.pt"
     not_a_model.write_text("not a zip")
     with pytest.raises(checkpoint_info.CheckpointReadError, match="notes.pt"):

@@ -62,7 +62,7 @@ def test_health_needs_no_token_and_everything_else_does(server):
     models = {m["name"]: m for m in _json(data)["models"]}
     assert models["demo"] == {"name": "demo", "sha256": file_sha256(DEMO_MODEL), "profile": "native", "size": 32,
                               "timesteps": 250, "attributes": []}
-    assert models["demo-nodules"]["attributes"] and models["demo-nodules"]["profile"] == "released-patch"
+    assert models["demo-nodules"]["attributes"] and models["demo-nodules"]["profile"] == "native-patch"
 
 
 def test_a_job_equals_a_local_synthesize_voxel_for_voxel(server, case, tmp_path, one_thread):
