@@ -1,0 +1,79 @@
+"""How the network runs on a device: precision, attention implementation and memory layout.
+
+``pick_fast_path`` is the default (``precision="auto"``): the fastest path measured to stay within
+the README's bf16 tolerance (bench/engine_cpu.py; Testing/engine/evaluation/test_fidelity.py checks
+the tolerance on this very path). ``RELEASED_PATH`` is the released code's (fp32, legacy attention,
+contiguous tensors). ``running_on`` applies a path to a model for the duration of a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lungddpm.errors import ConfigError
+from lungddpm.model.config import ATTENTIONS
+from lungddpm.model.lungddpm import LungDDPM
+from lungddpm.model.unet import AttentionBlock
+from lungddpm.runtime.precision import AUTO, PRECISIONS, cpu_has_native_bf16
+
+SDPA, LEGACY = ATTENTIONS
+LAYOUTS = ("contiguous", "channels_last_3d")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """One way to run the network: autocast precision, attention implementation, memory layout of the weights."""
+
+    precision: str
+    attention: str
+    layout: str = LAYOUTS[0]
+
+    def provenance(self) -> dict[str, str]:
+        """The path as output metadata (precision, attention, memory_layout)."""
+        return {"precision": self.precision, "attention": self.attention, "memory_layout": self.layout}
+
+
+RELEASED_PATH = FastPath("fp32", LEGACY)
+# CPU with native bf16 (AVX-512 BF16 / AMX): bf16 oneDNN convolutions want channels-last-3d weights, and
+# SDPA beats the einsum attention in bf16 (measured at 32³, 64³, 128³: README, Speed)
+BF16_CPU_PATH = FastPath("bf16", SDPA, LAYOUTS[1])
+
+
+def pick_fast_path(device: torch.device, precision: str = AUTO) -> FastPath:
+    """The path for `device`: the measured fastest for "auto", else `precision` with that device's attention."""
+    if precision != AUTO and precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not available; choose one of {(AUTO, *PRECISIONS)}")
+    if device.type == "cpu":
+        if precision == AUTO and cpu_has_native_bf16() or precision == "bf16":
+            return BF16_CPU_PATH
+        return FastPath(precision if precision != AUTO else "fp32", LEGACY)  # fp32 CPU: einsum attention is faster
+    # GPUs: fused attention (flash / memory-efficient kernels); fp32 until bench/gpu_check.sh measures bf16 there
+    return FastPath(precision if precision != AUTO else "fp32", SDPA)
+
+
+def set_attention(model: LungDDPM, attention: str) -> None:
+    """Switch every attention block of `model` to `attention` (sdpa or legacy; the same maths, other kernels)."""
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"attention {attention!r} must be one of {ATTENTIONS}")
+    for block in model.modules():
+        if isinstance(block, AttentionBlock):
+            block.use_sdpa = attention == SDPA
+
+
+@contextlib.contextmanager
+def running_on(model: LungDDPM, path: FastPath) -> Iterator[LungDDPM]:
+    """`model` with `path`'s attention and weight layout inside the block, as it was afterwards."""
+    attention = model.config.attention
+    set_attention(model, path.attention)
+    if path.layout == LAYOUTS[1]:
+        model.to(memory_format=torch.channels_last_3d)
+    try:
+        yield model
+    finally:
+        set_attention(model, attention)
+        if path.layout == LAYOUTS[1]:
+            model.to(memory_format=torch.contiguous_format)
