@@ -38,8 +38,9 @@ class FastPath:
 
 
 RELEASED_PATH = FastPath("fp32", LEGACY)
-# CPU with native bf16 (AVX-512 BF16 / AMX): bf16 oneDNN convolutions want channels-last-3d weights, and
-# SDPA beats the einsum attention in bf16 (measured at 32³, 64³, 128³: README, Speed)
+# CPU with native bf16 (AVX-512 BF16 / AMX): bf16 oneDNN convolutions want channels-last-3d weights (64³: 1.5–2×
+# faster than contiguous bf16), and SDPA beat the einsum attention in bf16 at 32³, 64³ and 128³ (alternating
+# passes on a 2-core Xeon with AMX, issue 16); the whole path: README, Speed (bench/engine_cpu.py)
 BF16_CPU_PATH = FastPath("bf16", SDPA, LAYOUTS[1])
 
 
