@@ -23,6 +23,7 @@ import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lungddpm import LungDDPM
 from lungddpm.model.config import released_lung_ddpm
 from lungddpm.model.fastpath import RELEASED_PATH, FastPath, pick_fast_path, running_on
-from lungddpm.runtime.precision import autocast, cpu_has_native_bf16
+from lungddpm.runtime.precision import CPUINFO, autocast, cpu_has_native_bf16
 
 # FLOP per cycle and core: 2 AVX-512 FMA units × 16 fp32 lanes × 2 (multiply + add); AMX: Intel's stated
 # 1024 bf16 FLOP/cycle/core; AVX-512 BF16 (vdpbf16ps): 2 units × 32 bf16 products × 2; AVX2: 2 × 8 × 2
@@ -38,8 +39,8 @@ FLOP_PER_CYCLE = {"fp32_avx512": 64, "fp32_avx2": 32, "bf16_amx": 1024, "bf16_av
 
 
 def peak_gflops(precision: str) -> tuple[float, str]:
-    """This CPU's peak GFLOP/s at `precision` and how it was derived (cores × clock × FLOP/cycle)."""
-    flags = open("/proc/cpuinfo").read()
+    """This CPU's peak GFLOP/s at `precision` over the threads in use, and how it was derived (cores × clock × FLOP/cycle)."""
+    flags = Path(CPUINFO).read_text()
     mhz = max(float(line.split(":")[1]) for line in flags.splitlines() if line.startswith("cpu MHz"))
     cores = torch.get_num_threads()
     if precision == "bf16" and "amx_bf16" in flags:
