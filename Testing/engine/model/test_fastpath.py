@@ -9,7 +9,7 @@ from helpers import random_layout, random_model
 from lungddpm import ConfigError
 from lungddpm.model.fastpath import BF16_CPU_PATH, RELEASED_PATH, FastPath, pick_fast_path, running_on, set_attention
 from lungddpm.model.unet import AttentionBlock
-from lungddpm.runtime.precision import cpu_has_native_bf16
+from lungddpm.runtime.precision import autocast, cpu_has_native_bf16, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -45,6 +45,13 @@ def test_each_device_and_request_gets_its_path():
         pick_fast_path(CPU, "fp8")
     with pytest.raises(ConfigError, match="attention 'flash'"):
         set_attention(random_model(), "flash")
+
+
+def test_autocast_resolves_auto_as_the_fast_path_does():
+    """autocast(device, "auto") (what checks and samplers call) runs the precision pick_fast_path reports."""
+    with autocast(CPU, "auto"):
+        assert torch.is_autocast_enabled("cpu") == (pick_fast_path(CPU).precision == "bf16")
+    assert resolve_precision(torch.device("cuda"), "auto") == "fp32" and resolve_precision(CPU, "fp16") == "fp16"
 
 
 def test_a_path_changes_kernels_not_results_and_is_undone_afterwards(one_thread):

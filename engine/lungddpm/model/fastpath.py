@@ -18,7 +18,7 @@ from lungddpm.errors import ConfigError
 from lungddpm.model.config import ATTENTIONS
 from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.model.unet import AttentionBlock
-from lungddpm.runtime.precision import AUTO, PRECISIONS, cpu_has_native_bf16
+from lungddpm.runtime.precision import AUTO, resolve_precision
 
 SDPA, LEGACY = ATTENTIONS
 LAYOUTS = ("contiguous", "channels_last_3d")
@@ -45,15 +45,12 @@ BF16_CPU_PATH = FastPath("bf16", SDPA, LAYOUTS[1])
 
 
 def pick_fast_path(device: torch.device, precision: str = AUTO) -> FastPath:
-    """The path for `device`: the measured fastest for "auto", else `precision` with that device's attention."""
-    if precision != AUTO and precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not available; choose one of {(AUTO, *PRECISIONS)}")
-    if device.type == "cpu":
-        if precision == AUTO and cpu_has_native_bf16() or precision == "bf16":
-            return BF16_CPU_PATH
-        return FastPath(precision if precision != AUTO else "fp32", LEGACY)  # fp32 CPU: einsum attention is faster
-    # GPUs: fused attention (flash / memory-efficient kernels); fp32 until bench/gpu_check.sh measures bf16 there
-    return FastPath(precision if precision != AUTO else "fp32", SDPA)
+    """The path for `device` at `precision` (auto: ``resolve_precision``), with that device's attention and layout."""
+    precision = resolve_precision(device, precision)
+    if device.type == "cpu":  # fp32 on a CPU: the einsum attention is faster than SDPA
+        return BF16_CPU_PATH if precision == "bf16" else FastPath(precision, LEGACY)
+    # GPUs: fused attention (flash / memory-efficient kernels); auto stays fp32 until bench/gpu_check.sh measures bf16
+    return FastPath(precision, SDPA)
 
 
 def set_attention(model: LungDDPM, attention: str) -> None:

@@ -31,12 +31,20 @@ def cpu_has_native_bf16(cpuinfo: str = CPUINFO) -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision a request runs at: auto is bf16 on a CPU with native bf16 and fp32 elsewhere (measured: README)."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"precision {precision!r} is not available; choose one of {PRECISION_CHOICES}")
+    if precision != AUTO:
+        return precision
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """A context in which the U-Net runs at `precision` on `device` (fp32: no autocast)."""
+    """A context in which the U-Net runs at `precision` (auto: resolve_precision) on `device` (fp32: no autocast)."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not available; choose one of {PRECISIONS}")
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     if device.type == "cpu" and precision == "fp16":
