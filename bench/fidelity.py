@@ -1,4 +1,6 @@
-"""Fidelity of the fast samplers against 250-step DDPM on the demo case (a report, not a test).
+"""Fidelity of the fast samplers (default path) against 250-step DDPM in fp32 (the released settings) on the demo case.
+
+A report, not a test.
 
     python bench/fidelity.py                              # demo model, 3 seeds, K in 10 20 25 50
     python bench/fidelity.py --model CKPT --seeds 0 1 2 3 --steps 10 20
@@ -23,7 +25,9 @@ import torch
 from lungddpm import load_model
 from lungddpm.demo.demo import DEMO_MODEL, demo_case
 from lungddpm.evaluation.metrics import region_stats, seam_score
+from lungddpm.model.fastpath import RELEASED_PATH
 from lungddpm.model.lungddpm import LungDDPM
+from lungddpm.runtime.precision import AUTO
 from lungddpm.synthesis.synthesize import synthesize
 from lungddpm.io.volume import Volume
 
@@ -37,12 +41,13 @@ TOLERANCES = {
 
 
 def run_setting(reference: Volume, layout: Volume, model: LungDDPM, sampler: str, steps: int | None,
-                seeds: Sequence[int], device: str = "cpu") -> dict:
-    """Seed-averaged statistics and seconds per run of one sampler setting."""
+                seeds: Sequence[int], device: str = "cpu", precision: str = AUTO) -> dict:
+    """Seed-averaged statistics and seconds per run of one sampler setting (precision: auto, the default path)."""
     rows = []
     start = time.perf_counter()
     for seed in seeds:
-        image = synthesize(reference, layout, model, seed=seed, sampler=sampler, steps=steps, device=device).image
+        image = synthesize(reference, layout, model, seed=seed, sampler=sampler, steps=steps, device=device,
+                           precision=precision).image
         rows.append({**region_stats(image, layout), "seam_score": seam_score(image, reference, layout)})
     averaged = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     return {"sampler": sampler, "steps": steps or model.config.timesteps, "seeds": list(seeds),
@@ -74,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
     reference, layout, _ = demo_case(0)
-    baseline = run_setting(reference, layout, model, "ddpm", None, args.seeds, args.device)
+    baseline = run_setting(reference, layout, model, "ddpm", None, args.seeds, args.device, RELEASED_PATH.precision)
     rows = [{**baseline, "passes": True}]
     print(f"{'setting':14s} {'s/run':>7s} {'lung mean':>10s} {'lung std':>9s} {'nodule':>8s} {'seam':>6s}  pass")
     print(f"{'ddpm ' + str(baseline['steps']):14s} {baseline['seconds_per_run']:7.1f} {baseline['lung_mean_hu']:10.1f} "

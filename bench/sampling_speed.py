@@ -2,9 +2,11 @@
 
 (a) the released algorithm: 250-step ancestral DDPM with AAS, float32, legacy attention (run through this
     engine, which is golden-equal to the released code);
-(b) fast settings "sampler:steps[:precision][:option...]", options: sdpa|legacy (attention, default sdpa),
-    batchN (N variants in one pass; time per sample = wall / N), cl3d (channels-last-3d), compile
-    (torch.compile, mode reduce-overhead = CUDA graphs on a GPU; compile time reported separately).
+(b) fast settings "sampler:steps[:precision][:option...]": precision auto (the default path of
+    ``model.fastpath.pick_fast_path``: its attention and layout too), fp32, bf16 or fp16; options:
+    sdpa|legacy (attention, default sdpa), batchN (N variants in one pass; time per sample = wall / N),
+    cl3d (channels-last-3d), compile (torch.compile, mode reduce-overhead = CUDA graphs on a GPU;
+    compile time reported separately).
 
 Each setting runs in its own subprocess (peak host RSS and peak GPU memory belong to it alone) on the
 released-width network for the size (random weights: speed does not depend on them) and a synthetic
@@ -31,7 +33,7 @@ import sys
 import time
 
 RELEASED = "ddpm:250:fp32:legacy"
-DEFAULT_SETTINGS = ["ddim:10", "dpmpp2m:10", "dpmpp3m:10", "dpmpp2m:20", "dpmpp2m:10:bf16"]
+DEFAULT_SETTINGS = ["dpmpp2m:3:auto", "ddim:10", "dpmpp2m:10", "dpmpp3m:10", "dpmpp2m:20", "dpmpp2m:10:bf16"]
 
 
 class _StopAfter(Exception):
@@ -44,7 +46,7 @@ def parse_setting(text: str) -> dict:
     s = {"name": text, "sampler": parts[0], "steps": int(parts[1]), "precision": "fp32", "attention": "sdpa",
          "batch": 1, "cl3d": False, "compile": False}
     for part in parts[2:]:
-        if part in ("fp32", "bf16", "fp16"):
+        if part in ("auto", "fp32", "bf16", "fp16"):
             s["precision"] = part
         elif part in ("sdpa", "legacy"):
             s["attention"] = part
@@ -63,20 +65,23 @@ def run_setting(setting: dict, size: int, device: str, threads: int, max_passes:
 
     from lungddpm import LungDDPM, make_generator
     from lungddpm.model.config import released_lung_ddpm
+    from lungddpm.model.fastpath import FastPath, pick_fast_path, running_on
     from lungddpm.sampling.sample import sample as run_sampler
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = LungDDPM(released_lung_ddpm(size, attention=setting["attention"])).to(dev).eval()
+    model = LungDDPM(released_lung_ddpm(size)).to(dev).eval()
+    if setting["precision"] == "auto":
+        path = pick_fast_path(dev)
+    else:
+        path = FastPath(setting["precision"], setting["attention"], "channels_last_3d" if setting["cl3d"] else "contiguous")
     b = setting["batch"]
     grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, size)] * 3, indexing="ij"))
     lung = (grid.pow(2).sum(0) < 0.6).float()
     nodule = ((grid - 0.2).pow(2).sum(0) < 0.02).float()
     cond = (torch.stack([lung, nodule])[None] * 2 - 1).repeat(b, 1, 1, 1, 1).to(dev)
     x_ref = (torch.rand(b, 1, size, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dev)
-    if setting["cl3d"]:
-        model = model.to(memory_format=torch.channels_last_3d)
     compile_s = None
     if setting["compile"]:
         model.denoise_fn = torch.compile(model.denoise_fn, mode="reduce-overhead" if dev.type == "cuda" else "default")
@@ -88,8 +93,9 @@ def run_setting(setting: dict, size: int, device: str, threads: int, max_passes:
                 raise _StopAfter
 
         try:
-            run_sampler(model, cond, x_ref, sampler=setting["sampler"], steps=setting["steps"], generator=generators,
-                        progress=progress, precision=setting["precision"])
+            with running_on(model, path):
+                run_sampler(model, cond, x_ref, sampler=setting["sampler"], steps=setting["steps"], generator=generators,
+                            progress=progress, precision=path.precision)
         except _StopAfter:
             pass
 
@@ -109,7 +115,7 @@ def run_setting(setting: dict, size: int, device: str, threads: int, max_passes:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     per_sample = wall * passes / run_passes / b
-    row = {"setting": setting["name"], "size": size, "device": device, "threads": threads, "batch": b,
+    row = {"setting": setting["name"], **path.provenance(), "size": size, "device": device, "threads": threads, "batch": b,
            "network_passes": passes, "per_sample_s": round(per_sample, 3), "s_per_pass": round(wall / run_passes, 4),
            "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if run_passes < passes:

@@ -15,7 +15,7 @@ from lungddpm.generation.export import LABEL_SETS
 from lungddpm.layout.nodules import NODULE_KINDS, RANDOM_DIAMETERS_MM
 from lungddpm.layout.segmentation import DEFAULT_EXCLUDED, DEFAULT_LUNG, DEFAULT_NODULES, LOBES, TOTALSEGMENTATOR_LABELS
 from lungddpm.model.config import NATIVE_PATCH_PROFILE, NATIVE_PROFILE, PROFILE_NAMES, PATCH_PROFILE, PATCH_PROFILES
-from lungddpm.runtime.precision import PRECISIONS
+from lungddpm.runtime.precision import AUTO, PRECISION_CHOICES
 from lungddpm.runtime.interrupt import exits_cleanly
 from lungddpm.runtime.progress import PROGRESS_MODES
 from lungddpm.sampling.options import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, GENERATE_SOLVER_STEPS, SAMPLERS, VARIANTS
@@ -438,8 +438,9 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
                           "ancestral sampler (all T steps)")
     syn.add_argument("--steps", type=POSITIVE, default=None,
                      help=f"network passes per sample (solvers: default {DEFAULT_SOLVER_STEPS}; ddpm: always the model's T)")
-    syn.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS,
-                     help="network precision: fp32, or bf16/fp16 autocast (see README for the measured tolerance)")
+    syn.add_argument("--precision", default=AUTO, choices=PRECISION_CHOICES,
+                     help="network precision: auto (default: the device's fastest measured path, bf16 on CPUs with "
+                          "native bf16), fp32, or bf16/fp16 autocast (see README for the measured tolerance)")
     syn.add_argument("--patch-spacing", type=MILLIMETRES, default=None, metavar="MM",
                      help="Lung-DDPM+ models: cube voxel size in mm (default: the model's; released: the CT's own voxels)")
     syn.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (see README)")

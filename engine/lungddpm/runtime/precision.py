@@ -1,6 +1,6 @@
 """Network precision during sampling: float32, or bfloat16/float16 autocast (the solver state stays float32).
 
-torch is imported on use, so that the command line can offer PRECISIONS without torch installed.
+torch is imported on use, so that the command line can offer PRECISION_CHOICES without torch installed.
 """
 
 from __future__ import annotations
@@ -14,14 +14,37 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO = "auto"  # the device's fastest measured path (model.fastpath.pick_fast_path)
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
+# CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic: AVX-512 BF16 dot products, AMX tiles
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_has_native_bf16(cpuinfo: str = CPUINFO) -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (a NATIVE_BF16_FLAGS flag; False where unreadable)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision a request runs at: auto is bf16 on a CPU with native bf16 and fp32 elsewhere (measured: README)."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"precision {precision!r} is not available; choose one of {PRECISION_CHOICES}")
+    if precision != AUTO:
+        return precision
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """A context in which the U-Net runs at `precision` on `device` (fp32: no autocast)."""
+    """A context in which the U-Net runs at `precision` (auto: resolve_precision) on `device` (fp32: no autocast)."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not available; choose one of {PRECISIONS}")
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     if device.type == "cpu" and precision == "fp16":

@@ -19,8 +19,10 @@ from lungddpm.io.volume import Volume, read_volume, refuse_protected, write_volu
 from lungddpm.layout.labels import validate_layout
 from lungddpm.model.checkpoints import load_model
 from lungddpm.model.config import ModelConfig
+from lungddpm.model.fastpath import pick_fast_path, running_on
 from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.device import resolve_device
+from lungddpm.runtime.precision import AUTO
 from lungddpm.runtime.progress import ProgressCallback
 from lungddpm.sampling.options import DEFAULT_SAMPLER, network_passes
 from lungddpm.sampling.sample import sample_batches
@@ -66,7 +68,7 @@ def synthesize(
     progress: ProgressCallback | None = None,
     variant: str = "paper",
     margin_mm: float | None = None,
-    precision: str = "fp32",
+    precision: str = AUTO,
     patch_spacing_mm: float | None = None,
     reference_name: str | None = None,
     layout_name: str | None = None,
@@ -81,7 +83,8 @@ def synthesize(
     pasted back (see ``synthesis.patches``). Everywhere else the output is the reference, voxel for
     voxel, with the reference's grid and pixel type. ``progress(step, total)`` is called with step 0
     once the model is loaded and the inputs are in model space, then per network pass.
-    ``precision``: fp32, or bf16/fp16 autocast of the network. ``patch_spacing_mm`` overrides a patch
+    ``precision``: auto (the device's fastest measured path, ``model.fastpath.pick_fast_path``), fp32, or
+    bf16/fp16 autocast of the network; the path taken is in the metadata. ``patch_spacing_mm`` overrides a patch
     model's cube voxel size (default: the model's; None there means the reference's own voxels).
     ``reference_name`` / ``layout_name``: the files in-memory Volumes came from, for messages and provenance.
     ``attributes``: for a model conditioned on nodule attributes, one record for every nodule or sidecar
@@ -92,6 +95,7 @@ def synthesize(
     lay, lay_name = _as_volume(layout, layout_name, "layout")
     validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
     dev = resolve_device(device)
+    path = pick_fast_path(dev, precision)
     net = _as_model(model, dev)
     n_steps, profile = check_settings(net.config, _model_name(net), sampler=sampler, steps=steps, variant=variant,
                                       attributes=attributes, guidance=guidance, margin_mm=margin_mm,
@@ -104,17 +108,17 @@ def synthesize(
     if net.config.attributes:
         conditions, used = sample_conditions(net.config, lay, profile.nodule_groups(case, lay), by_component)
         extra_meta = provenance_entries(net.config, w, used)
-    x0 = sample_batches(net, case.cond, case.x_ref, profile.sample_seeds(seed, len(case)), profile.batch, sampler=sampler,
-                        steps=n_steps, variant=variant, progress=progress, precision=precision,
-                        x0_correction=profile.x0_correction, attributes=conditions,
-                        guidance=w)
+    with running_on(net, path):
+        x0 = sample_batches(net, case.cond, case.x_ref, profile.sample_seeds(seed, len(case)), profile.batch,
+                            sampler=sampler, steps=n_steps, variant=variant, progress=progress, precision=path.precision,
+                            x0_correction=profile.x0_correction, attributes=conditions, guidance=w)
     image, extra = profile.decode_case(x0, case, ref, lay)
     elapsed = time.perf_counter() - start
     labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
     metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
     # file names only: full paths would leak local folders into shared files
     metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}",
-                     "precision": precision, **extra, **extra_meta})
+                     **path.provenance(), **extra, **extra_meta})
     return SynthesisResult(image, labels, metadata)
 
 
