@@ -763,6 +763,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setupServerPanel(self) -> None:
         """Fill the Run-on group from Slicer's settings and connect it; the token is shown masked."""
+        self.serverModelAttributes: dict[str, tuple[str, ...]] = {}  # per server model: the attributes it takes
         settings = qt.QSettings()
         self.ui.runOnCombo.currentText = settings.value(SERVER_SETTINGS["runOn"], self.ui.runOnCombo.itemText(0))
         self.ui.serverUrlLineEdit.text = settings.value(SERVER_SETTINGS["url"], "")
@@ -825,6 +826,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             line, offered = answer
             self.ui.serverStatusLabel.text = line
+            self.serverModelAttributes = {entry["name"]: tuple(entry.get("attributes") or ()) for entry in offered}
             for entry in offered:
                 self.ui.serverModelCombo.addItem(entry["name"])
         self.updateButtons()
@@ -838,7 +840,9 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.referenceVolume, p.segmentation, list(p.lungSegmentIds), list(p.noduleSegmentIds), self.server(),
                 self.ui.serverModelCombo.currentText, seed=p.seed, variants=p.variants, sampler=o.sampler,
                 steps=o.steps, aasVariant=o.aas_variant, precision=o.precision, patchSpacingMm=o.patch_spacing_mm,
-                keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog)))
+                keepTemporaryFiles=p.keepTemporaryFiles, log=self.appendLog,
+                modelAttributes=self.serverModelAttributes.get(self.ui.serverModelCombo.currentText, ()),
+                guidance=p.guidance)))
 
     def onPollJob(self) -> None:
         """Timer tick: let the install or the job read its output (and import finished variants)."""
@@ -1116,17 +1120,21 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
                              noduleSegmentIds: list[str], server: remote.Server, model: str, seed: int = 0,
                              variants: int = 1, sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None,
                              aasVariant: str = "paper", precision: str = "fp32", patchSpacingMm: float | None = None,
-                             keepTemporaryFiles: bool = False, log=None) -> remote_jobs.RemoteSynthesisJob:
+                             keepTemporaryFiles: bool = False, log=None, modelAttributes: tuple[str, ...] = (),
+                             guidance: float | None = None) -> remote_jobs.RemoteSynthesisJob:
         """Start a synthesis on a `lungddpm serve` server (model: a name it lists); poll() the returned job.
 
         The job has the local job's states, progress and cancel; its results are imported as a local run's.
+        modelAttributes: what the server lists for the model; when it takes attributes, each nodule segment's
+        attribute tags are sent (the sidecar document), with guidance (None: the model's default).
         """
         request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegments, list(noduleSegmentIds),
                                         Path(model), [seed + n for n in range(variants)], sampler=sampler, steps=steps,
-                                        aas_variant=aasVariant, precision=precision, patch_spacing_mm=patchSpacingMm)
+                                        aas_variant=aasVariant, precision=precision, patch_spacing_mm=patchSpacingMm,
+                                        model_attributes=tuple(modelAttributes), guidance=guidance)
         job = remote_jobs.RemoteSynthesisJob(self.context(), request, server=server, model=model,
                                              work_dir=Path(slicer.util.tempDirectory("LungDDPM")), log=log,
-                                             keep_files=keepTemporaryFiles)
+                                             keep_files=keepTemporaryFiles, engine_dir=self.engineDir())
         job.start()
         return job
 

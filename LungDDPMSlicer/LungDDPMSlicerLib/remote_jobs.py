@@ -10,6 +10,7 @@ CT is sent; poll() takes each one's answer when it has come.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,9 +61,10 @@ class RemoteSynthesisJob(SynthesisJob):
     """Synthesise one variant per seed on a server; request.model_path is unused: `model` names the server's model."""
 
     def __init__(self, context: mrml.MrmlContext, request: SynthesisRequest, *, server: remote.Server, model: str,
-                 work_dir: Path, log: Log | None = None, keep_files: bool = False) -> None:
-        super().__init__(context, request, engine_dir=Path(), work_dir=work_dir, python="remote", log=log,
-                         keep_files=keep_files)  # no local engine: engine_dir and python are not used
+                 work_dir: Path, log: Log | None = None, keep_files: bool = False, engine_dir: Path = Path()) -> None:
+        # no local run: python is not used; engine_dir only for the torch-free attribute schema (attribute models)
+        super().__init__(context, request, engine_dir=engine_dir, work_dir=work_dir, python="remote", log=log,
+                         keep_files=keep_files)
         self.server, self.model = server, model
         self.job_id: str | None = None
         self._call: _Call | None = None
@@ -81,6 +83,10 @@ class RemoteSynthesisJob(SynthesisJob):
             options["steps"] = r.steps
         if r.patch_spacing_mm is not None:
             options["patch_spacing"] = float(r.patch_spacing_mm)
+        if self._nodules_json is not None:  # an attribute model: each nodule's tags, as the sidecar document itself
+            options["nodules_json"] = json.loads(self._nodules_json.read_text())
+            if r.guidance is not None:
+                options["guidance"] = float(r.guidance)
         return options
 
     def _ask(self, call: Callable[[], object], on_answer: Callable[[object], None]) -> None:

@@ -87,6 +87,25 @@ def test_a_server_run_is_imported_exactly_as_a_local_run(mrml_context, scene_cas
     assert_unchanged(mrml_context, scene_case, before, allowed_new=new)
 
 
+def test_nodule_attribute_tags_reach_the_server(mrml_context, scene_case, server, tmp_path):  # noqa: F811
+    from LungDDPMSlicerLib import checkpoint_info, engine, jobs, mrml, nodule_attributes, remote_jobs
+
+    engine_dir = engine.find_engine_dir(MODULE_DIR)
+    model = engine_dir / "lungddpm" / "models" / "demo-nodules.pt"
+    takes = checkpoint_info.read_model_attributes(model).attributes
+    nodule_attributes.set_attribute_tags(scene_case["segmentation"], scene_case["nodule_id"], takes,
+                                         {"texture": 1, "spiculation": 5})
+    request = jobs.SynthesisRequest(scene_case["ct"], scene_case["segmentation"], scene_case["lung_id"],
+                                    [scene_case["nodule_id"]], model, seeds=[1], device="cpu", sampler="ddim", steps=2,
+                                    model_attributes=takes, guidance=2.0)
+    job = remote_jobs.RemoteSynthesisJob(mrml_context, request, server=_remote(server), model="demo-nodules",
+                                         work_dir=tmp_path / "remote", log=lambda line: None, engine_dir=engine_dir)
+    (output,) = jobs.run_to_end(job, poll_s=0.05)
+    record = mrml.provenance(output.volume_node)
+    assert record["guidance"] == "2" and record["attribute_schema"] == ",".join(takes)
+    assert [entry["attributes"] for entry in json.loads(record["nodule_attributes"])] == [{"texture": 1, "spiculation": 5}]
+
+
 def test_cancel_stops_the_servers_job_and_a_refusal_fails_with_its_message(mrml_context, scene_case, server,  # noqa: F811
                                                                            tmp_path):
     from lungddpm.demo.demo import DEMO_MODEL

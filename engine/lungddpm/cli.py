@@ -350,7 +350,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-JOB_OPTIONS = ("model", "seed", "sampler", "steps", "precision", "variant", "patch_spacing", "nodule", "prompt", "guidance")
+JOB_OPTIONS = ("model", "seed", "sampler", "steps", "precision", "variant", "patch_spacing", "nodule", "prompt", "guidance",
+               "nodules_json")  # nodules_json: the sidecar document itself (per-nodule attributes), not a file name
 
 
 def _job_request(options: dict, catalog: dict):
@@ -363,10 +364,16 @@ def _job_request(options: dict, catalog: dict):
         raise ConfigError(f"options {', '.join(map(repr, unknown))}: not job options; give only {', '.join(JOB_OPTIONS)}")
     model = offered(catalog, options.get("model", DEMO_MODEL_NAME))
     argv = ["synthesize", "--reference=-", "--layout=-", "--output=-.nrrd", f"--model={model.name}"]
-    argv += [f"--{key.replace('_', '-')}={options[key]}" for key in JOB_OPTIONS[1:] if options.get(key) is not None]
+    argv += [f"--{key.replace('_', '-')}={options[key]}" for key in JOB_OPTIONS[1:-1] if options.get(key) is not None]
     args = build_parser(CheckingParser).parse_args(argv)
     args.layout = None  # no sidecar: a server job's attributes come with its options
     attributes, _ = _nodule_request(args)
+    if options.get("nodules_json") is not None:
+        if attributes is not None:
+            raise ConfigError("options nodule, prompt and nodules_json: give one of them (nodules_json: per nodule)")
+        from lungddpm.layout.sidecar import parse_sidecar
+
+        attributes = parse_sidecar(options["nodules_json"], "option nodules_json")
     return JobRequest(model, {"seed": args.seed, "sampler": args.sampler, "steps": args.steps, "variant": args.variant,
                               "precision": args.precision, "patch_spacing_mm": args.patch_spacing,
                               "attributes": attributes, "guidance": args.guidance, "reference_name": "reference",

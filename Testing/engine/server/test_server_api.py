@@ -104,6 +104,24 @@ def test_an_attribute_job_takes_the_prompt_and_guidance_of_the_cli(server, case,
     assert image.GetMetaData("nodule_attributes") == local.metadata["nodule_attributes"]
 
 
+def test_per_nodule_attributes_travel_as_the_sidecar_document(server, case, tmp_path, one_thread):
+    from lungddpm.layout.attributes import NoduleAttributes
+    from lungddpm.layout.sidecar import layout_records, write_sidecar
+
+    reference, layout, ph = case
+    records = layout_records(ph.layout, {1: NoduleAttributes(texture=1, calcification=6)})
+    document = json.loads(write_sidecar(tmp_path / "layout.nrrd", records).read_text())
+    options = {"model": "demo-nodules", "seed": 2, "sampler": "ddim", "steps": 2, "nodules_json": document}
+    status, answer = submit(server, reference, layout, options)
+    assert status == 202 and wait_for(server, answer["id"])["state"] == "done"
+    (tmp_path / "image.nrrd").write_bytes(call(server, "GET", f"/v1/jobs/{answer['id']}/image")[2])
+    local = synthesize(ph.ct, ph.layout, DEMO_NODULES_MODEL, seed=2, sampler="ddim", steps=2, device="cpu",
+                       attributes=records)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "image.nrrd"))), local.image.array)
+    status, answer = submit(server, reference, layout, {**options, "prompt": "solid nodule"})
+    assert status in (400, 422) and "give one of them" in answer["error"]
+
+
 def _cli_message(argv: list[str], capsys) -> str:
     """What `lungddpm synthesize ...` prints for bad options, without its prefix."""
     with pytest.raises(SystemExit):

@@ -123,11 +123,20 @@ def read_sidecar_file(path: str | Path) -> list[NoduleRecord]:
         raise InputError(f"{path}: no such nodule sidecar; give a <layout>.nodules.json file (write_sidecar writes one)")
     try:
         document = json.loads(path.read_text())
-        if document.get("format") != SIDECAR_FORMAT or document.get("version") != SIDECAR_VERSION:
-            raise ValueError(f"format {document.get('format')!r} version {document.get('version')!r}")
-        return [_record(n) for n in document["nodules"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except ValueError as exc:
         raise InputError(f"{path}: not a {SIDECAR_FORMAT!r} version {SIDECAR_VERSION} file ({exc}); "
+                         f"rewrite it with write_sidecar") from None
+    return parse_sidecar(document, str(path))
+
+
+def parse_sidecar(document: object, name: str) -> list[NoduleRecord]:
+    """The records of a sidecar document already read (a server job's option, a file's JSON); InputError naming `name`."""
+    try:
+        if document.get("format") != SIDECAR_FORMAT or document.get("version") != SIDECAR_VERSION:  # type: ignore[union-attr]
+            raise ValueError(f"format {document.get('format')!r} version {document.get('version')!r}")  # type: ignore[union-attr]
+        return [_record(n) for n in document["nodules"]]  # type: ignore[index]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{name}: not a {SIDECAR_FORMAT!r} version {SIDECAR_VERSION} file ({exc}); "
                          f"rewrite it with write_sidecar") from None
 
 
