@@ -32,6 +32,7 @@ from lungddpm.layout.labels import LUNG, NODULE
 from lungddpm.layout.segmentation import TOTALSEGMENTATOR_LABELS
 from lungddpm.layout.sidecar import layout_records, write_sidecar
 from lungddpm.model.checkpoints import save_checkpoint
+from lungddpm.model.fastpath import pick_fast_path
 from lungddpm.training.prepare import prepare_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,6 +170,8 @@ def report(key: str) -> Callable[[Run], object]:
     return view
 
 
+# the default, auto, is bf16 on CPUs with native bf16 and fp32 elsewhere: the flag asks for the other one
+OTHER_PRECISION = "fp32" if pick_fast_path(torch.device("cpu"), "auto").precision == "bf16" else "bf16"
 REMOVE = "<remove>"  # in a Flag's args after a flag: take that flag out of the base command line
 STOP = ("--device", "cuda:7")  # refused after --threads is applied and before any work: --threads is shown cheaply
 # The base command line of each scenario: {name} is a file or folder of the `data` fixture; outputs are relative.
@@ -178,8 +181,9 @@ SCENARIOS = {
     "synthesize": SYN,
     "synthesize-masks": ["synthesize", "--reference", "{ct}", "--lung-mask", "{lung}", "--model", "{tiny8}", "--output",
                          "out.nrrd", "--device", "cpu", "--steps", "3"],
-    "synthesize-patch": [*SYN[:6], "demo-nodules", *SYN[7:]],
-    "synthesize-described": [*SYN[:6], "demo-nodules", *SYN[7:], "--nodule", "texture=ground-glass"],
+    # demo-nodules' cubes are 16³ of 1.5 mm: 3-mm voxels (48 mm) hold the 20-mm nodule of the test phantom
+    "synthesize-patch": [*SYN[:6], "demo-nodules", *SYN[7:], "--patch-spacing", "3"],
+    "synthesize-described": [*SYN[:6], "demo-nodules", *SYN[7:], "--patch-spacing", "3", "--nodule", "texture=ground-glass"],
     "synthesize-ddpm": [*SYN[:6], "{tiny8}", *SYN[7:-2], "--sampler", "ddpm"],
     "lung-mask": ["lung-mask", "{ct}", "--output", "mask.nrrd"],
     "from-segmentation": ["layout", "from-segmentation", "{seg}", "--output", "lay.nrrd", "--nodule-labels", "99"],
@@ -191,11 +195,13 @@ SCENARIOS = {
                  "--device", "cpu", "--dataset-id", "7"],
     "generate-ddpm": ["generate", "--references", "{refs}", "--model", "{tiny8}", "--output", "gen", "--sampler", "ddpm",
                       "--device", "cpu", "--dataset-id", "7"],
-    "generate-attributes": ["generate", "--references", "{refs}", "--model", "demo-nodules", "--output", "gen",
-                            "--steps", "3", "--device", "cpu", "--dataset-id", "7", "--nodules", "1"],
-    "generate-described": ["generate", "--references", "{refs}", "--model", "demo-nodules", "--output", "gen",
+    # demo-nodules on references without a nodule of their own, one random nodule that fits its 24-mm cube
+    "generate-attributes": ["generate", "--references", "{refs0}", "--model", "demo-nodules", "--output", "gen",
+                            "--steps", "3", "--device", "cpu", "--dataset-id", "7", "--nodules", "1",
+                            "--diameter-range", "8", "12"],
+    "generate-described": ["generate", "--references", "{refs0}", "--model", "demo-nodules", "--output", "gen",
                            "--steps", "3", "--device", "cpu", "--dataset-id", "7", "--nodules", "1",
-                           "--attributes-from", "texture=ground-glass"],
+                           "--diameter-range", "8", "12", "--attributes-from", "texture=ground-glass"],
     "evaluate": ["evaluate", "{dataset}", "--output", "rep", "--device", "cpu", "--feature-size", "16", "--previews", "1"],
     "evaluate-damaged": ["evaluate", "{damaged}", "--output", "rep", "--device", "cpu", "--feature-size", "16"],
     "train": ["train", "--data", "{prepared}", "--output", "run", "--steps", "1", "--device", "cpu", *TINY_TRAIN,
@@ -241,12 +247,12 @@ FLAGS: dict[tuple[str, str], Flag | str] = {
                                       all_of(differs(voxels("out.nrrd")), records(header("out.nrrd", "sampler"), "ddim"))),
     ("synthesize", "--steps"): Flag("synthesize", ("--steps", "1"),
                                     all_of(differs(voxels("out.nrrd")), records(header("out.nrrd", "steps"), "1"))),
-    ("synthesize", "--precision"): Flag("synthesize", ("--precision", "bf16"),
+    ("synthesize", "--precision"): Flag("synthesize", ("--precision", OTHER_PRECISION),
                                         all_of(differs(voxels("out.nrrd")),
-                                               records(header("out.nrrd", "precision"), "bf16"))),
-    ("synthesize", "--patch-spacing"): Flag("synthesize-patch", ("--patch-spacing", "3"),
+                                               records(header("out.nrrd", "precision"), OTHER_PRECISION))),
+    ("synthesize", "--patch-spacing"): Flag("synthesize-patch", ("--patch-spacing", "4"),
                                             all_of(differs(voxels("out.nrrd")),
-                                                   records(header("out.nrrd", "patch_spacing_mm"), "3"))),
+                                                   records(header("out.nrrd", "patch_spacing_mm"), "4"))),
     ("synthesize", "--variant"): Flag("synthesize-ddpm", ("--variant", "released"),
                                       all_of(differs(voxels("out.nrrd")),
                                              records(header("out.nrrd", "aas_variant"), "released"))),
@@ -464,7 +470,7 @@ def data(tmp_path_factory, one_thread_module) -> dict[str, str]:
     d["sidecar"] = str(write_sidecar(root / "described.nrrd", records))
     (root / "copy-of-tiny8.pt").write_bytes(Path(d["tiny8"]).read_bytes())
     d["tiny8_copy"] = str(root / "copy-of-tiny8.pt")
-    for name, phantom in (("refs", ph), ("refs2", ph2)):
+    for name, phantom in (("refs", ph), ("refs2", ph2), ("refs0", _phantom(4, nodules=0))):
         write_volume(phantom.ct, root / name / "c0.nii.gz")
         write_volume(phantom.layout, root / name / "c0_layout.nii.gz")
         d[name] = str(root / name)

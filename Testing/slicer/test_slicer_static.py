@@ -10,6 +10,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from slicer_testing import MODULE_DIR, REPO
 
 UI_FILE = REPO / "Resources" / "UI" / "LungDDPMSlicer.ui"
