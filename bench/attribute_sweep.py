@@ -14,21 +14,17 @@ Prints one JSON object, then a table.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
 
 import numpy as np
-import torch
 
-from held_out import FIRST_SEED, held_out_case, training_record
-from lungddpm.cli import _model_path
+from held_out import bench_arguments, bench_model
 from lungddpm.evaluation.adherence import agreement, nodule_measurements
 from lungddpm.evaluation.variety import mean_pairwise_difference
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
-from lungddpm.model.checkpoints import load_model
 from lungddpm.synthesis.synthesize import synthesize
 
 LEVELS = {"texture": (1, 3, 5), "calcification": (5, 6), "margin": (1, 5), "spiculation": (1, 5)}  # codes asked of each
@@ -84,21 +80,12 @@ def table(results: dict) -> str:
 
 def main() -> None:
     """Run the sweep; print the JSON and the table."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="demo-nodules")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 8.0])
-    p.add_argument("--seeds", type=int, default=2, help="held-out phantoms")
+    p = bench_arguments(__doc__, seeds=2, guidance=[1.0, 2.0, 3.0, 5.0, 8.0])
     p.add_argument("--variants", type=int, default=2, help="K sampling seeds per case and request")
-    p.add_argument("--sampler", default="dpmpp2m")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    path = _model_path(args.model)
-    model, training = load_model(path, device="cpu"), training_record(path)
+    model, cases = bench_model(args)
     requests = design(model.config.attributes)
     start = time.perf_counter()
-    cases = [held_out_case(FIRST_SEED + n, training) for n in range(args.seeds)]
     results = {f"w={w:g}": sweep_point(model, w, cases, args.variants, requests, args.sampler, args.steps)
                for w in args.guidance}
     print(json.dumps({"model": args.model, "attributes": list(model.config.attributes), "sampler": args.sampler,

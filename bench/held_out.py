@@ -8,12 +8,16 @@ and how large, the model repaints the inside as asked. Not a test.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from lungddpm.cli import _model_path
 from lungddpm.demo.phantom import Phantom, make_phantom, phantom_grid
-from lungddpm.model.checkpoints import read_checkpoint
+from lungddpm.model.checkpoints import load_model, read_checkpoint
+from lungddpm.model.lungddpm import LungDDPM
 
 FIRST_SEED = 10_000  # far from the training phantoms' seeds 0 … phantoms − 1
 DEFAULT_DIAMETER_MM = 10.0  # for a model file without a training record
@@ -33,3 +37,23 @@ def held_out_case(seed: int, training: dict | None = None) -> Phantom:
     specs = [{"center_lps_mm": n["center_lps_mm"], "diameter_mm": diameter, "attributes": {"texture": 5}}
              for n in plain.nodules]
     return make_phantom(grid, seed=seed, nodules=specs)
+
+
+def bench_arguments(description: str, seeds: int, guidance: list[float]) -> argparse.ArgumentParser:
+    """The options both attribute benchmarks take: model, held-out seeds, guidance scales, sampler, steps, threads."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="demo-nodules")
+    p.add_argument("--seeds", type=int, default=seeds, help="held-out phantoms")
+    p.add_argument("--guidance", type=float, nargs="+", default=guidance)
+    p.add_argument("--sampler", default="dpmpp2m")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def bench_model(args: argparse.Namespace) -> tuple[LungDDPM, list[Phantom]]:
+    """The model (CPU, args.threads) and its held-out cases on its training grid."""
+    torch.set_num_threads(args.threads)
+    path = _model_path(args.model)
+    training = training_record(path)
+    return load_model(path, device="cpu"), [held_out_case(FIRST_SEED + n, training) for n in range(args.seeds)]

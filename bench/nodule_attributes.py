@@ -18,19 +18,15 @@ Not a test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
-import torch
 
-from held_out import FIRST_SEED, held_out_case, training_record
-from lungddpm.cli import _model_path
+from held_out import bench_arguments, bench_model
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
 from lungddpm.layout.sidecar import nodule_components
-from lungddpm.model.checkpoints import load_model
 from lungddpm.synthesis.synthesize import synthesize
 
 REQUESTS = {"ground-glass": dict(texture=1), "part-solid": dict(texture=3), "solid": dict(texture=5),
@@ -55,19 +51,9 @@ def core_masks(layout) -> np.ndarray:
 
 def main() -> None:
     """Print a JSON table: per guidance scale and request, the nodule (core) mean HU per seed and their mean."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="demo-nodules")
-    p.add_argument("--seeds", type=int, default=6)
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
-    p.add_argument("--sampler", default="dpmpp2m")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    path = _model_path(args.model)
-    model, training = load_model(path, device="cpu"), training_record(path)
+    args = bench_arguments(__doc__, seeds=6, guidance=[1.0, 3.0, 5.0]).parse_args()
+    model, cases = bench_model(args)
     start = time.perf_counter()
-    cases = [held_out_case(FIRST_SEED + n, training) for n in range(args.seeds)]
     table: dict = {}
     for w in args.guidance:
         rows = {name: [] for name in REQUESTS}

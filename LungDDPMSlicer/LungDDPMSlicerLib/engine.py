@@ -147,8 +147,8 @@ def add_nodule_command(python: str, layout: Path, output: Path, center_lps: Sequ
             "--irregularity", repr(float(irregularity)), "--seed", str(seed)]
 
 
-def parse_progress_line(line: str) -> StepProgress | Done | None:
-    """A progress or completion record from one stdout line; None for any other line (log it as text)."""
+def json_line(line: str) -> dict | None:
+    """A JSON object printed on one stdout line, else None."""
     text = line.strip()
     if not text.startswith("{"):
         return None
@@ -156,7 +156,13 @@ def parse_progress_line(line: str) -> StepProgress | Done | None:
         record = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(record, dict):
+    return record if isinstance(record, dict) else None
+
+
+def parse_progress_line(line: str) -> StepProgress | Done | None:
+    """A progress or completion record from one stdout line; None for any other line (log it as text)."""
+    record = json_line(line)
+    if record is None:
         return None
     if record.get("event") == "done" and "image" in record and "labels" in record:
         return Done(Path(record["image"]), Path(record["labels"]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from .engine import json_line
 from .process import STDOUT, BackgroundProcess
 
 WORKER_FINISHED = "finished"  # mirrors lungddpm.cli.WORKER_FINISHED (checked in Testing/slicer)
@@ -92,7 +93,7 @@ class EngineWorker:
         """The (stream, line) pairs of the current command since the last call (the worker's own events taken out)."""
         lines = []
         for stream, line in self._process.read_lines():
-            event = _event(line) if stream == STDOUT else None
+            event = json_line(line) if stream == STDOUT else None
             if event is not None and event.get("event") == WORKER_FINISHED:
                 self._status = int(event.get("status", 1))
             elif event is None or event.get("event") != WORKER_READY:
@@ -116,15 +117,3 @@ class EngineWorker:
         if self._process is not None:
             self._process.kill_tree()
         self._process = None
-
-
-def _event(line: str) -> dict | None:
-    """A JSON object printed on one stdout line, else None."""
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
