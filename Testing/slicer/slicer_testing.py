@@ -36,3 +36,31 @@ def alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def add_volume(scene, cls: str, name: str, array, matrix):
+    """A volume node of class cls from a (k, j, i) array and an IJK-to-RAS matrix, built with plain VTK calls."""
+    import numpy as np
+    import vtk
+    from vtk.util import numpy_support
+
+    from LungDDPMSlicerLib.mrml import array_to_matrix
+
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[::-1])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    node = scene.AddNewNodeByClass(cls, name)
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(array_to_matrix(matrix))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def poll_until_running(job, timeout_s: float = 120) -> None:
+    """Poll a started job until it has done its first step (or ended, or timeout_s passed)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while job.step == 0 and job.active and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.1)

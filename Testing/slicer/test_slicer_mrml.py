@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicer_testing import MODULE_DIR, alive, require_slicer_core
+from slicer_testing import MODULE_DIR, add_volume, alive, poll_until_running, require_slicer_core
 
 require_slicer_core(module_level=True)
 import vtk  # noqa: E402  (the VTK that slicer-core brings)
-from vtk.util import numpy_support  # noqa: E402
 
 NODULE_RADIUS_MM = 9.0
 SECOND_NODULE_RADIUS_MM = 4.0
@@ -42,20 +40,6 @@ def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
         matrix[:3, axis] = (np.array(image.TransformIndexToPhysicalPoint(unit)) - origin) * LPS_TO_RAS
     matrix[:3, 3] = origin * LPS_TO_RAS
     return matrix
-
-
-def add_volume(scene, cls: str, name: str, array: np.ndarray, matrix: np.ndarray):
-    """A volume node of class cls from a (k, j, i) array and an IJK-to-RAS matrix, built with plain VTK calls."""
-    from LungDDPMSlicerLib.mrml import array_to_matrix
-
-    image = vtk.vtkImageData()
-    image.SetDimensions(array.shape[::-1])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
-    node = scene.AddNewNodeByClass(cls, name)
-    node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(array_to_matrix(matrix))
-    node.CreateDefaultDisplayNodes()
-    return node
 
 
 def import_segment(context, segmentation_node, name: str, mask: np.ndarray, matrix: np.ndarray) -> str:
@@ -248,10 +232,7 @@ def test_cancel_kills_the_engine_and_leaves_scene_and_disk_clean(mrml_context, s
                             work_dir=tmp_path / "work", log=lambda line: None,
                             worker=worker.EngineWorker(engine.python_executable()) if runner == "worker" else None)
     job.start()
-    deadline = time.monotonic() + 120
-    while job.step == 0 and job.active and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.1)
+    poll_until_running(job)
     assert job.state is jobs.JobState.RUNNING and job.step >= 1, job.error
     pid = job.runner.pid
     job.cancel()

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from serving import start_server
-from slicer_testing import MODULE_DIR, require_slicer_core
+from slicer_testing import MODULE_DIR, poll_until_running, require_slicer_core
 
 require_slicer_core(module_level=True)
 try:
@@ -117,10 +117,7 @@ def test_cancel_stops_the_servers_job_and_a_refusal_fails_with_its_message(mrml_
     job = remote_jobs.RemoteSynthesisJob(mrml_context, request, server=_remote(server), model="demo",
                                          work_dir=tmp_path / "work", log=lambda line: None)
     job.start()
-    deadline = time.monotonic() + 120
-    while job.step == 0 and job.active and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.1)
+    poll_until_running(job)
     assert job.state is jobs.JobState.RUNNING and job.step >= 1, job.error
     job.cancel()
     assert job.state is jobs.JobState.CANCELLED and not (tmp_path / "work").exists()

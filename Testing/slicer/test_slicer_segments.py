@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slicer_testing import require_slicer_core
+from slicer_testing import add_volume, require_slicer_core
 
 slicer = require_slicer_core(module_level=True)
 import vtk  # noqa: E402  (the VTK that slicer-core brings)
-from vtk.util import numpy_support  # noqa: E402
 
 SHAPE = (20, 24, 28)  # (k, j, i)
 MATRIX = np.array([[1.5, 0, 0, -20.0], [0, -1.2, 0, 30.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
 
 
 def volume(scene, cls: str, name: str, array: np.ndarray):
-    """A volume node of class cls holding a (k, j, i) array on MATRIX's grid, built with plain VTK calls."""
-    from LungDDPMSlicerLib.mrml import array_to_matrix
-
-    image = vtk.vtkImageData()
-    image.SetDimensions(array.shape[::-1])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
-    node = scene.AddNewNodeByClass(cls, name)
-    node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(array_to_matrix(MATRIX))
-    return node
+    """A volume node of class cls holding a (k, j, i) array on MATRIX's grid."""
+    return add_volume(scene, cls, name, array, MATRIX)
 
 
 def linear_transform(scene, translation_mm: tuple[float, float, float], rotation_deg: float = 0.0):
