@@ -65,8 +65,9 @@ def test_texture_orders_mean_hu_and_solid_fraction():
         measured[prompt] = (hu[mask].mean(), np.mean(hu[mask] > -300))
     (ggo, ggo_solid), (part, part_solid), (solid, solid_solid) = measured.values()
     assert -650 < ggo < -400 and 0 < solid < 60 and ggo < part < solid
-    # core radius 0, 1/2, 1: volume 0, 1/8, 1 (vessels show through the ground-glass haze)
-    assert ggo_solid < 0.05 and 0.08 < part_solid < 0.2 and solid_solid > 0.98
+    # core volume 0, 1/2, 1 (vessels show through the ground-glass haze): part-solid's mean HU half-way
+    assert ggo_solid < 0.05 and 0.4 < part_solid < 0.6 and solid_solid > 0.98
+    assert abs(part - (ggo + solid) / 2) < 0.1 * (solid - ggo)
 
 
 def test_calcification_patterns():

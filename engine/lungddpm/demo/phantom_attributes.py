@@ -5,7 +5,8 @@ ELONGATION_AT_LINEAR at "linear" to 1 at "round", volume kept), its radius modul
 lobes (lobulation), with
 
 - texture: a solid core (the phantom's solid-nodule HU) inside a ground-glass halo; the core's share
-  of the radius runs from 0 (ground-glass) through 1/2 (part-solid) to 1 (solid);
+  of the nodule's volume runs linearly from 0 (ground-glass) through 1/2 (part-solid) to 1 (solid), so
+  the nodule's mean HU steps evenly with the texture code (its radius share is the cube root);
 - internal structure: a central region (INTERNAL_FRACTION of the radius) of fluid, fat or air (a cavity);
 - calcification: CALCIUM_HU in the pattern's place (popcorn blobs, laminated shells, the whole nodule,
   one eccentric blob, a central blob), none when absent;
@@ -58,7 +59,7 @@ class NoduleLook:
     elongation: float  # long / short axis
     lobulation: float  # relative radius amplitude
     edge_mm: float
-    core_fraction: float
+    core_fraction: float  # of the radius
     spicules: np.ndarray  # (n, 3) unit directions
     blobs: np.ndarray  # (m, 3) calcified blob centres (mm offsets) for popcorn and non-central patterns
 
@@ -100,7 +101,7 @@ def nodule_look(attributes: NoduleAttributes, diameter_mm: float | None, rng: np
                       1 + (ELONGATION_AT_LINEAR - 1) * (1 - _fraction(complete, "sphericity")),
                       LOBULATION_AT_MARKED * _fraction(complete, "lobulation"),
                       EDGE_MM_AT_POORLY_DEFINED * (1 - _fraction(complete, "margin")),
-                      _fraction(complete, "texture"), axes[1:], radius * blobs @ rotation.T)
+                      _fraction(complete, "texture") ** (1 / 3), axes[1:], radius * blobs @ rotation.T)
 
 
 def random_attributes(rng: np.random.Generator) -> NoduleAttributes:
