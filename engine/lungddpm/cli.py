@@ -206,28 +206,33 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
     """Add a nodule at a point, or random nodules, to a layout and write the new layout."""
     from lungddpm.io.outputs import check_output_file
     from lungddpm.layout.labels import validate_labels
-    from lungddpm.layout.nodules import add_nodule, random_nodules
+    from lungddpm.layout.nodules import add_nodule, described_shape, random_nodules
     from lungddpm.io.atomic import outputs_together
     from lungddpm.layout.sidecar import kind_records, read_sidecar, sidecar_path, write_sidecar
     from lungddpm.io.volume import read_volume, write_volume
 
-    _check_nodule_options(args)
+    attributes, diameter = _check_nodule_options(args)
+    kinds = args.kinds or [NODULE_KINDS[0]]
     layout = read_volume(args.layout)
     validate_labels(layout, args.layout)
     check_output_file(args.output, protect=(args.layout,), needed_bytes=layout.array.size)  # a uint8 layout
     if args.random:
         layout, specs = random_nodules(layout, args.random, args.diameter_range or RANDOM_DIAMETERS_MM,
-                                       kinds=tuple(args.kinds), seed=args.seed, irregularity=args.irregularity)
+                                       kinds=tuple(kinds), seed=args.seed, irregularity=args.irregularity,
+                                       attributes=[attributes] * args.random if attributes else None)
     else:
         center = list(args.center)
         if args.ras:
             center = [-center[0], -center[1], center[2]]
-        irregularity = args.irregularity or 0.0
-        layout = add_nodule(layout, center, args.diameter, kind=args.kinds[0], irregularity=irregularity, seed=args.seed,
-                            require_in_lung=not args.allow_outside_lung)
-        specs = [{"center_lps_mm": center, "diameter_mm": args.diameter, "kind": args.kinds[0], "irregularity": irregularity}]
+        layout = add_nodule(layout, center, diameter, kind=kinds[0], irregularity=args.irregularity, seed=args.seed,
+                            require_in_lung=not args.allow_outside_lung, attributes=attributes)
+        specs = [{"center_lps_mm": center, "diameter_mm": diameter, "kind": kinds[0],
+                  "irregularity": described_shape(attributes, args.irregularity, args.seed)[0]}]
+    if attributes:
+        for spec in specs:
+            spec["attributes"] = attributes.to_dict()
     earlier = read_sidecar(args.layout) if sidecar_path(args.layout).is_file() else []
-    records = kind_records(layout, specs, earlier)  # the kinds, as texture, for attribute models
+    records = kind_records(layout, specs, earlier)  # the attributes (the kinds as texture) for attribute models
     with outputs_together():  # the layout and its sidecar appear together
         path = write_volume(layout, args.output, metadata={"descrip": "layout (0 background, 1 lung, 2 nodule)"},
                             protect=(args.layout,))
@@ -236,23 +241,37 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_nodule_options(args: argparse.Namespace) -> None:
-    """Refuse add-nodule options that the chosen mode (--center or --random) would ignore."""
+def _check_nodule_options(args: argparse.Namespace):
+    """(attributes without their diameter, the --center nodule's diameter) of add-nodule; refuses options it would ignore."""
+    from dataclasses import replace
+
+    from lungddpm.layout.attributes import parse_assignments, parse_prompt
+
+    attributes = parse_assignments(args.nodule) if args.nodule else parse_prompt(args.prompt) if args.prompt else None
+    said = attributes.diameter_mm if attributes else None
+    if attributes and attributes.texture is not None and args.kinds:
+        raise ConfigError(f"--kinds {' '.join(args.kinds)} and the texture in --nodule/--prompt both set the nodule's "
+                          "texture; give one of them")
     if args.random:
         ignored = [flag for flag, value in (("--center", args.center), ("--diameter", args.diameter), ("--ras", args.ras),
-                                            ("--allow-outside-lung", args.allow_outside_lung)) if value]
+                                            ("--allow-outside-lung", args.allow_outside_lung),
+                                            ("a diameter in --nodule/--prompt", said)) if value]
         if ignored:
             raise ConfigError(f"--random N places nodules at random inside the lung; {', '.join(ignored)} "
                               f"{'is' if len(ignored) == 1 else 'are'} for one nodule at a point (--center X Y Z "
-                              "--diameter MM): give one or the other")
-        return
-    if args.center is None or args.diameter is None:
-        raise ConfigError("add-nodule needs --center X Y Z and --diameter MM, or --random N")
+                              "--diameter MM): give one or the other (sizes of random nodules: --diameter-range)")
+        return attributes, None
+    if args.diameter is not None and said is not None and abs(args.diameter - said) > 1e-6:
+        raise ConfigError(f"--diameter {args.diameter:g} and the {said:g} mm in --nodule/--prompt differ; give one size")
+    diameter = args.diameter if args.diameter is not None else said
+    if args.center is None or diameter is None:
+        raise ConfigError("add-nodule needs --center X Y Z and --diameter MM (or a size in --prompt), or --random N")
     if args.diameter_range is not None:
         raise ConfigError("--diameter-range goes with --random N; with --center give the one nodule's --diameter MM")
-    if len(args.kinds) > 1:
+    if args.kinds and len(args.kinds) > 1:
         raise ConfigError(f"--center places one nodule: give one --kinds value, not {len(args.kinds)} "
                           "(several kinds go with --random N)")
+    return (replace(attributes, diameter_mm=None) if attributes else None), diameter
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -497,13 +516,20 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
     an.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="centre in mm (LPS, or RAS with --ras)")
     an.add_argument("--ras", action="store_true", help="--center is in RAS (as Slicer shows it)")
     an.add_argument("--diameter", type=MILLIMETRES, help="diameter in mm (at most the largest ball that fits in the lung)")
-    an.add_argument("--kinds", nargs="+", default=[NODULE_KINDS[0]], choices=NODULE_KINDS,
-                    help="texture of the added nodules (--center: the nodule's; --random: drawn from these), recorded "
-                         "in the output's sidecar <stem>.nodules.json (solid 5, part-solid 3, ground-glass 1), which "
-                         "attribute models follow")
+    an.add_argument("--kinds", nargs="+", default=None, choices=NODULE_KINDS,
+                    help="texture of the added nodules (--center: the nodule's; --random: drawn from these; default "
+                         "solid), recorded in the output's sidecar <stem>.nodules.json (solid 5, part-solid 3, "
+                         "ground-glass 1), which attribute models follow")
     an.add_argument("--irregularity", type=number(0.0, 1.0), default=None,
                     help="0 (sphere) to 1 (strongly lobulated); --center: default 0; --random: every nodule's "
                          "(default: each drawn from 0 to 0.5)")
+    drawn = an.add_mutually_exclusive_group()
+    drawn.add_argument("--nodule", metavar="NAME=VALUE,...",
+                       help="the nodules' characteristics, as synthesize takes them, e.g. 'spiculation=5, "
+                            "texture=part-solid': sphericity, spiculation and lobulation shape the painted outline; "
+                            "all are written to the sidecar for attribute models")
+    drawn.add_argument("--prompt", help="the same in words, e.g. '12 mm part-solid spiculated nodule' (a size here is "
+                                        "the --center nodule's diameter)")
     an.add_argument("--random", type=POSITIVE, default=None, metavar="N", help="place N random nodules inside the lung")
     an.add_argument("--diameter-range", type=MILLIMETRES, nargs=2, default=None, metavar=("MIN", "MAX"), action=OrderedPair,
                     help=f"--random: diameters in mm, MIN <= MAX (default {RANDOM_DIAMETERS_MM[0]:g} {RANDOM_DIAMETERS_MM[1]:g})")

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import rotation
 from lungddpm.demo.phantom import make_phantom, phantom_grid
-from lungddpm.demo.phantom_attributes import ELONGATION_AT_LINEAR
+from lungddpm.layout.nodule_shape import ELONGATION_AT_LINEAR
 from lungddpm.evaluation.adherence import agreement, nodule_measurements, ranks, spearman
 from lungddpm.io.volume import Volume, index_to_physical
 from lungddpm.layout.labels import LUNG, NODULE

@@ -1,7 +1,7 @@
 """How the phantom draws a nodule's LIDC characteristics: shape, edge and HU regions of a described nodule.
 
-A described nodule is an ellipsoid of equivalent diameter d (sphericity: long / short axis from
-ELONGATION_AT_LINEAR at "linear" to 1 at "round", volume kept), its radius modulated by the phantom's
+A described nodule has the layout's outline (``layout.nodule_shape``: an ellipsoid of equivalent
+diameter d for its sphericity, spicules for its spiculation), its radius modulated by the phantom's
 lobes (lobulation), with
 
 - texture: a solid core (the phantom's solid-nodule HU) inside a ground-glass halo; the core's share
@@ -12,7 +12,7 @@ lobes (lobulation), with
   one eccentric blob, a central blob), none when absent;
 - margin: a linear HU ramp across the surface, 0 mm wide when sharp, EDGE_MM_AT_POORLY_DEFINED when
   poorly defined;
-- spiculation: up to SPICULES_AT_MARKED thin soft-tissue spicules radiating from the surface.
+- spiculation: the outline's spicules, painted with soft tissue.
 
 Characteristics left unknown take the plain value (solid, soft tissue, no calcification, round, sharp,
 no lobulation, no spiculation); the returned record names every value drawn. Subtlety and malignancy
@@ -28,17 +28,13 @@ import numpy as np
 
 from lungddpm.errors import InputError
 from lungddpm.layout.attributes import BY_FIELD, NoduleAttributes
+from lungddpm.layout.nodule_shape import Outline, draw_outline, scale_fraction
 
 PLAIN = {"texture": 5, "internal_structure": 1, "calcification": 6, "sphericity": 5, "margin": 5, "lobulation": 1,
          "spiculation": 1}  # what an unknown characteristic is drawn as
 NOT_DRAWN = ("subtlety", "malignancy", "readers")
-ELONGATION_AT_LINEAR = 2.5  # long / short axis at sphericity 1 (linear)
 LOBULATION_AT_MARKED = 0.5  # relative radius amplitude of the lobes at lobulation 5 (marked)
 EDGE_MM_AT_POORLY_DEFINED = 3.0  # width of the HU ramp across the surface at margin 1; 0 at margin 5 (sharp)
-SPICULES_AT_MARKED = 12  # spicules at spiculation 5; none at 1
-SPICULE_LENGTH_FRACTION = 0.8  # of the radius, beyond the surface
-SPICULE_ROOT_FRACTION = 0.7  # spicules start this far out (fraction of the radius), inside the nodule
-SPICULE_HALF_WIDTH_MM = 0.8  # at the surface, tapering to 0 at the tip
 INTERNAL_FRACTION = 0.45  # radius fraction of the central fluid / fat / air region
 INTERNAL_HU = {2: 0.0, 3: -100.0, 4: -1000.0}  # fluid (water), fat, air (a cavity)
 CALCIUM_HU = 400.0  # dense calcium, well above the 200 HU that marks a calcified nodule
@@ -55,31 +51,21 @@ class NoduleLook:
 
     attributes: NoduleAttributes  # complete: every drawn characteristic and the diameter
     radius_mm: float
-    long_axis: np.ndarray  # (3,) unit vector
-    elongation: float  # long / short axis
+    outline: Outline  # elongation and spicules, as the layout draws them
     lobulation: float  # relative radius amplitude
     edge_mm: float
     core_fraction: float  # of the radius
-    spicules: np.ndarray  # (n, 3) unit directions
     blobs: np.ndarray  # (m, 3) calcified blob centres (mm offsets) for popcorn and non-central patterns
 
     @property
     def reach_mm(self) -> float:
         """The farthest any painted voxel lies from the centre."""
-        body = self.radius_mm * self.elongation ** (2 / 3) * (1 + self.lobulation)
-        spicules = self.radius_mm * (1 + SPICULE_LENGTH_FRACTION) if len(self.spicules) else 0.0
-        return max(body, spicules) + self.edge_mm
+        return self.outline.reach(self.radius_mm * (1 + self.lobulation)) + self.edge_mm
 
 
-def _fraction(attributes: NoduleAttributes, field: str) -> float:
-    """Where an ordinal value lies on its scale: 0 at code 1, 1 at the top code."""
-    return (getattr(attributes, field) - 1) / (BY_FIELD[field].top - 1)
-
-
-def _unit(rng: np.random.Generator, count: int) -> np.ndarray:
-    """`count` random unit vectors (count, 3)."""
-    vectors = rng.normal(size=(count, 3))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def _fraction(attributes: NoduleAttributes, name: str) -> float:
+    """Where a complete record's ordinal value lies on its scale: 0 at code 1, 1 at the top code."""
+    return scale_fraction(attributes, name, 0)
 
 
 def nodule_look(attributes: NoduleAttributes, diameter_mm: float | None, rng: np.random.Generator) -> NoduleLook:
@@ -93,15 +79,13 @@ def nodule_look(attributes: NoduleAttributes, diameter_mm: float | None, rng: np
         raise InputError("a described phantom nodule needs its size: give 'diameter_mm' in the spec or its attributes")
     complete = NoduleAttributes(**{**PLAIN, **given, "diameter_mm": diameter})
     radius = complete.diameter_mm / 2.0
-    axes = _unit(rng, 1 + int(round(SPICULES_AT_MARKED * _fraction(complete, "spiculation"))))
+    outline = draw_outline(complete, rng)
     pattern = int(complete.calcification)
     rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]  # a random orientation for the blobs
     blobs = {1: POPCORN_OFFSET * TETRAHEDRON, 4: ECCENTRIC_OFFSET * TETRAHEDRON[:1]}.get(pattern, np.empty((0, 3)))
-    return NoduleLook(complete, radius, axes[0],
-                      1 + (ELONGATION_AT_LINEAR - 1) * (1 - _fraction(complete, "sphericity")),
-                      LOBULATION_AT_MARKED * _fraction(complete, "lobulation"),
+    return NoduleLook(complete, radius, outline, LOBULATION_AT_MARKED * _fraction(complete, "lobulation"),
                       EDGE_MM_AT_POORLY_DEFINED * (1 - _fraction(complete, "margin")),
-                      _fraction(complete, "texture") ** (1 / 3), axes[1:], radius * blobs @ rotation.T)
+                      _fraction(complete, "texture") ** (1 / 3), radius * blobs @ rotation.T)
 
 
 def random_attributes(rng: np.random.Generator) -> NoduleAttributes:
@@ -117,11 +101,7 @@ def paint_look(view: np.ndarray, offset: tuple[np.ndarray, np.ndarray, np.ndarra
     phantom's lobe shape in [-1, 1] there.
     """
     dx, dy, dz = (np.broadcast_to(o, view.shape) for o in offset)
-    along = dx * look.long_axis[0] + dy * look.long_axis[1] + dz * look.long_axis[2]
-    across2 = np.maximum(dx * dx + dy * dy + dz * dz - along * along, 0.0)
-    long_scale, short_scale = look.elongation ** (2 / 3), look.elongation ** (-1 / 3)
-    scaled = np.sqrt((along / long_scale) ** 2 + across2 / short_scale ** 2)
-    rho = scaled / (look.radius_mm * (1 + look.lobulation * lobes))  # 1 on the surface
+    rho = look.outline.distance((dx, dy, dz)) / (look.radius_mm * (1 + look.lobulation * lobes))  # 1 on the surface
     core = (rho <= look.core_fraction) | (look.core_fraction >= 1)  # a solid nodule's edge ramps from solid HU
     value = np.where(core, np.float32(core_hu), np.maximum(view, np.float32(halo_hu)))
     internal = INTERNAL_HU.get(int(look.attributes.internal_structure))
@@ -133,7 +113,7 @@ def paint_look(view: np.ndarray, offset: tuple[np.ndarray, np.ndarray, np.ndarra
     else:
         fraction = (rho <= 1).astype(np.float32)
     view += fraction * (value - view)
-    spicules = _spicules((dx, dy, dz), look)
+    spicules = look.outline.spicule_mask((dx, dy, dz), look.radius_mm)
     np.copyto(view, np.maximum(view, np.float32(core_hu)), where=spicules & (rho > 1))
     return (rho <= 1) | spicules
 
@@ -152,16 +132,3 @@ def _calcified(rho: np.ndarray, offset: tuple[np.ndarray, ...], look: NoduleLook
     for centre in look.blobs:  # none when absent (6)
         calcium |= sum((o - c) ** 2 for o, c in zip(offset, centre)) <= radius ** 2
     return calcium
-
-
-def _spicules(offset: tuple[np.ndarray, ...], look: NoduleLook) -> np.ndarray:
-    """Voxels of the spicules: cones from SPICULE_ROOT_FRACTION of the radius, tapering to a tip beyond the surface."""
-    dx, dy, dz = offset
-    length = SPICULE_LENGTH_FRACTION * look.radius_mm
-    inside = np.zeros(dx.shape, dtype=bool)
-    for u in look.spicules:
-        t = dx * u[0] + dy * u[1] + dz * u[2]
-        across = np.sqrt(np.maximum(dx * dx + dy * dy + dz * dz - t * t, 0.0))
-        width = SPICULE_HALF_WIDTH_MM * np.clip(1 - (t - look.radius_mm) / length, 0.0, 1.0)
-        inside |= (t >= SPICULE_ROOT_FRACTION * look.radius_mm) & (t <= look.radius_mm + length) & (across <= width)
-    return inside
