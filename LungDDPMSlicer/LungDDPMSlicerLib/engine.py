@@ -136,15 +136,23 @@ def parse_lung_report(stdout_lines: Sequence[str]) -> dict:
 
 
 def add_nodule_command(python: str, layout: Path, output: Path, center_lps: Sequence[float], diameter_mm: float,
-                       irregularity: float, seed: int) -> list[str]:
+                       irregularity: float, seed: int, attributes: dict[str, float] | None = None) -> list[str]:
     """The `python -m lungddpm add-nodule` command line (centre in LPS mm).
 
-    No --kinds: the module keeps a nodule's attributes (texture included) in its segment's tags and sends them
-    with the synthesis (nodule_attributes), so the layout's sidecar that add-nodule writes is not used.
+    attributes (LIDC codes by field) go as --nodule, so the engine paints the outline they ask for (sphericity,
+    spiculation, lobulation); a lobulation sets the lobes itself, so --irregularity is then left out. The module
+    keeps the attributes in the segment's tags and sends them with the synthesis (nodule_attributes); the
+    layout's sidecar that add-nodule writes is not used.
     """
-    return [python, "-m", "lungddpm", "add-nodule", "--layout", str(layout), "--output", str(output),
-            "--center", *(repr(float(v)) for v in center_lps), "--diameter", repr(float(diameter_mm)),
-            "--irregularity", repr(float(irregularity)), "--seed", str(seed)]
+    attributes = attributes or {}
+    command = [python, "-m", "lungddpm", "add-nodule", "--layout", str(layout), "--output", str(output),
+               "--center", *(repr(float(v)) for v in center_lps), "--diameter", repr(float(diameter_mm)),
+               "--seed", str(seed)]
+    if "lobulation" not in attributes:
+        command += ["--irregularity", repr(float(irregularity))]
+    if attributes:
+        command += ["--nodule", ", ".join(f"{name}={value:g}" for name, value in sorted(attributes.items()))]
+    return command
 
 
 def json_line(line: str) -> dict | None:

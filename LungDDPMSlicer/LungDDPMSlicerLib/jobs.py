@@ -346,12 +346,12 @@ def add_nodule_segment(context: mrml.MrmlContext, reference_volume: object, segm
         layout = mrml.write_image(lung.astype(np.uint8), geometry, Path(work_dir) / "lung.nrrd")
         output = Path(work_dir) / "with-nodule.nrrd"
         center_lps = ras_to_lps(mrml.world_to_volume_ras(center_world_ras, reference_volume))
-        run_engine(engine.add_nodule_command(python, layout, output, center_lps, diameter_mm, irregularity, seed),
-                   engine_dir)
+        run_engine(engine.add_nodule_command(python, layout, output, center_lps, diameter_mm, irregularity, seed,
+                                             attributes), engine_dir)
         labels, out_geometry, _ = mrml.read_image(output)
         mrml.check_on_reference_grid(labels, out_geometry, reference_volume, output)
-        tags = {"LungDDPM.diameter_mm": f"{diameter_mm:g}", "LungDDPM.irregularity": f"{irregularity:g}",
-                **nodule_attributes.attribute_tags(attributes or {})}
+        lobes = {} if "lobulation" in (attributes or {}) else {"LungDDPM.irregularity": f"{irregularity:g}"}
+        tags = {"LungDDPM.diameter_mm": f"{diameter_mm:g}", **lobes, **nodule_attributes.attribute_tags(attributes or {})}
         segment = mrml.SegmentData(next_nodule_name(segmentation_node), labels == mrml.NODULE, NODULE_COLOR, tags)
         return mrml.add_segment(segmentation_node, reference_volume, segment)
     finally:

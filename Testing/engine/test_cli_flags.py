@@ -293,6 +293,8 @@ FLAGS: dict[tuple[str, str], Flag | str] = {
     ("add-nodule", "--diameter"): Flag("add-nodule", ("--diameter", "12"), differs(voxels("lay.nrrd"))),
     ("add-nodule", "--kinds"): Flag("add-nodule", ("--kinds", "ground-glass"), differs(text("lay.nodules.json"))),
     ("add-nodule", "--irregularity"): Flag("add-nodule", ("--irregularity", "0.8"), differs(voxels("lay.nrrd"))),
+    ("add-nodule", "--nodule"): Flag("add-nodule", ("--nodule", "spiculation=5"), differs(voxels("lay.nrrd"))),
+    ("add-nodule", "--prompt"): Flag("add-nodule", ("--prompt", "linear nodule"), differs(voxels("lay.nrrd"))),
     ("add-nodule", "--random"): Flag("add-nodule-random", ("--random", "3"), differs(voxels("lay.nrrd"))),
     ("add-nodule", "--diameter-range"): Flag("add-nodule-random", ("--diameter-range", "5", "6"),
                                              differs(voxels("lay.nrrd"))),

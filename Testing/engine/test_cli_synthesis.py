@@ -168,6 +168,20 @@ def test_prompt_and_nodule_are_the_same_request_bit_for_bit(attribute_case, tmp_
     assert meta.GetMetaData("guidance") == "2" and "--prompt" in meta.GetMetaData("nodule_attributes_from")
 
 
+def test_a_shape_in_a_synthesis_request_is_said_to_keep_the_layout_s_outline(attribute_case, tmp_path, capsys):
+    from helpers import random_model
+    from lungddpm import save_checkpoint
+
+    ct, layout, _, ph = attribute_case
+    model = save_checkpoint(tmp_path / "spic.pt", random_model(attributes=("texture", "spiculation"), in_channels=2,
+                                                                profile="released-patch"))
+    assert _synth(ct, layout, model, tmp_path / "s.nrrd", "--prompt", "spiculated solid nodule") == 0
+    err = capsys.readouterr().err
+    assert "spiculation shapes a nodule's outline, which the layout sets" in err and "add-nodule --nodule" in err
+    assert _synth(ct, layout, model, tmp_path / "t.nrrd", "--nodule", "texture=solid") == 0
+    assert "outline" not in capsys.readouterr().err
+
+
 def test_layout_sidecar_is_used_and_said(attribute_case, tmp_path, capsys):
     from lungddpm.layout.attributes import NoduleAttributes
     from lungddpm.layout.sidecar import layout_records, write_sidecar

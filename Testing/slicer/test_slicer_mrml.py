@@ -400,9 +400,10 @@ def test_automatic_lung_segment_carries_the_engine_report(mrml_context, case, sc
     assert "left lung" in warning and "missing" in warning
 
 
-def test_add_nodule_without_torch_places_a_tagged_ball_at_the_point(mrml_context, case, scene_case, tmp_path,
-                                                                    without_torch):
-    """add-nodule (no torch) at a world point of a transformed CT: a ball of the diameter there, with its attribute tags."""
+def test_add_nodule_without_torch_places_a_tagged_nodule_at_the_point(mrml_context, case, scene_case, tmp_path,
+                                                                      without_torch):
+    """add-nodule (no torch) at a world point of a transformed CT: the diameter's ball there, spiculated as its
+    attributes ask (spicules reach up to 1.8 radii), with its attribute tags."""
     from LungDDPMSlicerLib import engine, jobs, mrml, nodule_attributes
 
     shift = vtk.vtkMatrix4x4()
@@ -421,7 +422,13 @@ def test_add_nodule_without_torch_places_a_tagged_ball_at_the_point(mrml_context
     mask = mrml.segment_mask(mrml_context, segmentation, nodule_id, ct)
     physical = np.stack(np.meshgrid(*(np.arange(n) for n in mask.shape), indexing="ij"), axis=-1)
     distance = np.linalg.norm(_physical_points(case["image"], physical) - case["lung_probe_lps"], axis=-1)
-    assert mask[distance <= 2.0].all() and not mask[distance >= 6.0].any()
+    assert mask[distance <= 2.0].all() and not mask[distance >= 4.0 * 1.8 + 1.0].any()
+    assert mask[distance >= 5.0].any()  # spicules, beyond the 4-mm radius
+    assert mrml.segment_tag(segmentation, nodule_id, "LungDDPM.irregularity") == "0"
+    lobed = jobs.add_nodule_segment(mrml_context, ct, segmentation, scene_case["lung_id"], centre_world, 8.0,
+                                    irregularity=0.4, engine_dir=engine.find_engine_dir(MODULE_DIR),
+                                    work_dir=tmp_path / "work", attributes={"lobulation": 5})
+    assert mrml.segment_tag(segmentation, lobed, "LungDDPM.irregularity") in (None, "")  # lobulation sets the lobes
     assert not (tmp_path / "work").exists()
 
 

@@ -137,6 +137,10 @@ def test_engine_command_and_environment(tmp_path):
     nodule = engine.add_nodule_command("p", Path("l"), Path("o"), [1.5, -2.0, 3.0], 10.0, 0.3, 2)
     assert nodule[nodule.index("--center") + 1:nodule.index("--center") + 4] == ["1.5", "-2.0", "3.0"]
     assert "--kinds" not in nodule  # a nodule's attributes travel as segment tags, sent with the synthesis
+    assert option(nodule, "--irregularity") == "0.3" and "--nodule" not in nodule
+    described = engine.add_nodule_command("p", Path("l"), Path("o"), [0, 0, 0], 10.0, 0.3, 2,
+                                          {"spiculation": 5.0, "lobulation": 2.5})
+    assert option(described, "--nodule") == "lobulation=2.5, spiculation=5" and "--irregularity" not in described
     with pytest.raises(engine.EngineNotFoundError, match="rebuild or reinstall"):
         engine.find_engine_dir(tmp_path / "module")
     assert engine.find_engine_dir(MODULE_DIR) == MODULE_DIR.parent / "engine"

@@ -93,15 +93,26 @@ def _nodule_request(args: argparse.Namespace):
     from lungddpm.layout.attributes import parse_assignments, parse_prompt
     from lungddpm.layout.sidecar import read_sidecar_file, sidecar_path
 
-    if args.nodule:
-        return parse_assignments(args.nodule), f"--nodule {args.nodule}"
-    if args.prompt:
-        return parse_prompt(args.prompt), f"--prompt {args.prompt}"
+    if args.nodule or args.prompt:
+        request = parse_assignments(args.nodule) if args.nodule else parse_prompt(args.prompt)
+        _note_outline(request)
+        return request, f"--nodule {args.nodule}" if args.nodule else f"--prompt {args.prompt}"
     if args.nodules_json:
         return read_sidecar_file(args.nodules_json), Path(args.nodules_json).name
     if args.layout and sidecar_path(args.layout).is_file():
         return None, str(sidecar_path(args.layout))
     return None, None
+
+
+def _note_outline(request) -> None:
+    """Say on stderr that shape characteristics in a synthesis request do not redraw the layout's outline."""
+    from lungddpm.layout.nodules import SHAPE_FIELDS
+
+    shapes = [name for name in SHAPE_FIELDS if getattr(request, name) is not None]
+    if shapes:
+        print(f"lungddpm: {', '.join(shapes)} shape{'s' if len(shapes) == 1 else ''} a nodule's outline, which the "
+              "layout sets: the model is asked for it inside the layout's nodules as they are; to draw the outline, "
+              "place the nodule with add-nodule --nodule/--prompt", file=sys.stderr)
 
 
 def _with_layout_sidecar(model_path: Path, sidecar: str):
@@ -231,6 +242,8 @@ def _cmd_add_nodule(args: argparse.Namespace) -> int:
     if attributes:
         for spec in specs:
             spec["attributes"] = attributes.to_dict()
+            if attributes.texture is not None:
+                del spec["kind"]  # the texture is the attributes'
     earlier = read_sidecar(args.layout) if sidecar_path(args.layout).is_file() else []
     records = kind_records(layout, specs, earlier)  # the attributes (the kinds as texture) for attribute models
     with outputs_together():  # the layout and its sidecar appear together

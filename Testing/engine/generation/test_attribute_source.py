@@ -154,10 +154,37 @@ def test_generate_from_a_manifest_asks_each_nodule_its_drawn_record(refs_dir, at
     settings = GenerateSettings(nodules=NoduleRequest(2, (18.0, 22.0)), seed=4, attributes_from=source, **FAST)
     generate(read_references(refs_dir)[:1], attribute_model, paths, settings, Shard(0, 1), progress="none")
     record, _ = _case(paths)
-    drawn = source.draw(record["seed"], 2)
-    assert [{k: v for k, v in r["attributes"].items() if k != "diameter_mm"} for r in record["nodule_attributes"]] \
-        == [d.to_dict() for d in drawn]
+    drawn = source.draw(record["seed"], 2)  # the reference has no nodules: the draws go to the random ones in order
+    assert [spec["attributes"] for spec in record["nodules"]] == [d.to_dict() for d in drawn]
+    layout = read_volume(paths.root / record["label"])
+    asked = match_records(layout, [NoduleRecord(r["component"], tuple(r["center_lps_mm"]),
+                                                NoduleAttributes.from_dict(r["attributes"]))
+                                   for r in record["nodule_attributes"]])
+    placed = match_records(layout, [NoduleRecord(0, tuple(spec["center_lps_mm"]), d) for spec, d in
+                                    zip(record["nodules"], drawn)])
+    assert {label: a.to_dict() for label, a in placed.items()} == \
+        {label: {k: v for k, v in a.to_dict().items() if k != "diameter_mm"} for label, a in asked.items()}
     assert record["attributes_from"]["records"] == 2
+
+
+def test_generate_paints_the_drawn_spiculation_into_the_labels(refs_dir, attribute_model, tmp_path):
+    from lungddpm.layout.nodules import random_nodules
+
+    nodules = {}
+    for code in (1, 5):
+        paths = dataset_folder(tmp_path / str(code), 501, "Attr")
+        settings = GenerateSettings(nodules=NoduleRequest(2, (18.0, 22.0)), attributes_from=parse_attribute_source(
+            f"spiculation={code}"), **FAST)
+        generate(read_references(refs_dir)[:1], attribute_model, paths, settings, Shard(0, 1), progress="none")
+        record, _ = _case(paths)
+        labels = read_volume(paths.root / record["label"])
+        assert all(spec["attributes"] == {"spiculation": code} for spec in record["nodules"])
+        lungs = labels.with_array(np.minimum(labels.array, 1).astype(np.uint8))  # the case's lung mask, before nodules
+        expected, _ = random_nodules(lungs, 2, (18.0, 22.0), seed=record["seed"],
+                                     attributes=[NoduleAttributes(spiculation=code)] * 2)
+        assert np.array_equal(labels.array, expected.array)  # the outline the draw asks for, in the labels
+        nodules[code] = labels.array == 2
+    assert nodules[5].sum() > nodules[1].sum()  # spicules (few voxels on this 4.5 x 4.5 x 5 mm grid)
 
 
 def test_a_reference_layout_s_own_nodules_are_drawn_too(attribute_model, tmp_path):

@@ -176,8 +176,13 @@ class _CaseMaker:
         self.settings = settings
         self._cached: tuple[str, Volume, Volume] | None = None  # (id, reference, base layout) of the last reference
 
-    def inputs(self, item: WorkItem) -> tuple[Volume, Volume, dict, str]:
-        """The reference, the case's layout, how the layout was made, and its name for messages."""
+    def inputs(self, item: WorkItem) -> tuple[Volume, Volume, dict, str, list[NoduleRecord]]:
+        """The reference, the case's layout, how the layout was made, its name for messages, and its own nodules' records.
+
+        With --attributes-from, the source's draws (the case seed's own stream) go first to the layout's own nodules
+        in component order (the records returned), then to the random nodules in the order they are placed, whose
+        outlines follow them (``layout.nodules``: sphericity, spiculation, lobulation) and whose specs carry them.
+        """
         ref = self.refs[item.reference_id]
         if self._cached is None or self._cached[0] != ref.id:
             image = read_volume(ref.image)
@@ -187,14 +192,24 @@ class _CaseMaker:
         source = "file" if ref.layout else "lung_mask"
         info: dict = {"layout_source": source, "layout_path": str(ref.layout) if ref.layout else None, "nodules": []}
         layout_name = str(ref.layout) if ref.layout else f"the automatic lung mask of {ref.image}"
-        if req is not None and req.count > 0:
+        adds = req.count if req is not None else 0
+        drawn, own = None, []
+        if self.settings.attributes_from is not None:
+            existing = nodule_components(base)[1]
+            drawn = self.settings.attributes_from.draw(item.seed, existing + adds)
+            own = layout_records(base, dict(enumerate(drawn[:existing], start=1)))
+        if adds > 0:
             try:
-                base, specs = random_nodules(base, req.count, req.diameter_range_mm, kinds=req.kinds, seed=item.seed)
+                base, specs = random_nodules(base, req.count, req.diameter_range_mm, kinds=req.kinds, seed=item.seed,
+                                             attributes=drawn[len(own):] if drawn is not None else None)
             except InputError as exc:
                 raise InputError(f"{item.case}: {exc}") from None
+            for spec, attributes in zip(specs, drawn[len(own):] if drawn is not None else []):
+                spec["attributes"] = attributes.to_dict()
+                del spec["kind"]  # the source sets the attributes (--kinds is refused with it)
             info["layout_source"] = source + "+random_nodules"
             info["nodules"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()} for s in specs]
-        return image, base, info, layout_name
+        return image, base, info, layout_name, own
 
 
 def _record(item: WorkItem, ref: Reference, paths: DatasetPaths, settings: GenerateSettings, info: dict,
@@ -281,8 +296,8 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             _check_resumable(paths, item, _wanted(item, ref, settings, model_sha256))
             skipped += 1
         else:
-            image, layout, info, layout_name = maker.inputs(item)
-            requested = _requested_records(model, layout, settings, info["nodules"], item.seed)
+            image, layout, info, layout_name, own = maker.inputs(item)
+            requested = _requested_records(model, layout, info["nodules"], own)
             result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
                                 steps=settings.requested_steps, device=str(model.device), variant=settings.aas_variant,
                                 reference_name=str(ref.image), layout_name=layout_name,
@@ -303,20 +318,16 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     return summary
 
 
-def _requested_records(model: LungDDPM, layout: Volume, settings: GenerateSettings, specs: list[dict],
-                       seed: int) -> list[NoduleRecord] | None:
+def _requested_records(model: LungDDPM, layout: Volume, specs: list[dict],
+                       own: list[NoduleRecord]) -> list[NoduleRecord] | None:
     """The attributes asked of each nodule of an attribute model's case (None for a model without attributes).
 
-    --attributes-from: every nodule of the layout, drawn from the source with the case's seed; otherwise the random
-    nodules' kinds as their texture (``layout.sidecar.kind_records``, as add-nodule records them).
+    The layout's own nodules' records (drawn from --attributes-from) and the random nodules' specs: their drawn
+    attributes, or their kinds as texture (``layout.sidecar.kind_records``, as add-nodule records them).
     """
     if not model.config.attributes:
         return None
-    if settings.attributes_from is not None:
-        _, count = nodule_components(layout)
-        drawn = settings.attributes_from.draw(seed, count)
-        return layout_records(layout, dict(enumerate(drawn, start=1)))
-    return kind_records(layout, specs) if specs else []
+    return kind_records(layout, specs, own) if specs or own else []
 
 
 def _kept(paths: DatasetPaths, done: int, total: int) -> str:

@@ -18,7 +18,7 @@ from lungddpm.errors import InputError
 from lungddpm.io.volume import Volume, index_to_physical, mask_image, physical_to_index
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import LUNG, NODULE, touches_lung
-from lungddpm.layout.nodule_shape import Outline, draw_outline, scale_fraction
+from lungddpm.layout.nodule_shape import OUTLINE_FIELDS, Outline, draw_outline, scale_fraction
 
 NODULE_KINDS = ("solid", "part-solid", "ground-glass")
 # A kind is a texture, not a shape: the LIDC texture code an added nodule's sidecar record gets (attribute models use it).
@@ -28,6 +28,7 @@ LOBULATION_AMPLITUDE = 0.35
 LOBULATION_DEGREES = (2, 4, 6)
 RANDOM_DIAMETERS_MM = (4.0, 20.0)  # default diameter range of random nodules
 RANDOM_IRREGULARITY = (0.0, 0.5)  # random nodules' irregularity is drawn from this range unless one is given
+SHAPE_FIELDS = (*OUTLINE_FIELDS, "lobulation")  # the characteristics a painted nodule's shape follows
 OUTLINE_STREAM = 1  # a described nodule's outline is drawn from (its shape seed, this stream)
 
 

@@ -169,7 +169,7 @@ def match_records(layout: Volume, records: Iterable[NoduleRecord]) -> dict[int, 
 def kind_records(layout: Volume, specs: Iterable[Mapping], earlier: Iterable[NoduleRecord] = ()) -> list[NoduleRecord]:
     """The layout's records: earlier ones kept, each added nodule spec's attributes (its kind as the texture
     (KIND_TEXTURE) unless they give one), by centre."""
-    added = [NoduleRecord(0, tuple(spec["center_lps_mm"]),
-                          NoduleAttributes(**{"texture": KIND_TEXTURE[spec["kind"]], **spec.get("attributes", {})}))
+    added = [NoduleRecord(0, tuple(spec["center_lps_mm"]), NoduleAttributes(
+        **{**({"texture": KIND_TEXTURE[spec["kind"]]} if "kind" in spec else {}), **spec.get("attributes", {})}))
              for spec in specs]
     return layout_records(layout, match_records(layout, [*earlier, *added]))
