@@ -2,7 +2,9 @@
 
 For each w, each held-out phantom (bench/held_out.py) and each request of a factorial design over the model's
 attributes (texture ground-glass / part-solid / solid, calcification central / absent, margin and spiculation
-at their two ends, those the model knows), K variants (sampling seeds 0 … K−1) are synthesised with the request for every nodule. Each
+at their two ends, those the model knows), K variants (sampling seeds 0 … K−1) are synthesised with the request for every
+nodule, on the layout add-nodule paints for the request (held_out.outlined_layout: a spiculated request has spicules in
+its nodule masks, as a user placing the nodule gets them). Each
 nodule is measured on the output as `lungddpm evaluate` measures it (evaluation/adherence.py, with the phantom
 as the reference) and scored per attribute (Spearman ρ of requested vs measured, evaluation.adherence.agreement);
 variety is the mean pairwise |ΔHU| among the K variants (evaluation/variety.py) over the lung region (label ≥ 1;
@@ -20,7 +22,7 @@ import time
 
 import numpy as np
 
-from held_out import bench_arguments, bench_model
+from held_out import bench_arguments, bench_model, outlined_layout
 from lungddpm.evaluation.adherence import agreement, nodule_measurements
 from lungddpm.evaluation.variety import mean_pairwise_difference
 from lungddpm.layout.attributes import NoduleAttributes
@@ -40,17 +42,18 @@ def sweep_point(model, w: float, cases: list, variants: int, requests: list[Nodu
                 steps: int | None) -> dict:
     """Agreement and variety at one guidance scale over the held-out cases and requests."""
     nodules, lung_variety, nodule_variety = [], [], []
-    for ph in cases:
-        nodule_layout = (ph.layout.array == NODULE).astype(np.uint8)
+    for n, ph in enumerate(cases):
         for request in requests:
+            layout = outlined_layout(ph, request, seed=n)  # spicules in the mask, as add-nodule paints them
+            nodule_layout = (layout.array == NODULE).astype(np.uint8)
             images = []
             for k in range(variants):
-                result = synthesize(ph.ct, ph.layout, model, seed=k, sampler=sampler, steps=steps, device="cpu",
+                result = synthesize(ph.ct, layout, model, seed=k, sampler=sampler, steps=steps, device="cpu",
                                     attributes=request, guidance=w)
                 images.append(result.image.array)
                 nodules += [{**m, "requested": request.to_dict()}
-                            for m in nodule_measurements(result.image, ph.layout, ph.ct)]
-            lung_variety.append(mean_pairwise_difference(images, [ph.layout.array] * variants))
+                            for m in nodule_measurements(result.image, layout, ph.ct)]
+            lung_variety.append(mean_pairwise_difference(images, [layout.array] * variants))
             nodule_variety.append(mean_pairwise_difference(images, [nodule_layout] * variants))
     return {"agreement": agreement(nodules), "nodules": len(nodules),
             "variety_lung_hu": float(np.mean(lung_variety)) if variants > 1 else None,

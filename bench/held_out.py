@@ -15,6 +15,10 @@ import numpy as np
 import torch
 
 from lungddpm.cli import _model_path
+from lungddpm.io.volume import Volume
+from lungddpm.layout.attributes import NoduleAttributes
+from lungddpm.layout.labels import LUNG
+from lungddpm.layout.nodules import add_nodule
 from lungddpm.demo.phantom import Phantom, make_phantom, phantom_grid
 from lungddpm.model.checkpoints import load_model, read_checkpoint
 from lungddpm.model.lungddpm import LungDDPM
@@ -37,6 +41,19 @@ def held_out_case(seed: int, training: dict | None = None) -> Phantom:
     specs = [{"center_lps_mm": n["center_lps_mm"], "diameter_mm": diameter, "attributes": {"texture": 5}}
              for n in plain.nodules]
     return make_phantom(grid, seed=seed, nodules=specs)
+
+
+def outlined_layout(case: Phantom, attributes: NoduleAttributes, seed: int = 0) -> Volume:
+    """The case's layout with each nodule repainted as add-nodule draws it for these attributes (same centre, size).
+
+    A request's shape characteristics (spiculation, sphericity, lobulation) are the layout's, as a user placing
+    the nodule gets them; the plain ball the case's CT holds lies inside every such outline.
+    """
+    lungs = case.layout.with_array(np.minimum(case.layout.array, LUNG).astype(np.uint8))
+    for n, nodule in enumerate(case.nodules):
+        lungs = add_nodule(lungs, nodule["center_lps_mm"], nodule["attributes"].diameter_mm, seed=seed + n,
+                           attributes=attributes)
+    return lungs
 
 
 def bench_arguments(description: str, seeds: int, guidance: list[float]) -> argparse.ArgumentParser:

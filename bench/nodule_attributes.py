@@ -10,6 +10,10 @@ synthesised with each request for every nodule, at each guidance scale w. Image-
 - calcification central vs absent (texture solid): the mean HU of the nodule's core (voxels within
   CORE_FRACTION of the equivalent radius from the nodule's centroid; the phantom's central calcium
   has radius 0.35 of it, 400 HU).
+- spiculation none (1) vs marked (5) (texture solid), each on the layout add-nodule paints for that
+  request (bench/held_out.py ``outlined_layout``: spicules in the nodule mask, as a user placing the
+  nodule gets them): the boundary irregularity of the nodule's dense region, as ``lungddpm evaluate``
+  measures it (evaluation/adherence.py, the phantom as the reference), and of the layout's own mask.
 
 Not a test.
 
@@ -23,7 +27,8 @@ import time
 
 import numpy as np
 
-from held_out import bench_arguments, bench_model
+from held_out import bench_arguments, bench_model, outlined_layout
+from lungddpm.evaluation.adherence import nodule_measurements, shape_measures
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
 from lungddpm.layout.sidecar import nodule_components
@@ -31,6 +36,7 @@ from lungddpm.synthesis.synthesize import synthesize
 
 REQUESTS = {"ground-glass": dict(texture=1), "part-solid": dict(texture=3), "solid": dict(texture=5),
             "calcified": dict(texture=5, calcification=5), "not calcified": dict(texture=5, calcification=6)}
+SPICULATION = {"not spiculated": dict(texture=5, spiculation=1), "spiculated": dict(texture=5, spiculation=5)}
 CORE_FRACTION = 0.35
 
 
@@ -64,11 +70,27 @@ def main() -> None:
                                     device="cpu", attributes=NoduleAttributes(**request), guidance=w)
                 region = core if "calcified" in name else nodule
                 rows[name].append(round(float(result.image.array[region].mean()), 1))
+        irregularity = {name: {"image": [], "layout": []} for name in SPICULATION}
+        for n, ph in enumerate(cases):
+            for name, request in SPICULATION.items():
+                if "spiculation" not in model.config.attributes:
+                    continue
+                attributes = NoduleAttributes(**request)
+                layout = outlined_layout(ph, attributes, seed=n)
+                result = synthesize(ph.ct, layout, model, seed=n, sampler=args.sampler, steps=args.steps,
+                                    device="cpu", attributes=attributes, guidance=w)
+                irregularity[name]["image"] += [m["irregularity"] for m in nodule_measurements(result.image, layout, ph.ct)]
+                components, count = nodule_components(layout)
+                irregularity[name]["layout"] += [shape_measures(components == c, layout.spacing)["irregularity"]
+                                                 for c in range(1, count + 1)]
         means = {name: round(float(np.mean(v)), 1) for name, v in rows.items()}
         ordered = sum(g < ps < s for g, ps, s in zip(rows["ground-glass"], rows["part-solid"], rows["solid"]))
         table[f"w={w:g}"] = {"mean_hu": means, "per_seed_hu": rows, "texture_ordered_seeds": f"{ordered}/{args.seeds}",
                              "solid_minus_ground_glass_hu": round(means["solid"] - means["ground-glass"], 1),
-                             "calcified_core_hu": means["calcified"], "uncalcified_core_hu": means["not calcified"]}
+                             "calcified_core_hu": means["calcified"], "uncalcified_core_hu": means["not calcified"],
+                             "irregularity": {name: {where: round(float(np.nanmean(v)), 3) if v else None
+                                                     for where, v in measured.items()}
+                                              for name, measured in irregularity.items()}}
     print(json.dumps({"model": args.model, "sampler": args.sampler, "steps": args.steps, "seeds": args.seeds,
                       "default_guidance": model.config.guidance_scale, "results": table,
                       "seconds": round(time.perf_counter() - start, 1)}, indent=1))
