@@ -580,7 +580,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
                      help="attribute models: each nodule's attributes drawn (seeded per case) from a mix, e.g. "
                           "'texture=ground-glass:0.3,part-solid:0.3,solid:0.4; spiculation=1,5' (values as --nodule "
                           "takes them, optional relative weights after ':'), or from the rated nodules of a prepared "
-                          "data set's manifest.json (or its folder)")
+                          "data set's manifest.json (or its folder); random nodules are painted with the outline "
+                          "their draw asks for (sphericity, spiculation, lobulation)")
     gen.add_argument("--guidance", type=number(0.0), default=None, metavar="W",
                      help="classifier-free guidance scale w of an attribute model (default: the model's; 1 = plain)")
     gen.add_argument("--labels", default="layout", choices=sorted(LABEL_SETS), help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
