@@ -54,7 +54,13 @@ BF16_CPU_PATH = FastPath("bf16", SDPA, LAYOUTS[1])
 
 
 def pick_fast_path(device: torch.device, precision: str = AUTO) -> FastPath:
-    """The path for `device` at `precision` (auto: ``resolve_precision``), with that device's attention and layout."""
+    """The path for `device` at `precision` (auto: ``resolve_precision``), with that device's attention and layout.
+
+    No path uses ``torch.compile``. On a CPU it does not pay (bench/compile_cpu.py, demo-sized U-Net on the bf16
+    path, README "torch.compile on a CPU"): compiling took 98–143 s cold and 7–11 s from inductor's cache, and the
+    compiled pass was slower at 64³ (min 6.5 s against eager's 3.5 s) and no faster at 32³, so no number of the
+    default samplers' 3 / 10 passes earns the compile back. GPUs: measured by bench/gpu_check.sh before it is used.
+    """
     precision = resolve_precision(device, precision)
     if device.type == "cpu":  # fp32 on a CPU: the einsum attention is faster than SDPA
         return BF16_CPU_PATH if precision == "bf16" else FastPath(precision, LEGACY)
