@@ -154,7 +154,7 @@ class LungDDPMSlicerParameterNode:
     sampler: Annotated[str, Choice(list(panel.CHOICES["sampler"]))] = engine.DEFAULT_SAMPLER
     steps: Annotated[int, WithinRange(1, 1000)] = engine.DEFAULT_SOLVER_STEPS  # solvers only; at most the model's T
     aasVariant: Annotated[str, Choice(list(panel.AAS_VARIANTS))] = "paper"  # ddpm only
-    precision: Annotated[str, Choice(list(panel.CHOICES["precision"]))] = "fp32"  # fp16: CUDA GPUs only
+    precision: Annotated[str, Choice(list(panel.CHOICES["precision"]))] = engine.DEFAULT_PRECISION  # fp16: CUDA GPUs only
     patchSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0  # Lung-DDPM+ cube voxel size; 0: the model's own
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     variants: Annotated[int, WithinRange(1, 50)] = 1
@@ -314,7 +314,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             if self._parameterNode.precision == "fp16" and not self.logic.cudaGpuDetected():
-                self._parameterNode.precision = "fp32"  # e.g. a scene saved on a GPU machine
+                self._parameterNode.precision = engine.DEFAULT_PRECISION  # e.g. a scene saved on a GPU machine
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.describeChoices()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
@@ -333,10 +333,11 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combos = {"device": self.ui.deviceCombo, "sampler": self.ui.samplerCombo, "precision": self.ui.precisionCombo,
                   "aasVariant": self.ui.aasVariantCombo}
         tips = {"sampler": panel.SAMPLER_TIPS, "precision": panel.PRECISION_TIPS}
+        labels = panel.choice_labels(self.logic.autoPrecisions())
         for field, combo in combos.items():
             for index in range(combo.count):
                 value = panel.CHOICES[field][index]
-                combo.setItemText(index, panel.CHOICE_LABELS[field][value])
+                combo.setItemText(index, labels[field][value])
                 if field in tips:
                     combo.setItemData(index, tips[field][value], qt.Qt.ToolTipRole)
 
@@ -992,6 +993,12 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         """Whether nvidia-smi reports a CUDA GPU (fp16 is offered only then)."""
         return bool(self.gpus())
 
+    def autoPrecisions(self) -> dict[str, str]:
+        """What the engine's precision auto runs on this computer: on its CUDA GPU (if detected) and on its CPU."""
+        precision = nodule_attributes.engine_module(self.engineDir(), "lungddpm.runtime.precision")  # torch-free
+        gpu = {"the CUDA GPU": precision.auto_precision("cuda")} if self.cudaGpuDetected() else {}
+        return {**gpu, "this CPU": precision.auto_precision("cpu")}
+
     def estimate(self, modelName: str, device: str, variants: int, sampler: str = engine.DEFAULT_SAMPLER,
                  steps: int | None = None, nodules: int = 1) -> estimates.Estimate:
         """Expected time and memory of a synthesis on this computer, with warnings (nodules: for patch models)."""
@@ -1093,7 +1100,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     def startSynthesis(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
                        noduleSegmentIds: list[str], model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
                        sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
-                       precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
+                       precision: str = engine.DEFAULT_PRECISION, patchSpacingMm: float | None = None, localModelFile: Path | None = None,
                        keepTemporaryFiles: bool = False, log=None, guidance: float | None = None,
                        downloadProgress=None) -> jobs.SynthesisJob:
         """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job.
@@ -1119,7 +1126,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     def startServerSynthesis(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
                              noduleSegmentIds: list[str], server: remote.Server, model: str, seed: int = 0,
                              variants: int = 1, sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None,
-                             aasVariant: str = "paper", precision: str = "fp32", patchSpacingMm: float | None = None,
+                             aasVariant: str = "paper", precision: str = engine.DEFAULT_PRECISION, patchSpacingMm: float | None = None,
                              keepTemporaryFiles: bool = False, log=None, modelAttributes: tuple[str, ...] = (),
                              guidance: float | None = None) -> remote_jobs.RemoteSynthesisJob:
         """Start a synthesis on a `lungddpm serve` server (model: a name it lists); poll() the returned job.
@@ -1141,7 +1148,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
     def synthesize(self, referenceVolumeNode, segmentationNode, lungSegments: str | list[str],
                    noduleSegmentIds: list[str], model: str | Path, seed: int = 0, variants: int = 1, device: str = "auto",
                    sampler: str = engine.DEFAULT_SAMPLER, steps: int | None = None, aasVariant: str = "paper",
-                   precision: str = "fp32", patchSpacingMm: float | None = None, localModelFile: Path | None = None,
+                   precision: str = engine.DEFAULT_PRECISION, patchSpacingMm: float | None = None, localModelFile: Path | None = None,
                    keepTemporaryFiles: bool = False) -> list[jobs.SynthesisOutput]:
         """Synthesise and wait (batch use); the new volume and layout segmentation nodes per variant.
 

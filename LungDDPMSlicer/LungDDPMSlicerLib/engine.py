@@ -12,12 +12,14 @@ from pathlib import Path
 
 ERROR_PREFIX = "lungddpm: error: "
 DEVICES = ("auto", "cuda", "mps", "cpu")
-# Mirrors of lungddpm.sampling.options.SAMPLERS / DEFAULT_SAMPLER / DEFAULT_SOLVER_STEPS and lungddpm.runtime.precision.PRECISIONS
-# (Slicer's process never imports the engine; Testing/slicer checks that they agree). Panel order: default first.
+# Mirrors of lungddpm.sampling.options.SAMPLERS / DEFAULT_SAMPLER / DEFAULT_SOLVER_STEPS and
+# lungddpm.runtime.precision.PRECISION_CHOICES / AUTO (Slicer's process never imports the engine's torch modules;
+# Testing/slicer checks that they agree). Panel order: default first.
 SAMPLERS = ("dpmpp2m", "dpmpp3m", "ddim", "ddpm")
 DEFAULT_SAMPLER = "dpmpp2m"
 DEFAULT_SOLVER_STEPS = 3
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: the engine's fastest measured path for the device
+DEFAULT_PRECISION = "auto"
 
 
 class EngineNotFoundError(RuntimeError):
@@ -91,7 +93,7 @@ def check_options(device: str, sampler: str, steps: int | None, variant: str, pr
 
 def synthesize_command(python: str, reference: Path, layout: Path, model: Path, output: Path, *, seed: int,
                        device: str, sampler: str = DEFAULT_SAMPLER, steps: int | None = None, variant: str = "paper",
-                       precision: str = "fp32", patch_spacing_mm: float | None = None,
+                       precision: str = DEFAULT_PRECISION, patch_spacing_mm: float | None = None,
                        nodules_json: Path | None = None, guidance: float | None = None) -> list[str]:
     """The `python -m lungddpm synthesize ... --progress json` command line.
 

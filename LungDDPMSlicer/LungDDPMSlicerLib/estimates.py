@@ -22,7 +22,7 @@ from .models import ModelEntry
 
 LONG_RUN_S = 3600.0
 PATCH_PROFILES = ("released-patch", "native-patch")  # nodule-cube models; mirrors lungddpm.model.config.PATCH_PROFILES
-PATCH_BATCH = 4  # cubes per network pass; mirrors lungddpm.synthesis.patches.PATCH_BATCH (checked in Testing/slicer)
+PATCH_BATCH = 4  # cubes per network pass; mirrors lungddpm.model.fastpath.MAX_BATCH (checked in Testing/slicer)
 
 
 @dataclass(frozen=True)

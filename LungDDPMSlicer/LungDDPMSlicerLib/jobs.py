@@ -63,7 +63,7 @@ class SynthesisRequest:
     sampler: str = engine.DEFAULT_SAMPLER
     steps: int | None = None  # solvers only; None: the engine's default
     aas_variant: str = "paper"  # ddpm only
-    precision: str = "fp32"
+    precision: str = engine.DEFAULT_PRECISION  # auto: what the engine picks for the device it runs on
     patch_spacing_mm: float | None = None  # Lung-DDPM+ models only; None: the model's own
     model_attributes: Sequence[str] = ()  # the attributes the model takes (checkpoint_info); () sends none
     guidance: float | None = None  # attribute models only; None: the model's default

@@ -28,11 +28,14 @@ CHOICE_LABELS = {
                "cpu": "CPU"},
     "sampler": {"dpmpp2m": "DPM-Solver++ (2M)", "dpmpp3m": "DPM-Solver++ (3M)", "ddim": "DDIM",
                 "ddpm": "DDPM (all of the model's steps)"},
-    "precision": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16 (CUDA GPUs)"},
+    "precision": {"auto": "Automatic", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16 (CUDA GPUs)"},
     "aasVariant": {"paper": "Paper (Alg. 2)", "released": "Released code"},
 }
 CHOICES = {"device": DEVICES, "sampler": SAMPLERS, "precision": PRECISIONS, "aasVariant": AAS_VARIANTS}  # combo order
 PRECISION_TIPS = {
+    "auto": "The engine's default: the fastest path measured to stay within its bf16 tolerance on the device it runs on "
+            "(bfloat16 autocast on CPUs with native bf16, AVX-512 BF16 or AMX; float32 elsewhere, GPUs included). "
+            "Each result records what ran; a server picks for its own device.",
     "fp32": "Full precision: the reference setting, reproducible bit for bit on the same CPU.",
     "bf16": "bfloat16 autocast of the network: faster on recent CPUs and GPUs, with small differences to fp32.",
     "fp16": "float16 autocast of the network: CUDA GPUs only.",
@@ -106,6 +109,16 @@ def widget_states(sampler: str, entry: ModelEntry | None) -> WidgetStates:
 def offered_precisions(cuda_gpu: bool) -> tuple[str, ...]:
     """The precisions to offer: fp16 only when a CUDA GPU was detected."""
     return PRECISIONS if cuda_gpu else tuple(p for p in PRECISIONS if p != "fp16")
+
+
+def choice_labels(auto_picks: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """CHOICE_LABELS with the Automatic precision saying what it runs here, e.g. 'Automatic (bfloat16 on this CPU)'.
+
+    auto_picks: where -> precision, from the engine's ``lungddpm.runtime.precision.auto_precision`` (torch-free).
+    """
+    names = CHOICE_LABELS["precision"]
+    picked = ", ".join(f"{names[precision]} on {where}" for where, precision in auto_picks.items())
+    return {**CHOICE_LABELS, "precision": {**names, "auto": f"{names['auto']} ({picked})"}}
 
 
 def precision_problem(precision: str, device: str, cuda_gpu: bool) -> str:

@@ -323,6 +323,7 @@ FLAGS: dict[tuple[str, str], Flag | str] = {
     ("generate", "--diameter-range"): Flag("generate", ("--nodules", "1", "--diameter-range", "25", "30"),
                                            differs(voxels(GEN_LABEL))),
     ("generate", "--kinds"): Flag("generate", ("--nodules", "1", "--kinds", "ground-glass"), refused("ground-glass")),
+    ("generate", "--batch"): Flag("generate", ("--batch", "1"), records(manifest("batch_rule"), "given")),
     ("generate", "--labels"): Flag("generate", ("--labels", "nodule"), differs(voxels(GEN_LABEL))),
     ("generate", "--shard"): Flag("generate", ("--shard", "1/2"), differs(files)),
     ("generate", "--device"): Flag("generate", ("--device", "cuda:7"), refused("cuda:7")),

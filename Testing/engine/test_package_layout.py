@@ -64,7 +64,8 @@ def test_stage_packages_import_nothing_and_the_entry_points_need_no_torch():
         tree = ast.parse(init.read_text())
         assert all(isinstance(n, ast.Expr) for n in tree.body), f"{init} should hold only its docstring"
     code = ("import sys, lungddpm, lungddpm.cli, lungddpm.io.volume, lungddpm.layout.lung_mask, lungddpm.layout.nodules, "
-            "lungddpm.layout.attributes, lungddpm.layout.sidecar, lungddpm.layout.annotations; "
-            "lungddpm.cli.build_parser(); print('torch' in sys.modules)")
+            "lungddpm.layout.attributes, lungddpm.layout.sidecar, lungddpm.layout.annotations, lungddpm.runtime.precision; "
+            "lungddpm.cli.build_parser(); lungddpm.runtime.precision.auto_precision('cpu'); "
+            "print('torch' in sys.modules)")  # the Slicer panel imports layout.attributes and runtime.precision
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parents[1])
     assert out.stdout.strip() == "False"

@@ -79,4 +79,25 @@ def test_persisted_settings_round_trip_and_stale_values_are_dropped():
     assert panel.restored_settings(stored, offered) == {k: v for k, v in values.items() if k != "seed"}
     stale = {"modelName": "withdrawn", "device": "tpu", "sampler": None, "steps": "0", "precision": "fp16"}
     assert panel.restored_settings(stale, offered) == {}
+    # a version whose default was fp32 stored it: it stays fp32 (a choice made then is not changed); never stored: auto
+    assert panel.restored_settings({"precision": "fp32"}, offered) == {"precision": "fp32"}
+    assert panel.restored_settings({"precision": None}, offered) == {} and offered["precision"][0] == engine.DEFAULT_PRECISION
     assert set(offered["modelName"]) <= {e.name for e in models.load_model_list(REPO / "Resources" / "models.json")}
+
+
+def test_automatic_precision_is_the_default_and_says_what_the_engine_runs_here():
+    """The precision combo starts at Automatic; its label names what the engine's own rule picks on this computer."""
+    from lungddpm.runtime import precision
+
+    assert panel.CHOICES["precision"][0] == engine.DEFAULT_PRECISION == precision.AUTO
+    here = {"this CPU": precision.auto_precision("cpu")}
+    expected = "bfloat16" if precision.cpu_has_native_bf16() else "float32"
+    assert panel.choice_labels(here)["precision"]["auto"] == f"Automatic ({expected} on this CPU)"
+    both = panel.choice_labels({"the CUDA GPU": "fp32", "this CPU": "bf16"})
+    assert both["precision"]["auto"] == "Automatic (float32 on the CUDA GPU, bfloat16 on this CPU)"
+    assert {k: v for k, v in both["precision"].items() if k != "auto"} == \
+        {k: v for k, v in panel.CHOICE_LABELS["precision"].items() if k != "auto"}
+    assert both["sampler"] == panel.CHOICE_LABELS["sampler"]
+    assert precision.auto_precision("cuda") == precision.auto_precision("mps") == "fp32"
+    module = nodule_attributes.engine_module(engine.find_engine_dir(REPO / "LungDDPMSlicer"), "lungddpm.runtime.precision")
+    assert module.auto_precision("cpu") == precision.auto_precision("cpu")  # what the widget imports, without torch

@@ -278,7 +278,7 @@ def test_panel_rules_for_samplers_precisions_and_patch_models(entries):
         panel.SamplingOptions("dpmpp2m", 12, "paper", "bf16", None)
     assert panel.sampling_options("ddpm", 12, "released", "fp32", 1.5) == \
         panel.SamplingOptions("ddpm", None, "released", "fp32", 1.5)
-    assert panel.offered_precisions(False) == ("fp32", "bf16") and panel.offered_precisions(True)[-1] == "fp16"
+    assert panel.offered_precisions(False) == ("auto", "fp32", "bf16") and panel.offered_precisions(True)[-1] == "fp16"
     assert "CUDA GPU" in panel.precision_problem("fp16", "cpu", True)
     assert "CUDA GPU" in panel.precision_problem("fp16", "auto", False)
     assert panel.precision_problem("fp16", "cuda", True) == panel.precision_problem("bf16", "cpu", False) == ""
@@ -287,15 +287,17 @@ def test_panel_rules_for_samplers_precisions_and_patch_models(entries):
 
 def test_mirrored_engine_constants_agree_with_the_engine():
     """The module's copies of the engine's samplers, defaults, precisions and cube batch equal the engine's own."""
-    from lungddpm.model import config
+    from lungddpm.cli import build_parser
+    from lungddpm.model import config, fastpath
     from lungddpm.runtime import precision
     from lungddpm.sampling import options
-    from lungddpm.synthesis import patches
 
     assert set(engine.SAMPLERS) == set(options.SAMPLERS) and engine.SAMPLERS[0] == options.DEFAULT_SAMPLER
     assert (engine.DEFAULT_SAMPLER, engine.DEFAULT_SOLVER_STEPS) == (options.DEFAULT_SAMPLER, options.DEFAULT_SOLVER_STEPS)
-    assert engine.PRECISIONS == precision.PRECISIONS
-    assert estimates.PATCH_BATCH == patches.PATCH_BATCH == patches.PatchProfile.batch
+    assert engine.PRECISIONS == precision.PRECISION_CHOICES and engine.DEFAULT_PRECISION == precision.AUTO
+    assert build_parser().parse_args(["synthesize", "--reference", "r", "--layout", "l", "--model", "m", "--output", "o"]).precision == \
+        engine.DEFAULT_PRECISION  # the panel's default is the command line's
+    assert estimates.PATCH_BATCH == fastpath.MAX_BATCH  # the cubes per pass where memory allows (fastpath.auto_batch)
     assert estimates.PATCH_PROFILES == config.PATCH_PROFILES
     assert config.released_lung_ddpm_plus().profile in config.PATCH_PROFILES
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from slicer_testing import MODULE_DIR, add_volume, alive, poll_until_running, require_slicer_core
+from lungddpm.runtime.precision import auto_precision
 
 require_slicer_core(module_level=True)
 import vtk  # noqa: E402  (the VTK that slicer-core brings)
@@ -197,7 +198,8 @@ def test_synthesis_round_trip_with_the_real_engine(mrml_context, case, scene_cas
     assert (attributes["model"], attributes["seed"], attributes["sampler"], attributes["steps"]) == \
            (tiny_checkpoint.name, "7", "dpmpp2m", "4")
     assert attributes["device"] == "cpu" and attributes["profile"] == "released" and attributes["lungddpm_version"]
-    assert attributes["precision"] == "fp32" and float(attributes["blend_margin_mm"]) > 0 and "patches" not in attributes
+    assert attributes["precision"] == auto_precision("cpu")  # the request's default, auto, as the engine resolved it
+    assert float(attributes["blend_margin_mm"]) > 0 and "patches" not in attributes
     # Outside the lungs the engine returns the reference voxel for voxel: proves the import's voxel order.
     synthetic = mrml.volume_array(volume)
     far = ~(case["lung"] | case["nodule"])
@@ -299,7 +301,7 @@ def test_patch_model_output_is_a_volume_and_a_nodule_segmentation(mrml_context, 
     assert (attributes["profile"], attributes["patches"], attributes["patch_spacing_mm"]) == \
            ("released-patch", "2", "reference voxels")
     assert (attributes["sampler"], attributes["steps"], attributes["precision"], attributes["SYNTHETIC"]) == \
-           ("dpmpp2m", "3", "fp32", "true")
+           ("dpmpp2m", "3", auto_precision("cpu"), "true")
     # Cubes on the CT's own voxels paste back exactly the nodules: every other voxel is the reference's.
     synthetic, nodules = mrml.volume_array(volume), case["nodule"] | case["nodule_b"]
     assert np.array_equal(synthetic[~nodules], case["array"][~nodules])

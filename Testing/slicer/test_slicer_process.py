@@ -154,7 +154,7 @@ def test_sampler_steps_precision_and_patch_spacing_reach_the_command_line():
                                          **{"device": "auto", **options})
 
     default = command()
-    assert (option(default, "--sampler"), option(default, "--precision")) == ("dpmpp2m", "fp32")
+    assert (option(default, "--sampler"), option(default, "--precision")) == ("dpmpp2m", "auto")  # the engine's default
     assert option(default, "--steps") is None and option(default, "--variant") is None
     assert option(default, "--patch-spacing") is None
     for sampler in ("dpmpp2m", "dpmpp3m", "ddim"):
@@ -165,6 +165,9 @@ def test_sampler_steps_precision_and_patch_spacing_reach_the_command_line():
     assert (option(ddpm, "--sampler"), option(ddpm, "--variant"), option(ddpm, "--steps")) == ("ddpm", "released", None)
     assert option(command(patch_spacing_mm=1.25), "--patch-spacing") == "1.25"
     assert option(command(device="cuda", precision="fp16"), "--precision") == "fp16"
+    assert [option(command(device=device, precision="auto"), "--precision") for device in engine.DEVICES] == \
+        ["auto"] * len(engine.DEVICES)  # auto runs on every device: the engine resolves it there
+    assert option(command(precision="fp32"), "--precision") == "fp32"  # an explicit choice passes as it is
     refused = [({"sampler": "euler"}, "sampler 'euler'"), ({"precision": "fp8"}, "precision 'fp8'"),
                ({"variant": "released"}, "only for the ddpm sampler"), ({"steps": 0}, "at least 1"),
                ({"patch_spacing_mm": 0.0}, "positive voxel size"), ({"device": "cpu", "precision": "fp16"}, "bf16 or fp32")]

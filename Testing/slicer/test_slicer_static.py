@@ -288,3 +288,14 @@ def test_nodule_segments_are_chosen_with_a_multi_selection_segment_selector():
     assert widget.get("class") == "qMRMLSegmentSelectorWidget" and props["multiSelection"] == "true"
     assert "QListWidget" not in {w.get("class") for w in ui_widgets().values()}
     assert "segmentSelectionChanged.connect(self.onNoduleSegmentsChanged)" in MAIN_SCRIPT.read_text()
+
+
+def test_the_precision_defaults_to_automatic_labelled_with_what_runs_here():
+    """The parameter node's precision default is the engine's (auto), and the combo's label comes from the engine's rule."""
+    tree = ast.parse(MAIN_SCRIPT.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LungDDPMSlicerParameterNode"]
+    (field,) = [s for s in cls.body if isinstance(s, ast.AnnAssign) and s.target.id == "precision"]
+    assert ast.unparse(field.value) == "engine.DEFAULT_PRECISION"
+    methods = {n.name: ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert "panel.choice_labels(self.logic.autoPrecisions())" in methods["describeChoices"]
+    assert "'lungddpm.runtime.precision'" in methods["autoPrecisions"]

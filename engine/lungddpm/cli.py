@@ -314,7 +314,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     source = parse_attribute_source(args.attributes_from) if args.attributes_from else None
     settings = GenerateSettings(variants=args.variants, seed=args.seed, sampler=args.sampler, steps=args.steps,
                                 aas_variant=args.variant, label_set=args.labels, device=args.device, nodules=nodules,
-                                guidance=args.guidance, attributes_from=source)
+                                guidance=args.guidance, attributes_from=source, batch=args.batch)
     summary = generate(read_references(args.references), _model_path(args.model), paths, settings, shard, progress=args.progress)
     print(json.dumps({"event": "done", **summary}))
     return 0
@@ -584,6 +584,9 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
                           "their draw asks for (sphericity, spiculation, lobulation)")
     gen.add_argument("--guidance", type=number(0.0), default=None, metavar="W",
                      help="classifier-free guidance scale w of an attribute model (default: the model's; 1 = plain)")
+    gen.add_argument("--batch", type=POSITIVE, default=None, metavar="B",
+                     help="variants of one reference sampled together: samples per network pass (patch models: cubes; "
+                          "default: as many as fit in half the free memory, at most 4; recorded per case)")
     gen.add_argument("--labels", default="layout", choices=sorted(LABEL_SETS), help="labelsTr: 0/1/2 layout (default) or 0/1 nodule only")
     gen.add_argument("--shard", default=None, metavar="I/N", help="this process's shard (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     gen.add_argument("--device", default="auto", help="auto (= cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N, mps")

@@ -14,8 +14,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from lungddpm.demo.demo import DEMO_MODEL
+from lungddpm.demo.demo import DEMO_MODEL, DEMO_NODULES_MODEL
 from lungddpm.generation.export import dataset_folder, finalize
 from lungddpm.errors import ConfigError
 from lungddpm.generation.generate import GenerateSettings, NoduleRequest, generate, read_references
@@ -24,6 +25,7 @@ from lungddpm.demo.phantom import make_phantom, phantom_grid
 from lungddpm.cli import main
 from lungddpm.io.atomic import is_temporary
 from lungddpm.io.volume import read_volume, same_grid, write_volume
+from lungddpm.model.fastpath import pick_fast_path
 
 REPO = Path(__file__).resolve().parents[3]
 FAST = dict(sampler="dpmpp2m", steps=2, device="cpu")
@@ -133,8 +135,8 @@ def test_interrupted_run_resumes_without_redoing_finished_cases(refs_dir, tmp_pa
 
     refs = read_references(refs_dir)[:1]
     paths = dataset_folder(tmp_path, 503, "Resume")
-    settings = GenerateSettings(variants=2, nodules=NODULES, **FAST)
-    real_synthesize, calls = gen.synthesize, []
+    settings = GenerateSettings(variants=2, nodules=NODULES, batch=1, **FAST)  # one case per synthesis call
+    real_synthesize, calls = gen.synthesize_variants, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -142,10 +144,10 @@ def test_interrupted_run_resumes_without_redoing_finished_cases(refs_dir, tmp_pa
             raise KeyboardInterrupt  # the job is killed while making the second case
         return real_synthesize(*args, **kwargs)
 
-    monkeypatch.setattr(gen, "synthesize", interrupted)
+    monkeypatch.setattr(gen, "synthesize_variants", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate(refs, DEMO_MODEL, paths, settings, Shard(0, 1), progress="none")
-    monkeypatch.setattr(gen, "synthesize", real_synthesize)
+    monkeypatch.setattr(gen, "synthesize_variants", real_synthesize)
     first, second = "LUNGSYN_chest0_v000", "LUNGSYN_chest0_v001"
     assert sorted(p.stem for p in (paths.root / "provenance").glob("*.json")) == [first]
     assert [p.name for p in (paths.root / "imagesTr").iterdir()] == [f"{first}_0000.nii.gz"]
@@ -269,3 +271,49 @@ def test_kinds_are_textures_for_attribute_models_and_refused_by_others(refs_dir,
     settings = GenerateSettings(nodules=NoduleRequest(1, (20.0, 25.0), ("ground-glass",)), **FAST)
     with pytest.raises(ConfigError, match="takes no nodule attributes, so --kinds ground-glass cannot be honoured"):
         generate(refs, DEMO_MODEL, dataset_folder(tmp_path / "demo", 501, "Kinds"), settings, Shard(0, 1), progress="none")
+
+
+# Batched variants against one at a time: the same noise per variant (its own generators), but not the same bits.
+# oneDNN and BLAS choose kernels and blocking by batch size, so a batched pass sums in another order: in fp32 the
+# difference of ε̂ is ~1e-6 and the HU images (integer pixel type) differ by at most 1 HU where a value sits on a
+# rounding boundary; with bf16 (auto on a CPU with native bf16) the other order is rounded to bf16's 8 bits, and
+# the variant moves by the bf16 tolerance of Testing/engine/evaluation/test_fidelity.py (measured on the demo:
+# mean 0.4 HU, 99th percentile 3 HU in the lung). What the variant is (layout, seed, noise, provenance) is the same.
+BATCH_TOLERANCE_HU = {"fp32": (0.01, 1.0, 1.0), "bf16": (2.0, 20.0, None)}  # mean, 99th percentile, max |ΔHU| in the lung
+
+
+def _lung_differences(a: np.ndarray, b: np.ndarray, lung: np.ndarray) -> tuple[float, float, float]:
+    """Mean, 99th percentile and max |a − b| over the lung region."""
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))[lung]
+    return float(d.mean()), float(np.percentile(d, 99)), float(d.max())
+
+
+@pytest.mark.parametrize("model", [DEMO_MODEL, DEMO_NODULES_MODEL], ids=["full-volume", "patch"])
+def test_variants_sampled_together_give_what_each_gives_alone(refs_dir, tmp_path, model):
+    """generate with 3 variants per network pass: the same cases, labels and provenance, images within the tolerance."""
+    refs = read_references(refs_dir)[:1]
+    nodules = NODULES if model == DEMO_MODEL else NoduleRequest(1, (8.0, 12.0))  # demo-nodules: one 24-mm cube each
+    made = {}
+    for name, batch in (("alone", 1), ("together", None)):
+        paths = dataset_folder(tmp_path / name, 504, "Batch")
+        generate(refs, model, paths, GenerateSettings(variants=3, nodules=nodules, batch=batch, **FAST), Shard(0, 1),
+                 progress="none")
+        made[name] = [paths, [json.loads(line) for line in (paths.root / "manifest.jsonl").read_text().splitlines()]]
+    (alone, first), (together, second) = made["alone"], made["together"]
+    assert [(m["batch"], m["batch_rule"], m["batch_cases"]) for m in first] == [(1, "given", 1)] * 3
+    assert [(m["batch"], m["batch_rule"], m["batch_cases"]) for m in second] == [(3, "auto", 3)] * 3  # memory allows 3
+    varying = {"batch", "batch_rule", "batch_cases", "sampling_seconds", "created_utc"}
+    assert [{k: v for k, v in m.items() if k not in varying} for m in first] == \
+        [{k: v for k, v in m.items() if k not in varying} for m in second]
+    precision = first[0]["precision"]
+    assert precision == pick_fast_path(torch.device("cpu")).precision  # generate runs precision auto
+    bounds = BATCH_TOLERANCE_HU[precision]
+    images = {}
+    for m in first:
+        labels = [read_volume(paths.label(m["case"])).array for paths in (alone, together)]
+        assert np.array_equal(*labels)  # the layout does not pass through the network: bit for bit
+        images[m["case"]] = [read_volume(paths.image(m["case"])).array for paths in (alone, together)]
+        mean, p99, top = _lung_differences(*images[m["case"]], labels[0] > 0)
+        assert mean <= bounds[0] and p99 <= bounds[1] and (bounds[2] is None or top <= bounds[2]), (m["case"], mean, p99, top)
+    (a, _), (b, _), _ = images.values()
+    assert not np.array_equal(a, b)  # each variant is its own (own seed and nodule), batched or not

@@ -90,18 +90,17 @@ def test_patch_synthesis_changes_only_the_nodules(spacing_mm):
     assert np.array_equal(result.labels.array, layout.array)
 
 
-def test_cubes_have_their_own_seeds_so_batching_does_not_change_the_result(monkeypatch):
-    from lungddpm.synthesis.patches import PatchProfile
-
+def test_cubes_have_their_own_seeds_so_batching_does_not_change_the_result():
     reference, layout = case(dtype=np.float32, centres=((10, 12, 6), (30, 36, 20)))
     model = patch_model()
     # fp32: the bound is float32's rounding of batched convolutions (bf16 rounds more coarsely)
-    together = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu",
-                          precision="fp32").image.array
-    monkeypatch.setattr(PatchProfile, "batch", 1)
+    batched = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu", precision="fp32")
+    together = batched.image.array
     calls = []
-    alone = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu", precision="fp32",
-                       progress=lambda i, n: calls.append((i, n))).image.array
+    one_by_one = synthesize(reference, layout, model, seed=1, sampler="ddim", steps=2, device="cpu", precision="fp32",
+                            progress=lambda i, n: calls.append((i, n)), batch=1)
+    alone = one_by_one.image.array
+    assert (batched.metadata["batch"], one_by_one.metadata["batch"]) == ("2", "1")  # auto: both cubes in one pass
     assert np.abs(together - alone).max() < 0.05  # HU; batched convolutions round differently, nothing more
     assert calls[0] == (0, 4) and calls[-1] == (4, 4)  # two cubes of two passes each, one progress scale
     other = synthesize(reference, layout, model, seed=2, sampler="ddim", steps=2, device="cpu").image.array

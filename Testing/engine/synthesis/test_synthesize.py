@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import random_model
 from lungddpm import ConfigError
@@ -11,7 +12,9 @@ from lungddpm.sampling.options import DEFAULT_SOLVER_STEPS
 from lungddpm.layout.labels import NODULE
 from lungddpm.layout.nodules import add_nodule
 from lungddpm.demo.phantom import make_phantom, phantom_grid
-from lungddpm.synthesis.synthesize import synthesize, write_result
+from lungddpm.model.fastpath import (ACTIVATION_BYTES, MAX_BATCH, MEMORY_SHARE, auto_batch, available_bytes,
+                                     sample_bytes)
+from lungddpm.synthesis.synthesize import Variant, synthesize, synthesize_variants, write_result
 from lungddpm.io.volume import index_to_physical, read_volume, same_grid
 from test_profiles import OBLIQUE, RAS
 
@@ -111,3 +114,47 @@ def test_unknown_sampler_and_wrong_steps(native_model):
         synthesize(ct, layout, native_model, sampler="ddpm", steps=3)
     with pytest.raises(ConfigError, match="steps must lie"):
         synthesize(ct, layout, native_model, steps=9)  # more solver steps than the model's T = 8
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_variants_of_one_reference_in_one_network_pass(native_model, precision):
+    """synthesize_variants: each variant its own layout and seed; batched in fp32 within 1 HU of alone, bf16 within its
+    tolerance (batch-size-dependent kernels; see Testing/engine/generation/test_generate.py); progress over all passes."""
+    ct, layout = _case(LPS, spacing=(2.8, 2.8, 5.0), size=(128, 128, 64))
+    variants = [Variant(layout, 11), Variant(add_nodule(layout, (60.0, 0.0, 30.0), 14.0), 12), Variant(layout, 13)]
+    alone = [synthesize(ct, v.layout, native_model, seed=v.seed, device="cpu", precision=precision) for v in variants]
+    calls = []
+    together = synthesize_variants(ct, variants, native_model, device="cpu", precision=precision, batch=2,
+                                   progress=lambda step, total: calls.append((step, total)))
+    assert calls == [(i, 2 * DEFAULT_SOLVER_STEPS) for i in range(2 * DEFAULT_SOLVER_STEPS + 1)]  # 2 passes of 2, 1
+    for v, a, b in zip(variants, alone, together):
+        assert np.array_equal(a.labels.array, b.labels.array) and np.array_equal(b.labels.array, v.layout.array)
+        assert (a.metadata["batch"], a.metadata["batch_rule"], b.metadata["batch"], b.metadata["batch_rule"]) == \
+            ("1", "auto", "2", "given") and b.metadata["batch_cases"] == "3"
+        assert {k: x for k, x in a.metadata.items() if not k.startswith(("batch", "sampling"))} == \
+            {k: x for k, x in b.metadata.items() if not k.startswith(("batch", "sampling"))}
+        region = v.layout.array > 0
+        d = np.abs(a.image.array.astype(float) - b.image.array.astype(float))
+        assert np.array_equal(a.image.array[~region], b.image.array[~region])  # the reference, voxel for voxel
+        if precision == "fp32":
+            assert d.max() <= 1.0
+        else:
+            assert d[region].mean() <= 2.0 and np.percentile(d[region], 99) <= 20.0
+    assert not np.array_equal(together[0].image.array, together[2].image.array)  # same layout, other seed
+    with pytest.raises(ConfigError, match="at least 1"):
+        synthesize_variants(ct, variants, native_model, batch=0)
+
+
+def test_auto_batch_takes_what_fits_in_half_the_free_memory():
+    """The rule: min(samples, MAX_BATCH, MEMORY_SHARE × free / sample_bytes), at least 1; guided passes count twice."""
+    config = random_model().config
+    one = sample_bytes(config)
+    assert one == ACTIVATION_BYTES * config.num_channels * config.image_size**3 and sample_bytes(config, True) == 2 * one
+    cpu = torch.device("cpu")
+    assert auto_batch(config, cpu, 10, available=int(100 * one)) == MAX_BATCH
+    assert auto_batch(config, cpu, 2, available=int(100 * one)) == 2
+    assert auto_batch(config, cpu, 10, available=int(3 / MEMORY_SHARE * one)) == 3
+    assert auto_batch(config, cpu, 10, guided=True, available=int(3 / MEMORY_SHARE * one)) == 1
+    assert auto_batch(config, cpu, 10, available=0) == 1  # never less than one sample
+    free = available_bytes(cpu)
+    assert free is None or free > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,8 @@ from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.interrupt import NOTHING_WRITTEN, leaves
 from lungddpm.runtime.progress import BatchProgress
 from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
-from lungddpm.synthesis.synthesize import synthesize
+from lungddpm.model.fastpath import auto_batch
+from lungddpm.synthesis.synthesize import Variant, is_guided, synthesize_variants
 from lungddpm.io.atomic import is_temporary
 from lungddpm.io.outputs import check_output_folder, image_bytes
 from lungddpm.io.volume import READABLE_SUFFIXES, Volume, read_volume
@@ -66,7 +68,7 @@ class NoduleRequest:
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    """What to make: variants per reference, base seed, sampler and steps, label set, device, nodules and their attributes."""
+    """What to make: variants per reference, base seed, sampler and steps, label set, device, nodules, attributes, batch."""
 
     variants: int = 1
     seed: int = 0
@@ -78,6 +80,7 @@ class GenerateSettings:
     nodules: NoduleRequest | None = None
     guidance: float | None = None  # classifier-free guidance w of an attribute model (None: the model's)
     attributes_from: AttributeSource | None = None  # each nodule's attributes drawn from this (attribute models)
+    batch: int | None = None  # variants of one reference per network pass (None: model.fastpath.auto_batch)
 
     @property
     def requested_steps(self) -> int | None:
@@ -139,8 +142,10 @@ def _references_in_folder(folder: Path) -> list[Reference]:
 
 
 def check_settings(refs: list[Reference], settings: GenerateSettings) -> None:
-    """Refuse inconsistent settings before any work: unknown sampler or label set, references without a layout source."""
+    """Refuse inconsistent settings before any work: unknown sampler or label set, batch < 1, references without a layout."""
     check_sampler(settings.sampler)
+    if settings.batch is not None and settings.batch < 1:
+        raise ConfigError(f"batch {settings.batch} (--batch) must be at least 1 variant per network pass")
     if settings.label_set not in LABEL_SETS:
         raise ConfigError(f"label set {settings.label_set!r} is unknown; choose one of {sorted(LABEL_SETS)}")
     if settings.nodules is None:
@@ -226,7 +231,10 @@ def _record(item: WorkItem, ref: Reference, paths: DatasetPaths, settings: Gener
         "model": metadata["model"], "model_sha256": metadata["model_sha256"], "model_weights": metadata["model_weights"],
         "profile": metadata["profile"], "sampler": metadata["sampler"], "steps": int(metadata["steps"]),
         "aas_variant": metadata["aas_variant"], "device": metadata["device"], "lungddpm_version": __version__,
-        "sampling_seconds": float(metadata["sampling_seconds"]), "rank": shard.rank, "world_size": shard.world_size,
+        "precision": metadata["precision"], "attention": metadata["attention"], "memory_layout": metadata["memory_layout"],
+        "sampling_seconds": float(metadata["sampling_seconds"]), "batch": int(metadata["batch"]),
+        "batch_rule": metadata["batch_rule"], "batch_cases": int(metadata["batch_cases"]),
+        "rank": shard.rank, "world_size": shard.world_size,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "image": str(paths.image(item.case).relative_to(paths.root)),
         "label": str(paths.label(item.case).relative_to(paths.root)),
@@ -287,28 +295,24 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     model = load_model(model_path, device=shard_device(settings.device, shard)) if todo else None
     if model is not None:
         check_model_settings(model, settings)
-    made = skipped = 0
+    per_call = settings.batch or (auto_batch(model.config, model.device, len(todo), is_guided(model.config, settings.guidance))
+                                  if model is not None else 1)
+    made = skipped = n = 0
     leaves(_kept(paths, sum(paths.is_done(i.case) for i in items), len(items)))
-    for n, item in enumerate(mine, start=1):
-        ref = by_id[item.reference_id]
-        fresh = not paths.is_done(item.case)
-        if not fresh:
-            _check_resumable(paths, item, _wanted(item, ref, settings, model_sha256))
-            skipped += 1
+    for chunk in _chunks(mine, paths.is_done, per_call):
+        ref = by_id[chunk[0].reference_id]
+        fresh = not paths.is_done(chunk[0].case)
+        if fresh:
+            _make_cases(chunk, ref, maker, model, paths, settings, shard, protect)
+            made += len(chunk)
         else:
-            image, layout, info, layout_name, own = maker.inputs(item)
-            requested = _requested_records(model, layout, info["nodules"], own)
-            result = synthesize(image, layout, model, seed=item.seed, sampler=settings.sampler,
-                                steps=settings.requested_steps, device=str(model.device), variant=settings.aas_variant,
-                                reference_name=str(ref.image), layout_name=layout_name,
-                                attributes=requested or None, guidance=settings.guidance)
-            record = _record(item, ref, paths, settings, info, result.metadata, shard, requested)
-            result.metadata["case"] = item.case
-            write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
-            made += 1
+            _check_resumable(paths, chunk[0], _wanted(chunk[0], ref, settings, model_sha256))
+            skipped += 1
         done_total = sum(paths.is_done(i.case) for i in items)
         leaves(_kept(paths, done_total, len(items)))
-        report.case_done(item.case, n, len(mine), done_total, len(items), made=fresh)
+        for item in chunk:
+            n += 1
+            report.case_done(item.case, n, len(mine), done_total, len(items), made=fresh)
     complete = all(paths.is_done(i.case) for i in items)
     summary = {"rank": shard.rank, "world_size": shard.world_size, "shard_cases": len(mine), "made": made,
                "skipped": skipped, "total_cases": len(items), "complete": complete, "dataset": str(paths.root)}
@@ -316,6 +320,38 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
         summary["finalized"] = finalize(paths)
         shutil.rmtree(paths.staging, ignore_errors=True)  # what killed runs left; no rank writes cases any more
     return summary
+
+
+def _chunks(items: list[WorkItem], is_done: Callable[[str], bool], size: int) -> Iterator[list[WorkItem]]:
+    """Consecutive items of one reference sampled together: up to `size` unfinished ones, or one finished one (skipped)."""
+    chunk: list[WorkItem] = []
+    for item in items:
+        done = is_done(item.case)
+        if chunk and (done or chunk[0].reference_id != item.reference_id or len(chunk) == size):
+            yield chunk
+            chunk = []
+        if done:
+            yield [item]
+        else:
+            chunk.append(item)
+    if chunk:
+        yield chunk
+
+
+def _make_cases(chunk: list[WorkItem], ref: Reference, maker: _CaseMaker, model: LungDDPM, paths: DatasetPaths,
+                settings: GenerateSettings, shard: Shard, protect: tuple[Path, ...]) -> None:
+    """Synthesise the variants of one reference in `chunk` together (``synthesize_variants``) and write each case."""
+    inputs = [maker.inputs(item) for item in chunk]
+    requested = [_requested_records(model, layout, info["nodules"], own) for _, layout, info, _, own in inputs]
+    variants = [Variant(layout, item.seed, wanted or None, layout_name)
+                for item, (_, layout, _, layout_name, _), wanted in zip(chunk, inputs, requested)]
+    results = synthesize_variants(inputs[0][0], variants, model, sampler=settings.sampler, steps=settings.requested_steps,
+                                  device=str(model.device), variant=settings.aas_variant, reference_name=str(ref.image),
+                                  guidance=settings.guidance, batch=settings.batch)
+    for item, (_, layout, info, _, _), wanted, result in zip(chunk, inputs, requested, results):
+        record = _record(item, ref, paths, settings, info, result.metadata, shard, wanted)
+        result.metadata["case"] = item.case
+        write_case(paths, item.case, result.image, layout, settings.label_set, record, result.metadata, protect)
 
 
 def _requested_records(model: LungDDPM, layout: Volume, specs: list[dict],

@@ -35,9 +35,12 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     """The precision a request runs at: auto is bf16 on a CPU with native bf16 and fp32 elsewhere (measured: README)."""
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"precision {precision!r} is not available; choose one of {PRECISION_CHOICES}")
-    if precision != AUTO:
-        return precision
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return precision if precision != AUTO else auto_precision(device.type)
+
+
+def auto_precision(device_type: str) -> str:
+    """What auto runs on a device type ('cpu', 'cuda', 'mps'): bf16 on a CPU with native bf16, else fp32 (torch-free)."""
+    return "bf16" if device_type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -9,7 +9,7 @@ import torch
 
 from lungddpm.io.volume import read_volume
 from lungddpm.layout.labels import validate_layout
-from lungddpm.runtime.precision import autocast
+from lungddpm.runtime.precision import AUTO, autocast
 from lungddpm.server.catalog import Offered
 from lungddpm.synthesis.synthesize import check_settings
 
@@ -29,4 +29,4 @@ def check_job(files: dict[str, Path], request: JobRequest, device: str) -> None:
     settings = ("sampler", "steps", "variant", "attributes", "guidance", "patch_spacing_mm")
     check_settings(request.model.config, request.model.path.name,
                    **{k: request.kwargs[k] for k in settings if k in request.kwargs})
-    autocast(torch.device(device), request.kwargs.get("precision", "fp32"))
+    autocast(torch.device(device), request.kwargs.get("precision", AUTO))

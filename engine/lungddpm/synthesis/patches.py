@@ -33,7 +33,6 @@ from lungddpm.model.config import NATIVE_PATCH_PROFILE, PATCH_PROFILE, ModelConf
 from lungddpm.synthesis.profiles import CaseSpace, ModelSpace, ReleasedProfile, WindowedCubes
 
 PATCH_BORDER_FRACTION = 1 / 16  # context kept between a nodule and its cube's faces (4 voxels of a 64³ cube)
-PATCH_BATCH = 4  # cubes sampled together in one network pass
 
 
 @dataclass
@@ -186,8 +185,6 @@ class PatchProfile:
 
     The same case-level interface as the full-volume profiles (``synthesis.profiles.GridProfile``).
     """
-
-    batch = PATCH_BATCH  # cubes per network pass
 
     def __init__(self, patch_spacing_mm: float | None = None, profile: str = PATCH_PROFILE) -> None:
         self.patch_spacing_mm = patch_spacing_mm  # None: the reference's own voxels (the released geometry)

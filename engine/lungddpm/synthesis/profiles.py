@@ -127,7 +127,6 @@ class GridProfile(ABC):
     """A full-volume profile: a case is one sample on one model grid, blended back in inside the lung region."""
 
     name: str
-    batch = 1  # samples per network pass
     x0_correction = "clamp"  # what the solvers do to each denoised estimate
 
     def __init__(self, blend_margin_mm: float | None = None) -> None:

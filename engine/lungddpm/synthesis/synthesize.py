@@ -6,6 +6,7 @@ This is the API that the command line, the Slicer module and batch generation ca
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lungddpm.io.volume import Volume, read_volume, refuse_protected, write_volu
 from lungddpm.layout.labels import validate_layout
 from lungddpm.model.checkpoints import load_model
 from lungddpm.model.config import ModelConfig
-from lungddpm.model.fastpath import pick_fast_path, running_on
+from lungddpm.model.fastpath import auto_batch, pick_fast_path, running_on
 from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.device import resolve_device
 from lungddpm.runtime.precision import AUTO
@@ -56,6 +57,16 @@ def _as_model(model: str | Path | LungDDPM, device: torch.device) -> LungDDPM:
     return load_model(model, device=device)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One case of a batched synthesis on a shared reference: its layout, seed and nodule attribute request."""
+
+    layout: str | Path | Volume
+    seed: int = 0
+    attributes: Request = None
+    layout_name: str | None = None  # the file an in-memory layout came from, for messages and provenance
+
+
 def synthesize(
     reference: str | Path | Volume,
     layout: str | Path | Volume,
@@ -74,6 +85,7 @@ def synthesize(
     layout_name: str | None = None,
     attributes: Request = None,
     guidance: float | None = None,
+    batch: int | None = None,
 ) -> SynthesisResult:
     """Synthesise a CT from a reference CT and a layout (0 background, 1 lung, 2 nodule) on its grid.
 
@@ -89,37 +101,99 @@ def synthesize(
     ``reference_name`` / ``layout_name``: the files in-memory Volumes came from, for messages and provenance.
     ``attributes``: for a model conditioned on nodule attributes, one record for every nodule or sidecar
     records matched by centre (see ``synthesis.conditions``); ``guidance``: the classifier-free guidance
-    scale w (default: the model's). Both are refused for a model without attributes.
+    scale w (default: the model's). Both are refused for a model without attributes. ``batch``: samples
+    (patch mode: cubes) per network pass (None: ``model.fastpath.auto_batch``).
     """
+    (result,) = synthesize_variants(reference, [Variant(layout, seed, attributes, layout_name)], model, sampler=sampler,
+                                    steps=steps, device=device, progress=progress, variant=variant, margin_mm=margin_mm,
+                                    precision=precision, patch_spacing_mm=patch_spacing_mm,
+                                    reference_name=reference_name, guidance=guidance, batch=batch)
+    return result
+
+
+def synthesize_variants(
+    reference: str | Path | Volume,
+    variants: Sequence[Variant],
+    model: str | Path | LungDDPM,
+    *,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    variant: str = "paper",
+    margin_mm: float | None = None,
+    precision: str = AUTO,
+    patch_spacing_mm: float | None = None,
+    reference_name: str | None = None,
+    guidance: float | None = None,
+    batch: int | None = None,
+) -> list[SynthesisResult]:
+    """``synthesize`` for several variants of one reference, their samples sharing network passes (one result each).
+
+    Every sample keeps its own generator (its variant's seed; patch mode: ``patch_seed`` per cube), so a
+    variant draws the same noise whatever it is batched with. Its image is the one it gets alone up to the
+    network's batch-size-dependent rounding (oneDNN and BLAS pick kernels by batch size, so sums are taken in
+    another order; README, Batching, gives the measured differences). ``batch``: samples per network pass
+    (None: ``model.fastpath.auto_batch``, what fits in memory); the number used and the rule are in the metadata.
+    """
+    if not variants:
+        raise ConfigError("synthesize_variants needs at least one variant (a layout and its seed)")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"batch {batch} (--batch) must be at least 1 sample per network pass")
     ref, ref_name = _as_volume(reference, reference_name, "reference")
-    lay, lay_name = _as_volume(layout, layout_name, "layout")
-    validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
+    layouts = [_as_volume(v.layout, v.layout_name, "layout") for v in variants]
+    for lay, lay_name in layouts:
+        validate_layout(ref, lay, ct_name=ref_name, layout_name=lay_name)
     dev = resolve_device(device)
     path = pick_fast_path(dev, precision)
     net = _as_model(model, dev)
     n_steps, profile = check_settings(net.config, _model_name(net), sampler=sampler, steps=steps, variant=variant,
-                                      attributes=attributes, guidance=guidance, margin_mm=margin_mm,
+                                      attributes=variants[0].attributes, guidance=guidance, margin_mm=margin_mm,
                                       patch_spacing_mm=patch_spacing_mm)
-    by_component = nodule_attributes(lay, attributes)
-    start = time.perf_counter()
-    case = profile.encode_case(ref, lay, net.config)
-    conditions, extra_meta = None, {}
     w = net.config.guidance_scale if guidance is None else float(guidance)
-    if net.config.attributes:
-        conditions, used = sample_conditions(net.config, lay, profile.nodule_groups(case, lay), by_component)
-        extra_meta = provenance_entries(net.config, w, used)
+    start = time.perf_counter()
+    for v in variants[1:]:
+        check_request(net.config, _model_name(net), v.attributes, guidance)
+    cases, seeds, conditions, extra_meta = [], [], [], []
+    for v, (lay, _) in zip(variants, layouts):
+        by_component = nodule_attributes(lay, v.attributes)
+        case = profile.encode_case(ref, lay, net.config)
+        cases.append(case)
+        seeds += profile.sample_seeds(v.seed, len(case))
+        if net.config.attributes:
+            vectors, used = sample_conditions(net.config, lay, profile.nodule_groups(case, lay), by_component)
+            conditions.append(vectors)
+            extra_meta.append(provenance_entries(net.config, w, used))
+        else:
+            extra_meta.append({})
+    per_pass = (min(batch, len(seeds)) if batch is not None
+                else auto_batch(net.config, dev, len(seeds), is_guided(net.config, guidance)))
     with running_on(net, path):
-        x0 = sample_batches(net, case.cond, case.x_ref, profile.sample_seeds(seed, len(case)), profile.batch,
+        x0 = sample_batches(net, torch.cat([c.cond for c in cases]), torch.cat([c.x_ref for c in cases]), seeds, per_pass,
                             sampler=sampler, steps=n_steps, variant=variant, progress=progress, precision=path.precision,
-                            x0_correction=profile.x0_correction, attributes=conditions, guidance=w)
-    image, extra = profile.decode_case(x0, case, ref, lay)
-    elapsed = time.perf_counter() - start
-    labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
-    metadata = provenance(net, sampler=sampler, steps=n_steps, seed=seed, device=dev, variant=variant)
-    # file names only: full paths would leak local folders into shared files
-    metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, "sampling_seconds": f"{elapsed:.1f}",
-                     **path.provenance(), **extra, **extra_meta})
-    return SynthesisResult(image, labels, metadata)
+                            x0_correction=profile.x0_correction, attributes=torch.cat(conditions) if conditions else None,
+                            guidance=w)
+    results, first = [], 0
+    for v, case, (lay, lay_name), meta in zip(variants, cases, layouts, extra_meta):
+        image, extra = profile.decode_case(x0[first : first + len(case)], case, ref, lay)
+        first += len(case)
+        labels = lay.with_array(np.asarray(lay.array, dtype=np.uint8).copy())
+        metadata = provenance(net, sampler=sampler, steps=n_steps, seed=v.seed, device=dev, variant=variant)
+        # file names only: full paths would leak local folders into shared files
+        metadata.update({"reference": Path(ref_name).name, "layout": Path(lay_name).name, **path.provenance(),
+                         "batch": str(per_pass),
+                         "batch_rule": "auto" if batch is None else "given", "batch_cases": str(len(variants)), **extra, **meta})
+        results.append(SynthesisResult(image, labels, metadata))
+    elapsed = f"{time.perf_counter() - start:.1f}"  # the call's: shared by the variants sampled together
+    for result in results:
+        result.metadata["sampling_seconds"] = elapsed
+    return results
+
+
+def is_guided(config: ModelConfig, guidance: float | None) -> bool:
+    """Whether every pass runs the network twice (classifier-free guidance: an attribute model at w ≠ 1)."""
+    w = config.guidance_scale if guidance is None else float(guidance)
+    return bool(config.attributes) and w != 1.0
 
 
 def check_settings(config: ModelConfig, model_name: str, *, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
