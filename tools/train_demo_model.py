@@ -105,7 +105,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the phantoms' seed (phantom n is drawn from (seed, n))")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="the training run's seed (initial weights, t, noise, condition dropout; default: --seed)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--nodules", action="store_true", help="train demo-nodules (attribute patch model) instead")
@@ -114,6 +116,7 @@ def main() -> None:
                    help="working folder; its prepared-<shard>/ data are reused when present (same --phantoms, --seed, --jobs)")
     p.add_argument("--jobs", type=int, default=1, help="processes writing and preparing the phantoms (shards)")
     args = p.parse_args()
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model_config, training = (NODULES_CONFIG, NODULES_TRAINING) if args.nodules else (DEMO_CONFIG, {})
@@ -125,7 +128,7 @@ def main() -> None:
     t_data = time.perf_counter() - t0
     config = RunConfig(data=prepared, output=str(args.work / "run"), lr=args.lr,
                        batch_size=args.batch_size, grad_accum=args.grad_accum, ema_start=min(2000, args.steps // 2),
-                       save_every=max(args.steps // 4, 1), steps=args.steps, seed=args.seed, device="cpu", workers=0,
+                       save_every=max(args.steps // 4, 1), steps=args.steps, seed=train_seed, device="cpu", workers=0,
                        preview_every=0, tensorboard=False, init=args.init, init_weights="model", **model_config, **training)
     run_training(config)
     ema_half = load_model(args.work / "run" / LATEST, device="cpu", weights="ema")
@@ -135,6 +138,7 @@ def main() -> None:
                                         **({"phantom_grid": NODULE_PHANTOM_GRID, "nodule_diameter_mm": NODULE_DIAMETER_MM,
                                             "nodules_per_phantom": NODULES_PER_PHANTOM, "calcified_share": CALCIFIED_SHARE}
                                            if args.nodules else {}), "steps": args.steps, "lr": args.lr, "seed": args.seed,
+                                        "train_seed": train_seed,
                                         "batch_size": args.batch_size, "init": args.init,
                                         "data_seconds": round(t_data, 1), "total_seconds": round(time.perf_counter() - t0, 1)}})
     print(json.dumps({"output": str(args.output), "data_s": round(t_data, 1), "total_s": round(time.perf_counter() - t0, 1)}))
