@@ -97,6 +97,8 @@ def test_dynamic_thresholding_is_per_sample_and_leaves_estimates_within_one_alon
     s = float(np.quantile(np.abs(wild.numpy()), 0.995))
     assert s > 2.5 and torch.equal(out[0], calm[0])
     torch.testing.assert_close(out[1], wild[0].clamp(-s, s) / s)
+    with pytest.raises(ConfigError, match="x0 correction"):
+        correct_x0(calm, "tanh")  # called directly too, an unknown correction is refused
 
 
 def test_trailing_timesteps_in_closed_form():
