@@ -61,6 +61,33 @@ def test_plan_refuses_no_nodule_and_a_nodule_larger_than_the_cube():
     assert len(plan_patches(big, 16, 2.0)[0]) == 1  # 2-mm cube voxels: 32 mm of cube leave room for it
 
 
+def box_layout(*boxes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]) -> Volume:
+    """A 40 × 48 × 56 (k, j, i) lung box with nodules painted as index boxes ((i0, i1), (j0, j1), (k0, k1)), ends included."""
+    array = np.zeros((40, 48, 56), np.uint8)
+    array[2:-2, 2:-2, 2:-2] = LUNG
+    for (i0, i1), (j0, j1), (k0, k1) in boxes:
+        array[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = NODULE
+    return Volume(array, origin=(-20.0, 30.0, 100.0), spacing=(0.8, 0.9, 1.5))
+
+
+def test_plan_limits_and_centres_cubes_to_the_voxel():
+    """16³ cubes on the reference's voxels, 1-voxel border: a nodule 13 voxels across fits (centred, start rounded
+    half to even), 14 is refused with its size in mm; the largest nodule is centred first, and another nodule joins
+    its cube exactly when it lies inside the border (first voxel at start + 1, last at start + 14)."""
+    (patch,), _ = plan_patches(box_layout(((10, 22), (12, 14), (14, 16))), 16, None)
+    assert patch.start.tolist() == np.round(np.array([16.0, 13.0, 15.0]) - 7.5).tolist()
+    with pytest.raises(InputError, match=r"a nodule spans \[11\.2, 2\.7, 4\.5\] mm"):
+        plan_patches(box_layout(((10, 23), (12, 14), (14, 16))), 16, None)  # 14 × 3 × 3 voxels of 0.8 × 0.9 × 1.5 mm
+    big = ((21, 25), (21, 25), (18, 22))  # centre (23, 23, 20): cube start (16, 16, 12), last voxel (31, 31, 27)
+    flat = ((20, 26), (20, 26), (24, 24))  # larger (7 × 7 × 1) than the small one below, though flat
+    (patch,), _ = plan_patches(box_layout(flat, ((28, 30), (22, 24), (21, 23))), 16, None)
+    assert patch.start.tolist() == np.round(np.array([23.0, 23.0, 24.0]) - 7.5).tolist()  # centred on the flat one
+    for small, cubes in [(((17, 18), (22, 23), (19, 20)), 1), (((30, 30), (22, 23), (19, 20)), 1),
+                         (((30, 31), (22, 23), (19, 20)), 2)]:  # first voxel at start + 1; last at start + 14, + 15
+        patches, _ = plan_patches(box_layout(big, small), 16, None)
+        assert len(patches) == cubes and patches[0].start.tolist() == [16.0, 16.0, 12.0], small
+
+
 def test_patch_spacing_is_refused_where_it_means_nothing():
     reference, layout = case()
     with pytest.raises(ConfigError, match="Lung-DDPM\\+ patch models only"):
