@@ -82,10 +82,15 @@ def test_plan_limits_and_centres_cubes_to_the_voxel():
     flat = ((20, 26), (20, 26), (24, 24))  # larger (7 × 7 × 1) than the small one below, though flat
     (patch,), _ = plan_patches(box_layout(flat, ((28, 30), (22, 24), (21, 23))), 16, None)
     assert patch.start.tolist() == np.round(np.array([23.0, 23.0, 24.0]) - 7.5).tolist()  # centred on the flat one
-    for small, cubes in [(((17, 18), (22, 23), (19, 20)), 1), (((30, 30), (22, 23), (19, 20)), 1),
-                         (((30, 31), (22, 23), (19, 20)), 2)]:  # first voxel at start + 1; last at start + 14, + 15
+    for small, cubes in [(((16, 17), (22, 23), (19, 20)), 2), (((17, 18), (22, 23), (19, 20)), 1),
+                         (((30, 30), (22, 23), (19, 20)), 1), (((30, 31), (22, 23), (19, 20)), 2)]:
+        # first voxel at start (in the border) and start + 1; last at start + 14 and start + 15 (in the border)
         patches, _ = plan_patches(box_layout(big, small), 16, None)
         assert len(patches) == cubes and patches[0].start.tolist() == [16.0, 16.0, 12.0], small
+    # 1.6-mm cube voxels: 2 reference voxels along i, so the border is 2 voxels there (cube start i = 23 − 15 = 8)
+    for first_i, cubes in ((10, 1), (9, 2)):
+        patches, _ = plan_patches(box_layout(big, ((first_i, first_i + 1), (22, 23), (19, 20))), 16, 1.6)
+        assert len(patches) == cubes and patches[0].start[0] == pytest.approx(8.0), first_i
 
 
 def test_patch_spacing_is_refused_where_it_means_nothing():
