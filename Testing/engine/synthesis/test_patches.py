@@ -147,6 +147,10 @@ def test_a_seed_too_large_for_the_cube_seeds_is_refused():
     assert profile.sample_seeds(largest, 2)[-1] < 2**64  # torch.Generator takes it
     with pytest.raises(ConfigError, match=f"seed {largest + 1} .*too large for a Lung-DDPM\\+ patch model.*up to {largest}"):
         profile.sample_seeds(largest + 1, 2)
+    count = (2**64 - 1) % 1_000_003 + 1  # cubes whose last seed is exactly the largest a generator takes
+    assert profile.sample_seeds(largest, count)[-1] == 2**64 - 1
+    with pytest.raises(ConfigError, match="too large"):
+        profile.sample_seeds(largest, count + 1)
 
 
 def test_released_lung_ddpm_plus_checkpoint_loads_as_a_patch_model(tmp_path):
