@@ -14,6 +14,7 @@ from lungddpm import ConfigError, InputError, LungDDPM, Volume, load_model, read
 from lungddpm.model.checkpoints import released_state_dict
 from lungddpm.cli import main
 from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.model.config import NATIVE_PATCH_PROFILE
 from lungddpm.synthesis.patches import PatchProfile, nodule_components, plan_patches
 
 
@@ -61,9 +62,9 @@ def test_plan_refuses_no_nodule_and_a_nodule_larger_than_the_cube():
     assert len(plan_patches(big, 16, 2.0)[0]) == 1  # 2-mm cube voxels: 32 mm of cube leave room for it
 
 
-def box_layout(*boxes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]) -> Volume:
-    """A 40 × 48 × 56 (k, j, i) lung box with nodules painted as index boxes ((i0, i1), (j0, j1), (k0, k1)), ends included."""
-    array = np.zeros((40, 48, 56), np.uint8)
+def box_layout(*boxes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]], shape=(40, 48, 56)) -> Volume:
+    """A (k, j, i) lung box with nodules painted as index boxes ((i0, i1), (j0, j1), (k0, k1)), ends included."""
+    array = np.zeros(shape, np.uint8)
     array[2:-2, 2:-2, 2:-2] = LUNG
     for (i0, i1), (j0, j1), (k0, k1) in boxes:
         array[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = NODULE
@@ -91,6 +92,17 @@ def test_plan_limits_and_centres_cubes_to_the_voxel():
     for first_i, cubes in ((10, 1), (9, 2)):
         patches, _ = plan_patches(box_layout(big, ((first_i, first_i + 1), (22, 23), (19, 20))), 16, 1.6)
         assert len(patches) == cubes and patches[0].start[0] == pytest.approx(8.0), first_i
+
+
+def test_released_64_cubes_keep_a_4_voxel_border_and_each_profile_its_x0_correction():
+    """The released Lung-DDPM+ geometry (64³ cubes): a border of 64/16 = 4 voxels, so a nodule 3 voxels inside
+    the centred cube gets a cube of its own; released-patch samples with dynamic thresholding, native-patch clamps."""
+    big = ((38, 42), (38, 42), (38, 42))  # centre 40: cube start round(40 − 31.5) = 8
+    for first, cubes in ((12, 1), (11, 2)):  # first voxel at start + 4 (inside the border) and start + 3
+        patches, _ = plan_patches(box_layout(big, ((first, first + 1), (40, 41), (40, 41)), shape=(80, 80, 80)), 64, None)
+        assert len(patches) == cubes and patches[0].start.tolist() == [8.0, 8.0, 8.0], first
+    assert PatchProfile().x0_correction == "dynamic"
+    assert PatchProfile(profile=NATIVE_PATCH_PROFILE).x0_correction == "clamp"
 
 
 def test_patch_spacing_is_refused_where_it_means_nothing():
