@@ -77,7 +77,7 @@ def test_plan_limits_and_centres_cubes_to_the_voxel():
     its cube exactly when it lies inside the border (first voxel at start + 1, last at start + 14)."""
     (patch,), _ = plan_patches(box_layout(((10, 22), (12, 14), (14, 16))), 16, None)
     assert patch.start.tolist() == np.round(np.array([16.0, 13.0, 15.0]) - 7.5).tolist()
-    with pytest.raises(InputError, match=r"a nodule spans \[11\.2, 2\.7, 4\.5\] mm"):
+    with pytest.raises(InputError, match=r"a nodule spans \[11\.2, 2\.7, 4\.5\] mm, more than .* cube of \[12\.8, 14\.4, 24\.0\] mm"):
         plan_patches(box_layout(((10, 23), (12, 14), (14, 16))), 16, None)  # 14 × 3 × 3 voxels of 0.8 × 0.9 × 1.5 mm
     big = ((21, 25), (21, 25), (18, 22))  # centre (23, 23, 20): cube start (16, 16, 12), last voxel (31, 31, 27)
     flat = ((20, 26), (20, 26), (24, 24))  # larger (7 × 7 × 1) than the small one below, though flat
@@ -101,6 +101,8 @@ def test_released_64_cubes_keep_a_4_voxel_border_and_each_profile_its_x0_correct
     for first, cubes in ((12, 1), (11, 2)):  # first voxel at start + 4 (inside the border) and start + 3
         patches, _ = plan_patches(box_layout(big, ((first, first + 1), (40, 41), (40, 41)), shape=(80, 80, 80)), 64, None)
         assert len(patches) == cubes and patches[0].start.tolist() == [8.0, 8.0, 8.0], first
+    (patch,), _ = plan_patches(box_layout(((5, 7), (20, 22), (20, 22)), shape=(40, 48, 13)), 16, None)
+    assert patch.start[0] == np.round((13 - 1) / 2 - 7.5)  # an image narrower than the cube: centred on the image
     assert PatchProfile().x0_correction == "dynamic"
     assert PatchProfile(profile=NATIVE_PATCH_PROFILE).x0_correction == "clamp"
 
