@@ -23,5 +23,5 @@ demo: setup
 bench: setup
 	$(PY) bench/engine_cpu.py
 
-mutation: setup  # not in CI: cosmic-ray over the core modules (tools/mutation.py), tens of minutes on one core
+mutation: setup  # not in CI: cosmic-ray over the core modules (tools/mutation.py); hours for all of CORE (README: --sample)
 	$(PY) tools/mutation.py
