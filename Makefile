@@ -15,7 +15,7 @@ $(VENV)/.installed: engine/pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q Testing
+	$(PY) -m pytest -q -n 2 --dist loadfile Testing  # pytest-xdist: 2 workers, one torch thread each (Testing/conftest.py)
 
 demo: setup
 	$(VENV)/bin/lungddpm demo --output lungddpm-demo
