@@ -15,7 +15,7 @@ $(VENV)/.installed: engine/pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q Testing
+	$(PY) -m pytest -q -n 2 --dist loadfile Testing  # pytest-xdist: 2 workers, one torch thread each (Testing/conftest.py)
 
 demo: setup
 	$(VENV)/bin/lungddpm demo --output lungddpm-demo
@@ -23,5 +23,5 @@ demo: setup
 bench: setup
 	$(PY) bench/engine_cpu.py
 
-mutation: setup  # not in CI: cosmic-ray over the core modules (tools/mutation.py), tens of minutes on one core
+mutation: setup  # not in CI: cosmic-ray over the core modules (tools/mutation.py); hours for all of CORE (README: --sample)
 	$(PY) tools/mutation.py

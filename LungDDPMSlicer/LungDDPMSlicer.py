@@ -508,9 +508,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def currentAttributes(self) -> dict[str, float]:
         """The known attribute values of the controls the chosen model takes."""
-        states = self.modelAttributeStates()
-        values = json.loads(self._parameterNode.noduleAttributes or "{}")
-        return {field: value for field, value in values.items() if states.enabled.get(field) and value}
+        return panel.sent_attributes(self._parameterNode.noduleAttributes, self.modelAttributeStates())
 
     def onAttributeChanged(self, index: int = 0) -> None:
         """Store the attribute combos' values (0: unknown)."""
@@ -524,10 +522,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except self.schema.InputError as error:
             slicer.util.errorDisplay(str(error), windowTitle=_("Describe the nodule"))
             return
-        states = self.modelAttributeStates()
-        ignored = [field for field in parsed if not states.enabled.get(field)]
-        self._parameterNode.noduleAttributes = json.dumps({f: int(round(v)) for f, v in parsed.items()
-                                                           if f in nodule_attributes.PANEL_ATTRIBUTES})
+        self._parameterNode.noduleAttributes, ignored = panel.prompt_values(parsed, self.modelAttributeStates(),
+                                                                            nodule_attributes.PANEL_ATTRIBUTES)
         if ignored:
             self.appendLog(_("Not taken by this model, left out: {fields}").format(fields=", ".join(ignored)))
 
@@ -1113,7 +1109,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         modelPath = self.resolveModel(model, localModelFile, downloadProgress)
         takes = self.modelAttributes(modelPath).attributes
         request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegments, list(noduleSegmentIds),
-                                        modelPath, [seed + n for n in range(variants)],
+                                        modelPath, panel.variant_seeds(seed, variants),
                                         device=device, sampler=sampler, steps=steps, aas_variant=aasVariant,
                                         precision=precision, patch_spacing_mm=patchSpacingMm, model_attributes=takes,
                                         guidance=guidance)
@@ -1136,7 +1132,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         attribute tags are sent (the sidecar document), with guidance (None: the model's default).
         """
         request = jobs.SynthesisRequest(referenceVolumeNode, segmentationNode, lungSegments, list(noduleSegmentIds),
-                                        Path(model), [seed + n for n in range(variants)], sampler=sampler, steps=steps,
+                                        Path(model), panel.variant_seeds(seed, variants), sampler=sampler, steps=steps,
                                         aas_variant=aasVariant, precision=precision, patch_spacing_mm=patchSpacingMm,
                                         model_attributes=tuple(modelAttributes), guidance=guidance)
         job = remote_jobs.RemoteSynthesisJob(self.context(), request, server=server, model=model,

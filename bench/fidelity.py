@@ -4,20 +4,25 @@ A report, not a test.
 
     python bench/fidelity.py                              # demo model, 3 seeds, K in 10 20 25 50
     python bench/fidelity.py --model CKPT --seeds 0 1 2 3 --steps 10 20
+    python bench/fidelity.py --write-baseline --seeds 0 1   # ddpm's statistics for the test (BASELINE)
 
 Prints a table and a JSON document: per setting the seed-averaged lung/nodule HU statistics, the
 seam score, seconds per run, the differences from ddpm and whether each is within tolerance.
 
-Its comparison (run_setting, compare, TOLERANCES) is also what Testing/engine/test_fidelity.py uses to
-check that the default sampler setting passes.
+Its comparison (run_setting, compare, TOLERANCES) is also what Testing/engine/evaluation/test_fidelity.py uses to
+check that the default sampler setting passes, against ddpm's statistics stored in BASELINE by
+`--write-baseline` (250 ddpm steps per seed are most of the check's cost; the file records the model's and
+the case's SHA-256, and the test refuses a baseline made from another model or case).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +36,7 @@ from lungddpm.runtime.precision import AUTO
 from lungddpm.synthesis.synthesize import synthesize
 from lungddpm.io.volume import Volume
 
+BASELINE = Path(__file__).resolve().parents[1] / "Testing" / "engine" / "evaluation" / "fidelity_ddpm_baseline.json"
 # Allowed differences between a setting's seed-averaged statistics and ddpm's.
 TOLERANCES = {
     "lung_mean_hu": 25.0,  # |Δ mean HU| in the lung
@@ -66,6 +72,26 @@ def compare(setting: dict, baseline: dict) -> dict:
     return {"difference": diff, "within_tolerance": passed, "passes": all(passed.values())}
 
 
+def made_from(model_path: Path, reference: Volume, layout: Volume) -> dict[str, str]:
+    """The SHA-256 of a model file and of a case's CT and layout voxels: what a ddpm baseline was computed from."""
+    def voxels(volume: Volume) -> str:
+        return hashlib.sha256(np.ascontiguousarray(volume.array).tobytes()).hexdigest()
+    return {"model_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+            "reference_sha256": voxels(reference), "layout_sha256": voxels(layout)}
+
+
+def write_baseline(model_path: Path, seeds: Sequence[int], device: str, path: Path = BASELINE) -> dict:
+    """Run ddpm (released settings) on demo_case(0) and store its statistics with what they were made from."""
+    reference, layout, _ = demo_case(0)
+    baseline = run_setting(reference, layout, load_model(model_path, device=device), "ddpm", None, seeds, device,
+                           RELEASED_PATH.precision)
+    record = {**baseline, **made_from(model_path, reference, layout), "case": "demo_case(0)",
+              "precision": RELEASED_PATH.precision, "made_by": "python bench/fidelity.py --write-baseline --seeds "
+              + " ".join(str(s) for s in seeds)}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main() -> None:
     """Run ddpm and every (solver, K) on the same seeds and print the comparison."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,8 +101,13 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp2m", "dpmpp3m"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--write-baseline", action="store_true",
+                   help=f"only run ddpm on the seeds and store its statistics in {BASELINE} (the test's baseline)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.write_baseline:
+        print(json.dumps(write_baseline(Path(args.model), args.seeds, args.device), indent=2))
+        return
     model = load_model(args.model, device=args.device)
     reference, layout, _ = demo_case(0)
     baseline = run_setting(reference, layout, model, "ddpm", None, args.seeds, args.device, RELEASED_PATH.precision)

@@ -5,6 +5,7 @@ The widget applies these to its combo boxes and spin boxes; keeping them here le
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -96,6 +97,23 @@ def sampling_options(sampler: str, steps: int, aas_variant: str, precision: str,
     ddpm = sampler == "ddpm"
     return SamplingOptions(sampler, None if ddpm else int(steps), aas_variant if ddpm else "paper", precision,
                            float(patch_spacing_mm) if patch_spacing_mm > 0 else None)
+
+
+def variant_seeds(seed: int, variants: int) -> list[int]:
+    """One seed per variant, as the panel's Seed and Variants ask: seed, seed + 1, ..."""
+    return [int(seed) + n for n in range(int(variants))]
+
+
+def sent_attributes(stored: str, states: AttributeStates) -> dict[str, float]:
+    """The attribute combos' stored values (JSON; 0 or absent: unknown) that the chosen model takes."""
+    values = json.loads(stored or "{}")
+    return {field: value for field, value in values.items() if states.enabled.get(field) and value}
+
+
+def prompt_values(parsed: Mapping[str, float], states: AttributeStates, fields: Sequence[str]) -> tuple[str, list[str]]:
+    """A parsed prompt as the combos' stored values (JSON of the panel's fields), and the fields the model does not take."""
+    ignored = [field for field in parsed if not states.enabled.get(field)]
+    return json.dumps({f: int(round(v)) for f, v in parsed.items() if f in fields}), ignored
 
 
 def widget_states(sampler: str, entry: ModelEntry | None) -> WidgetStates:

@@ -10,6 +10,7 @@ the next job starts a fresh worker.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 
 from .engine import json_line
@@ -17,6 +18,9 @@ from .process import STDOUT, BackgroundProcess
 
 WORKER_FINISHED = "finished"  # mirrors lungddpm.cli.WORKER_FINISHED (checked in Testing/slicer)
 WORKER_READY = "ready"
+# The engine flushes a failed job's error line to stderr before its finished event on stdout, but the two pipes
+# have their own reader threads: wait at most this long for that line once the event says the job failed.
+ERROR_LINE_GRACE_S = 2.0
 
 
 class OneShotRunner:
@@ -91,8 +95,17 @@ class EngineWorker:
 
     def read_lines(self) -> list[tuple[str, str]]:
         """The (stream, line) pairs of the current command since the last call (the worker's own events taken out)."""
+        lines = self._take(self._process.read_lines())
+        deadline = time.monotonic() + ERROR_LINE_GRACE_S
+        while self._status not in (None, 0) and not self.error_lines() and time.monotonic() < deadline:
+            time.sleep(0.02)
+            lines += self._take(self._process.read_lines())
+        return lines
+
+    def _take(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs without the worker's own events; a finished event sets the current command's exit status."""
         lines = []
-        for stream, line in self._process.read_lines():
+        for stream, line in pairs:
             event = json_line(line) if stream == STDOUT else None
             if event is not None and event.get("event") == WORKER_FINISHED:
                 self._status = int(event.get("status", 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from slicer_testing import require_slicer_core
+from slicer_testing import new_mrml_context
 
 
 @pytest.fixture(autouse=True)
@@ -17,22 +17,6 @@ def one_thread_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture()
 def mrml_context() -> Iterator[object]:
     """A fresh scene with application, colour, volumes and segmentations logics wired up, as in Slicer."""
-    slicer = require_slicer_core()
-    from LungDDPMSlicerLib.mrml import MrmlContext
-
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLApplicationLogic(app)
-    colors.SetMRMLScene(scene)
-    app.SetModuleLogic("Colors", colors)
-    volumes = slicer.vtkSlicerVolumesLogic()
-    volumes.SetMRMLApplicationLogic(app)
-    volumes.SetMRMLScene(scene)
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLApplicationLogic(app)
-    segmentations.SetMRMLScene(scene)
-    context = MrmlContext(scene, segmentations, app)
+    context = new_mrml_context()
     yield context
-    scene.Clear(True)
+    context.scene.Clear(True)

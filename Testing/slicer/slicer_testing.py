@@ -3,6 +3,7 @@ reliably when several test folders each have one)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -12,8 +13,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "LungDDPMSlicer"
+MAIN_SCRIPT = MODULE_DIR / "LungDDPMSlicer.py"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))  # LungDDPMSlicerLib, as Slicer puts the module's folder on sys.path
+
+
+def _parameter_class() -> ast.ClassDef:
+    """The @parameterNodeWrapper class of the main script, parsed (the script itself needs Slicer's GUI to import)."""
+    (cls,) = [n for n in ast.parse(MAIN_SCRIPT.read_text()).body if isinstance(n, ast.ClassDef)
+              and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list)]
+    return cls
+
+
+def parameter_fields() -> dict[str, str]:
+    """Field name -> annotation source of the panel's parameter node (LungDDPMSlicerParameterNode)."""
+    return {s.target.id: ast.unparse(s.annotation) for s in _parameter_class().body if isinstance(s, ast.AnnAssign)}
+
+
+def parameter_defaults(namespace: dict[str, object]) -> dict[str, object]:
+    """Field name -> default value of the panel's parameter node, its source evaluated in namespace (e.g. engine)."""
+    return {s.target.id: eval(compile(ast.Expression(s.value), str(MAIN_SCRIPT), "eval"), dict(namespace))
+            for s in _parameter_class().body if isinstance(s, ast.AnnAssign) and s.value is not None}
 
 
 def require_slicer_core(module_level: bool = False) -> ModuleType:
@@ -26,6 +46,27 @@ def require_slicer_core(module_level: bool = False) -> ModuleType:
         pytest.skip("slicer-core is not importable: pip install slicer-core (real MRML classes, headless)",
                     allow_module_level=module_level)
     return slicer
+
+
+def new_mrml_context():
+    """A new scene with application, colour, volumes and segmentations logics wired up, as in Slicer (skip without slicer-core)."""
+    slicer = require_slicer_core()
+    from LungDDPMSlicerLib.mrml import MrmlContext
+
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(app)
+    colors.SetMRMLScene(scene)
+    app.SetModuleLogic("Colors", colors)
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLApplicationLogic(app)
+    volumes.SetMRMLScene(scene)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLApplicationLogic(app)
+    segmentations.SetMRMLScene(scene)
+    return MrmlContext(scene, segmentations, app)
 
 
 def alive(pid: int) -> bool:

@@ -191,3 +191,36 @@ def test_run_engine_reports_the_engine_error(tmp_path):
                         engine.find_engine_dir(MODULE_DIR), timeout_s=120)
     message = str(error.value)
     assert "does not look like a CT in HU" in message and "Traceback" not in message and "\n" not in message
+
+
+def test_a_worker_jobs_error_line_is_read_even_when_it_comes_after_the_finished_event(tmp_path):
+    """The error line and the finished event travel on two pipes: a late error line still becomes the job's message.
+
+    A stand-in `lungddpm worker` (a module on PYTHONPATH, not the engine) answers a job with the finished event of a
+    refused job first and its one-line error 0.3 s later, the order the two reader threads can deliver them in.
+    """
+    from LungDDPMSlicerLib import worker
+
+    package = tmp_path / "stand-in" / "lungddpm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(textwrap.dedent(f"""
+        import json, sys, time
+        for line in sys.stdin:
+            print(json.dumps({{"event": {worker.WORKER_FINISHED!r}, "status": 2}}), flush=True)
+            time.sleep(0.3)
+            print("lungddpm: error: argument --steps: 21 is more than the model's 20 steps", file=sys.stderr, flush=True)
+        """))
+    runner = worker.EngineWorker(sys.executable)
+    try:
+        runner.run([sys.executable, "-m", "lungddpm", "synthesize", "--steps", "21"],
+                   {**os.environ, "PYTHONPATH": str(package.parent)})
+        deadline = time.monotonic() + 20
+        while runner.exit_status() is None and time.monotonic() < deadline:
+            runner.read_lines()
+            time.sleep(0.02)
+        assert runner.exit_status() == 2
+        assert engine.engine_error_message(runner.error_lines(), 2) == \
+            "argument --steps: 21 is more than the model's 20 steps"
+    finally:
+        runner.kill()

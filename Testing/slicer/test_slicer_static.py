@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from slicer_testing import MODULE_DIR, REPO
+from slicer_testing import MAIN_SCRIPT, MODULE_DIR, REPO, parameter_fields
 
 UI_FILE = REPO / "Resources" / "UI" / "LungDDPMSlicer.ui"
-MAIN_SCRIPT = MODULE_DIR / "LungDDPMSlicer.py"
 # Every widget the Python code touches through self.ui, with the class the code relies on.
 EXPECTED_WIDGETS = {
     "segmentationSelector": "qMRMLNodeComboBox",
@@ -177,14 +176,6 @@ def test_ui_custom_widgets_and_scene_connections():
                  and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
     mrml = {name for name, w in ui_widgets().items() if w.get("class") in MRML_WIDGETS}
     assert mrml and mrml <= receivers
-
-
-def parameter_fields() -> dict[str, str]:
-    """Field name -> annotation source of the @parameterNodeWrapper class in the main script."""
-    tree = ast.parse(MAIN_SCRIPT.read_text())
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef)
-              and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list)]
-    return {s.target.id: ast.unparse(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)}
 
 
 def connector_classes(annotation: str) -> set[str]:

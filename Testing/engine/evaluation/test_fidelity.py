@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from lungddpm.io.volume import Volume
 from lungddpm.model.fastpath import BF16_CPU_PATH, pick_fast_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-from fidelity import compare, run_setting  # noqa: E402  (the benchmark's comparison, checked here on the default)
+from fidelity import BASELINE, compare, made_from, run_setting  # noqa: E402  (the benchmark's comparison and ddpm baseline)
 
 
 def _box_case():
@@ -55,12 +56,20 @@ def test_compare_applies_the_tolerances():
 
 
 def test_the_default_sampler_matches_ddpm_on_the_demo_model():
-    """The interactive default (DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS) passes the fidelity check."""
-    model = load_model(DEMO_MODEL)
+    """The interactive default (DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS) passes the fidelity check against ddpm.
+
+    ddpm's statistics (250 steps per seed, fp32) come from BASELINE (`python bench/fidelity.py --write-baseline
+    --seeds 0 1`), refused if made from another model file or case; the default runs here on the same seeds.
+    A solver pasting the reference at the wrong timestep's noise level moves the lung mean by about 120 HU
+    (tolerance 25): planted, it fails this test.
+    """
+    baseline = json.loads(BASELINE.read_text())
     reference, layout, _ = demo_case(0)
-    seeds = (0, 1)
-    baseline = run_setting(reference, layout, model, "ddpm", None, seeds, precision="fp32")
-    fast = run_setting(reference, layout, model, DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, seeds)
+    stale = {k: v for k, v in made_from(DEMO_MODEL, reference, layout).items() if baseline[k] != v}
+    assert not stale, (f"{BASELINE.name} was made from another {', '.join(stale)}: run `{baseline['made_by']}` "
+                       f"(PYTHONPATH=engine) and commit the new file")
+    model = load_model(DEMO_MODEL)
+    fast = run_setting(reference, layout, model, DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, baseline["seeds"])
     result = compare(fast, baseline)
     print({"ddpm": baseline, "default": fast, **result})
     assert result["passes"], result  # the speed-up is measured by bench/fidelity.py, not asserted here

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import random_layout, random_model
 from lungddpm import ConfigError, make_generator
 from lungddpm.sampling.aas import background_mask
-from lungddpm.sampling.solvers import sample_aas_solver, trailing_timesteps
+from lungddpm.sampling.solvers import correct_x0, sample_aas_solver, trailing_timesteps
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test extra) is the reference for the solver maths")
 
@@ -84,6 +85,27 @@ def test_dynamic_thresholding_equals_diffusers(overshooting_model):
     clamped = sample_aas_solver(overshooting_model, cond, x_ref, "dpmpp3m", 10, draws=[x_T], x0_correction="clamp", aas=False)
     assert (ours - expected).abs().max().item() <= 1e-4
     assert (ours - clamped).abs().max().item() > 1e-2
+
+
+def test_dynamic_thresholding_is_per_sample_and_leaves_estimates_within_one_alone():
+    """s = max(1, 99.5th percentile of |x̂0|) for each sample of a batch (numpy's percentile here): a sample within
+    [−1, 1] comes back unchanged, an overshooting one is clipped to ±s and divided by its own s."""
+    g = torch.Generator().manual_seed(0)
+    calm = torch.rand((1, 1, 8, 8, 8), generator=g) - 0.5  # |x̂0| ≤ 0.5: its percentile is below 1, so s = 1
+    wild = (torch.rand((1, 1, 8, 8, 8), generator=g) * 2 - 1) * 3.0  # percentile about 3
+    out = correct_x0(torch.cat([calm, wild]), "dynamic")
+    s = float(np.quantile(np.abs(wild.numpy()), 0.995))
+    assert s > 2.5 and torch.equal(out[0], calm[0])
+    torch.testing.assert_close(out[1], wild[0].clamp(-s, s) / s)
+    with pytest.raises(ConfigError, match="x0 correction"):
+        correct_x0(calm, "tanh")  # called directly too, an unknown correction is refused
+
+
+def test_trailing_timesteps_in_closed_form():
+    """All of the model's steps are T−1, …, 0; fewer are round(T − k·T/steps) − 1 (diffusers' "trailing")."""
+    assert trailing_timesteps(8, 8) == [7, 6, 5, 4, 3, 2, 1, 0]
+    assert trailing_timesteps(250, 3) == [249, 166, 82]
+    assert trailing_timesteps(20, 1) == [19]
 
 
 def test_batch_with_one_generator_per_sample_equals_separate_runs(model):

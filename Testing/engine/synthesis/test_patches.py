@@ -14,6 +14,7 @@ from lungddpm import ConfigError, InputError, LungDDPM, Volume, load_model, read
 from lungddpm.model.checkpoints import released_state_dict
 from lungddpm.cli import main
 from lungddpm.layout.labels import LUNG, NODULE
+from lungddpm.model.config import NATIVE_PATCH_PROFILE
 from lungddpm.synthesis.patches import PatchProfile, nodule_components, plan_patches
 
 
@@ -59,6 +60,51 @@ def test_plan_refuses_no_nodule_and_a_nodule_larger_than_the_cube():
     with pytest.raises(InputError, match="full-volume"):
         plan_patches(big, 16, None)
     assert len(plan_patches(big, 16, 2.0)[0]) == 1  # 2-mm cube voxels: 32 mm of cube leave room for it
+
+
+def box_layout(*boxes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]], shape=(40, 48, 56)) -> Volume:
+    """A (k, j, i) lung box with nodules painted as index boxes ((i0, i1), (j0, j1), (k0, k1)), ends included."""
+    array = np.zeros(shape, np.uint8)
+    array[2:-2, 2:-2, 2:-2] = LUNG
+    for (i0, i1), (j0, j1), (k0, k1) in boxes:
+        array[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = NODULE
+    return Volume(array, origin=(-20.0, 30.0, 100.0), spacing=(0.8, 0.9, 1.5))
+
+
+def test_plan_limits_and_centres_cubes_to_the_voxel():
+    """16³ cubes on the reference's voxels, 1-voxel border: a nodule 13 voxels across fits (centred, start rounded
+    half to even), 14 is refused with its size in mm; the largest nodule is centred first, and another nodule joins
+    its cube exactly when it lies inside the border (first voxel at start + 1, last at start + 14)."""
+    (patch,), _ = plan_patches(box_layout(((10, 22), (12, 14), (14, 16))), 16, None)
+    assert patch.start.tolist() == np.round(np.array([16.0, 13.0, 15.0]) - 7.5).tolist()
+    with pytest.raises(InputError, match=r"a nodule spans \[11\.2, 2\.7, 4\.5\] mm, more than .* cube of \[12\.8, 14\.4, 24\.0\] mm"):
+        plan_patches(box_layout(((10, 23), (12, 14), (14, 16))), 16, None)  # 14 × 3 × 3 voxels of 0.8 × 0.9 × 1.5 mm
+    big = ((21, 25), (21, 25), (18, 22))  # centre (23, 23, 20): cube start (16, 16, 12), last voxel (31, 31, 27)
+    flat = ((20, 26), (20, 26), (24, 24))  # larger (7 × 7 × 1) than the small one below, though flat
+    (patch,), _ = plan_patches(box_layout(flat, ((28, 30), (22, 24), (21, 23))), 16, None)
+    assert patch.start.tolist() == np.round(np.array([23.0, 23.0, 24.0]) - 7.5).tolist()  # centred on the flat one
+    for small, cubes in [(((16, 17), (22, 23), (19, 20)), 2), (((17, 18), (22, 23), (19, 20)), 1),
+                         (((30, 30), (22, 23), (19, 20)), 1), (((30, 31), (22, 23), (19, 20)), 2)]:
+        # first voxel at start (in the border) and start + 1; last at start + 14 and start + 15 (in the border)
+        patches, _ = plan_patches(box_layout(big, small), 16, None)
+        assert len(patches) == cubes and patches[0].start.tolist() == [16.0, 16.0, 12.0], small
+    # 1.6-mm cube voxels: 2 reference voxels along i, so the border is 2 voxels there (cube start i = 23 − 15 = 8)
+    for first_i, cubes in ((10, 1), (9, 2)):
+        patches, _ = plan_patches(box_layout(big, ((first_i, first_i + 1), (22, 23), (19, 20))), 16, 1.6)
+        assert len(patches) == cubes and patches[0].start[0] == pytest.approx(8.0), first_i
+
+
+def test_released_64_cubes_keep_a_4_voxel_border_and_each_profile_its_x0_correction():
+    """The released Lung-DDPM+ geometry (64³ cubes): a border of 64/16 = 4 voxels, so a nodule 3 voxels inside
+    the centred cube gets a cube of its own; released-patch samples with dynamic thresholding, native-patch clamps."""
+    big = ((38, 42), (38, 42), (38, 42))  # centre 40: cube start round(40 − 31.5) = 8
+    for first, cubes in ((12, 1), (11, 2)):  # first voxel at start + 4 (inside the border) and start + 3
+        patches, _ = plan_patches(box_layout(big, ((first, first + 1), (40, 41), (40, 41)), shape=(80, 80, 80)), 64, None)
+        assert len(patches) == cubes and patches[0].start.tolist() == [8.0, 8.0, 8.0], first
+    (patch,), _ = plan_patches(box_layout(((5, 7), (20, 22), (20, 22)), shape=(40, 48, 13)), 16, None)
+    assert patch.start[0] == np.round((13 - 1) / 2 - 7.5)  # an image narrower than the cube: centred on the image
+    assert PatchProfile().x0_correction == "dynamic"
+    assert PatchProfile(profile=NATIVE_PATCH_PROFILE).x0_correction == "clamp"
 
 
 def test_patch_spacing_is_refused_where_it_means_nothing():
@@ -114,6 +160,10 @@ def test_a_seed_too_large_for_the_cube_seeds_is_refused():
     assert profile.sample_seeds(largest, 2)[-1] < 2**64  # torch.Generator takes it
     with pytest.raises(ConfigError, match=f"seed {largest + 1} .*too large for a Lung-DDPM\\+ patch model.*up to {largest}"):
         profile.sample_seeds(largest + 1, 2)
+    count = (2**64 - 1) % 1_000_003 + 1  # cubes whose last seed is exactly the largest a generator takes
+    assert profile.sample_seeds(largest, count)[-1] == 2**64 - 1
+    with pytest.raises(ConfigError, match="too large"):
+        profile.sample_seeds(largest, count + 1)
 
 
 def test_released_lung_ddpm_plus_checkpoint_loads_as_a_patch_model(tmp_path):
