@@ -79,6 +79,9 @@ def test_plan_limits_and_centres_cubes_to_the_voxel():
     assert patch.start.tolist() == np.round(np.array([16.0, 13.0, 15.0]) - 7.5).tolist()
     with pytest.raises(InputError, match=r"a nodule spans \[11\.2, 2\.7, 4\.5\] mm, more than .* cube of \[12\.8, 14\.4, 24\.0\] mm"):
         plan_patches(box_layout(((10, 23), (12, 14), (14, 16))), 16, None)  # 14 × 3 × 3 voxels of 0.8 × 0.9 × 1.5 mm
+    fine = box_layout(((10, 23), (12, 14), (14, 16)))
+    with pytest.raises(InputError, match=r"a nodule spans \[11\.6, 2\.7, 4\.5\] mm, .* cube of \[13\.3, 14\.4, 24\.0\] mm"):
+        plan_patches(Volume(fine.array, origin=fine.origin, spacing=(0.83, 0.9, 1.5)), 16, None)  # 14 × 0.83 = 11.62
     big = ((21, 25), (21, 25), (18, 22))  # centre (23, 23, 20): cube start (16, 16, 12), last voxel (31, 31, 27)
     flat = ((20, 26), (20, 26), (24, 24))  # larger (7 × 7 × 1) than the small one below, though flat
     (patch,), _ = plan_patches(box_layout(flat, ((28, 30), (22, 24), (21, 23))), 16, None)
@@ -239,3 +242,13 @@ def test_native_patch_model_synthesises_only_the_nodules_and_records_its_profile
     assert not changed[~nodule].any() and changed[nodule].mean() > 0.8
     assert result.metadata["profile"] == "native-patch" and result.metadata["patches"] == "2"
     assert result.image.array[nodule].min() >= -1000 and result.image.array[nodule].max() <= 500  # the window's HU
+
+
+def test_the_feather_of_fine_voxels_may_be_under_a_millimetre_wide():
+    """Resampled cubes of fine voxels: a 0.9 mm feather (cube + reference voxel) still blends linearly outside the nodule."""
+    from lungddpm.synthesis.patches import _feather
+
+    mask = np.zeros((1, 1, 9), bool)
+    mask[..., :4] = True
+    weight = _feather(mask, Volume(np.zeros((1, 1, 9), np.int16), spacing=(0.3, 0.3, 0.3)), 0.9)[0, 0]
+    assert weight == pytest.approx([1, 1, 1, 1, 1 - 0.3 / 0.9, 1 - 0.6 / 0.9, 0, 0, 0], abs=1e-6)  # 0.3, 0.6 mm outside
