@@ -139,3 +139,49 @@ def test_add_nodule_cli_random_nodules_take_the_description_but_not_a_size(layou
     assert len(records) == 2 and all(r.attributes.spiculation == 5 and r.attributes.texture == 5 for r in records)
     assert main([*args, "--output", str(tmp_path / "s.nrrd"), "--prompt", "12 mm solid"]) == 2
     assert "a diameter in --nodule/--prompt is for one nodule at a point" in capsys.readouterr().err
+
+
+def ball_lung(radius_mm: float, spacing: float = 0.5) -> Volume:
+    """A layout whose lung is a ball of the radius about the origin (0.5-mm voxels)."""
+    size = int(2 * radius_mm / spacing) + 9
+    grid = Volume(np.zeros((size,) * 3, np.uint8), spacing=(spacing,) * 3, origin=(-(size - 1) * spacing / 2,) * 3)
+    k, j, i = np.indices(grid.array.shape)
+    points = np.stack([i, j, k], axis=-1) * spacing + grid.origin
+    return grid.with_array(np.where(np.linalg.norm(points, axis=-1) <= radius_mm, LUNG, 0).astype(np.uint8))
+
+
+def test_nodule_kinds_are_the_schema_s_textures():
+    from lungddpm.layout.attributes import parse_assignments
+    from lungddpm.layout.nodules import KIND_TEXTURE, NODULE_KINDS
+
+    assert {kind: KIND_TEXTURE[kind] for kind in NODULE_KINDS} == \
+        {kind: parse_assignments(f"texture={kind}").texture for kind in NODULE_KINDS}
+
+
+def test_nodule_mask_is_a_ball_unless_told_otherwise():
+    from lungddpm.layout.nodules import nodule_mask
+
+    grid = lung()
+    assert np.array_equal(nodule_mask(grid, CENTRE, 12.0), nodule_mask(grid, CENTRE, 12.0, irregularity=0.0, seed=0))
+    assert np.array_equal(nodule_mask(grid, CENTRE, 12.0), offsets_mm_grid(grid) <= 6.0)
+
+
+def offsets_mm_grid(grid: Volume) -> np.ndarray:
+    """Each voxel's distance in mm from CENTRE."""
+    k, j, i = np.indices(grid.array.shape)
+    return np.linalg.norm(np.stack([i, j, k], axis=-1) * grid.spacing + grid.origin - CENTRE, axis=-1)
+
+
+def test_random_nodules_come_as_close_to_the_lung_border_and_to_each_other_as_their_radii_allow():
+    one, _ = random_nodules(ball_lung(10.0), 1, (18.0, 18.0), seed=0, irregularity=0.0)  # 9-mm radius in a 10-mm lung
+    assert (one.array == NODULE).sum() > 0
+    for seed in range(6):
+        layout, specs = random_nodules(ball_lung(14.0), 2, (8.0, 8.0), seed=seed, irregularity=0.0)
+        from lungddpm.layout.sidecar import nodule_components
+
+        assert nodule_components(layout)[1] == 2  # never touching: centres more than 8 mm apart
+        assert np.linalg.norm(np.subtract(specs[0]["center_lps_mm"], specs[1]["center_lps_mm"])) > 8.0
+    with pytest.raises(InputError, match="no room left in the lung for nodule 2 of 2 \\(8.0 mm\\)"):
+        random_nodules(ball_lung(9.0), 2, (8.0, 8.0), seed=0)
+    with pytest.raises(InputError, match="the layout has no free lung voxels \\(label 1\\) to place nodules in"):
+        random_nodules(lung().with_array(np.zeros((48,) * 3, np.uint8)), 1, seed=0)
