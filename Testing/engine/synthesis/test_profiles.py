@@ -111,3 +111,27 @@ def test_way_back_blends_only_inside_the_region():
     core = out.array[4, 8, 8]
     edge = out.array[2, 8, 8]
     assert core == 0 and -800 < edge < 0  # boundary voxels blended, the interior synthetic
+
+
+def test_released_scaling_is_per_slice_of_the_first_file_axis_and_finite_on_a_constant_slice():
+    m = np.random.default_rng(0).uniform(-1000.0, 1000.0, (3, 4, 5))
+    m[1] += 700.0  # a slice with its own minimum (a CT's slices usually share air's)
+    m[2] = 7.0  # a constant slice
+    x, scale = ReleasedProfile().hu_to_model(m)
+    for i in (0, 1):
+        expected = (m[i] - m[i].min()) / (m[i].max() - m[i].min()) * 2 - 1
+        np.testing.assert_allclose(x[i], expected, atol=1e-12)
+    assert np.all(x[2] == -1.0) and scale["lo"].shape == (3, 1, 1)
+
+
+def test_native_window_is_minus_1000_to_500_hu():
+    hu = np.array([-2000.0, -1000.0, -250.0, 500.0, 900.0])
+    np.testing.assert_allclose(NativeProfile().hu_to_model(hu), [-1.0, -1.0, 0.0, 1.0, 1.0], atol=1e-12)
+
+
+def test_native_grid_needs_lung_voxels():
+    from lungddpm.errors import InputError
+    from lungddpm.synthesis.profiles import native_grid
+
+    with pytest.raises(InputError, match="the layout has no lung voxels \\(label 1\\); cannot place the model grid"):
+        native_grid(Volume(np.zeros((8, 8, 8), np.uint8)), 32)
