@@ -218,6 +218,7 @@ class NativeProfile(GridProfile):
 
     name = NATIVE_PROFILE
     axes = (0, 1, 2)  # sitk array (k, j, i) of an LPS-identity grid = (S, P, L)
+    inverse_axes = (0, 1, 2)  # model tensor axes -> sitk array (training.prepare writes the labels with it)
 
     def __init__(self, window: tuple[float, float] = NATIVE_HU_WINDOW, margin_mm: float = NATIVE_MARGIN_MM,
                  blend_margin_mm: float | None = None) -> None:
