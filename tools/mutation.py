@@ -38,7 +38,8 @@ CORE = {
     "sampling/solvers": ["Testing/engine/sampling/test_solvers.py"],
     "synthesis/patches": ["Testing/engine/synthesis/test_patches.py", "Testing/engine/synthesis/test_way_back_geometry.py",
                           "-k", "patch"],
-    "synthesis/profiles": ["Testing/engine/synthesis/test_profiles.py", "Testing/engine/synthesis/test_way_back_geometry.py"],
+    "synthesis/profiles": ["Testing/engine/synthesis/test_profiles.py", "Testing/engine/synthesis/test_way_back_geometry.py",
+                           "Testing/engine/training/test_prepare.py"],
     "model/checkpoints": ["Testing/engine/model/test_checkpoints.py"],
     "synthesis/synthesize": ["Testing/engine/synthesis/test_provenance.py", "Testing/engine/synthesis/test_synthesize.py"],
 }
