@@ -157,3 +157,52 @@ def test_weights_that_are_not_finite_are_refused_at_load(tmp_path, fmt, bad):
                                               r"\(e.g. out.2.weight\)"):
         load_model(path)
     load_model(path, weights="model")  # the file's other weights are finite
+
+
+def test_bundled_models_are_format_version_1_and_load():
+    from lungddpm.cli import DEMO_NODULES_NAME, _model_path
+
+    for name in ("demo", DEMO_NODULES_NAME):
+        path = _model_path(name)
+        assert torch.load(path, map_location="cpu", weights_only=True)["format_version"] == 1  # as written to disk
+        assert load_model(path).source.format == "lungddpm"
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_other_project_format_versions_are_refused(tmp_path, version):
+    path = save_checkpoint(tmp_path / "m.pt", random_model())
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    torch.save({**obj, "format_version": version}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=f"has format version {version}; this lungddpm reads version 1"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_an_unusable_project_configuration_is_named(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", random_model())
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    torch.save({**obj, "config": {**obj["config"], "image_size": "large"}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="has an unusable configuration"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_released_layouts_need_as_many_blocks_per_level(tmp_path):
+    model = random_model(num_res_blocks=2)
+    loaded = load_model(_released_file(tmp_path, model), image_size=16)
+    assert loaded.config.channel_mult == model.config.channel_mult
+    sd = {k: v for k, v in released_state_dict(model).items() if not k.startswith("denoise_fn.input_blocks.2.")}
+    torch.save({"step": 0, "model": sd, "ema": sd}, tmp_path / "uneven.pt")
+    with pytest.raises(CheckpointError, match=r"residual blocks per level \[1, 2\] do not form a released U-Net layout"):
+        load_model(tmp_path / "uneven.pt")
+
+
+def test_mismatched_keys_are_listed_by_kind(tmp_path):
+    model = random_model()
+    sd = dict(released_state_dict(model))
+    sd["denoise_fn.extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"1 unexpected \(e\.g\. \['extra\.weight'\]\)$"):
+        load_model(_released_file(tmp_path, model, **{"denoise_fn.extra.weight": torch.zeros(1)}))
+    del sd["denoise_fn.extra.weight"], sd["denoise_fn.out.2.bias"]
+    torch.save({"step": 0, "model": sd, "ema": sd}, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_model(tmp_path / "missing.pt")
+    assert "1 missing" in str(refused.value) and "unexpected" not in str(refused.value)
