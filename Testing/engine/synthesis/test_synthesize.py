@@ -158,3 +158,37 @@ def test_auto_batch_takes_what_fits_in_half_the_free_memory():
     assert auto_batch(config, cpu, 10, available=0) == 1  # never less than one sample
     free = available_bytes(cpu)
     assert free is None or free > 0
+
+
+def test_guidance_doubles_the_passes_only_for_an_attribute_model_away_from_w_1():
+    from helpers import small_config
+    from lungddpm.synthesis.synthesize import is_guided
+
+    described = small_config(attributes=("texture",), guidance_scale=3.0)
+    assert is_guided(described, None) and is_guided(described, 2.0) and is_guided(described, 0.0)
+    assert not is_guided(described, 1.0) and not is_guided(small_config(attributes=("texture",), guidance_scale=1.0), None)
+    assert not is_guided(small_config(), 3.0)
+
+
+def test_patch_profile_options_are_taken_or_refused():
+    from helpers import small_config
+    from lungddpm.synthesis.synthesize import profile_for
+
+    patch = small_config(profile="native-patch", in_channels=2, patch_spacing_mm=1.5)
+    assert profile_for(patch).patch_spacing_mm == 1.5 and profile_for(patch, patch_spacing_mm=0.5).patch_spacing_mm == 0.5
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError, match="must be a positive voxel size in mm"):
+            profile_for(patch, patch_spacing_mm=bad)
+    with pytest.raises(ConfigError, match="does not apply to a Lung-DDPM\\+ patch model"):
+        profile_for(patch, blend_margin_mm=2.0)
+
+
+def test_every_variant_s_request_is_checked_before_any_work():
+    ph = make_phantom(phantom_grid(size=(48, 48, 32), spacing=(6.0, 6.0, 8.0)), seed=0, nodules=1)
+    model = random_model(attributes=("texture",), in_channels=2, profile="released-patch")
+    from lungddpm.errors import InputError
+    from lungddpm.layout.attributes import NoduleAttributes
+
+    variants = [Variant(ph.layout, 0, NoduleAttributes(texture=1)), Variant(ph.layout, 1, NoduleAttributes(margin=2))]
+    with pytest.raises(InputError, match="leave out margin from --nodule/--prompt"):
+        synthesize_variants(ph.ct, variants, model, sampler="ddim", steps=1, device="cpu")
