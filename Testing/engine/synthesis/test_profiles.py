@@ -114,14 +114,15 @@ def test_way_back_blends_only_inside_the_region():
 
 
 def test_released_scaling_is_per_slice_of_the_first_file_axis_and_finite_on_a_constant_slice():
-    m = np.random.default_rng(0).uniform(-1000.0, 1000.0, (3, 4, 5))
+    m = np.random.default_rng(0).uniform(-1000.0, 1000.0, (4, 4, 5))
     m[1] += 700.0  # a slice with its own minimum (a CT's slices usually share air's)
-    m[2] = 7.0  # a constant slice
+    m[2] = 7.0 + np.linspace(0.0, 0.5, 20).reshape(4, 5)  # a slice spanning half a HU
+    m[3] = 7.0  # a constant slice
     x, scale = ReleasedProfile().hu_to_model(m)
-    for i in (0, 1):
+    for i in (0, 1, 2):
         expected = (m[i] - m[i].min()) / (m[i].max() - m[i].min()) * 2 - 1
-        np.testing.assert_allclose(x[i], expected, atol=1e-12)
-    assert np.all(x[2] == -1.0) and scale["lo"].shape == (3, 1, 1)
+        np.testing.assert_allclose(x[i], expected, atol=1e-9)
+    assert np.all(x[3] == -1.0) and scale["lo"].shape == (4, 1, 1)
 
 
 def test_native_window_is_minus_1000_to_500_hu():
