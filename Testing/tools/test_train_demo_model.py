@@ -30,3 +30,26 @@ def test_tiny_run_writes_a_demo_checkpoint(tmp_path):
     model = load_model(out)
     assert model.config.image_size == 32 and model.config.profile == "native" and model.source.step == 2
     assert (tmp_path / "work" / "run" / "log.jsonl").is_file()  # the run went through `lungddpm train`'s own loop
+
+
+def test_train_seed_sets_the_run_apart_from_the_phantoms(tmp_path):
+    """--train-seed changes the training draws (the weights) but not the phantoms, and is recorded; same seed, same weights."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "engine"), "OMP_NUM_THREADS": "1"}
+
+    def train(name: str, *extra: str) -> dict:
+        """The EMA weights and training record of a 2-step run on the shared phantoms of tmp_path/work-<name>."""
+        work = tmp_path / f"work-{name}"
+        if name != "a":  # reuse the first run's prepared phantoms: the same data for every run
+            work.mkdir()
+            (work / "prepared-0").symlink_to(tmp_path / "work-a" / "prepared-0")
+        res = subprocess.run([sys.executable, str(REPO / "tools" / "train_demo_model.py"), "--output",
+                              str(tmp_path / f"{name}.pt"), "--phantoms", "2", "--steps", "2", "--threads", "1",
+                              "--work", str(work), *extra], capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return read_checkpoint(tmp_path / f"{name}.pt")
+
+    first, again, other = train("a"), train("b", "--train-seed", "0"), train("c", "--train-seed", "1")
+    assert first["training"]["seed"] == other["training"]["seed"] == 0
+    assert (first["training"]["train_seed"], other["training"]["train_seed"]) == (0, 1)
+    assert all(torch.equal(first["ema"][k], again["ema"][k]) for k in first["ema"])
+    assert not all(torch.equal(first["ema"][k], other["ema"][k]) for k in first["ema"])
