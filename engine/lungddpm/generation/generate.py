@@ -198,18 +198,18 @@ class _CaseMaker:
         info: dict = {"layout_source": source, "layout_path": str(ref.layout) if ref.layout else None, "nodules": []}
         layout_name = str(ref.layout) if ref.layout else f"the automatic lung mask of {ref.image}"
         adds = req.count if req is not None else 0
-        drawn, own = None, []
+        for_random, own = None, []  # the source's draws for the random nodules, the layout's own nodules' records
         if self.settings.attributes_from is not None:
             existing = nodule_components(base)[1]
             drawn = self.settings.attributes_from.draw(item.seed, existing + adds)
-            own = layout_records(base, dict(enumerate(drawn[:existing], start=1)))
+            own, for_random = layout_records(base, dict(enumerate(drawn[:existing], start=1))), drawn[existing:]
         if adds > 0:
             try:
                 base, specs = random_nodules(base, req.count, req.diameter_range_mm, kinds=req.kinds, seed=item.seed,
-                                             attributes=drawn[len(own):] if drawn is not None else None)
+                                             attributes=for_random)
             except InputError as exc:
                 raise InputError(f"{item.case}: {exc}") from None
-            for spec, attributes in zip(specs, drawn[len(own):] if drawn is not None else []):
+            for spec, attributes in zip(specs, for_random or []):
                 spec["attributes"] = attributes.to_dict()
                 del spec["kind"]  # the source sets the attributes (--kinds is refused with it)
             info["layout_source"] = source + "+random_nodules"
