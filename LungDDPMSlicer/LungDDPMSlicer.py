@@ -93,7 +93,8 @@ lungs conditioned on the layout while the real reference CT is kept outside them
 <b>Every output is SYNTHETIC</b>: node names say so and attributes LungDDPM.SYNTHETIC=true record it.
 Synthetic images are for research (e.g. data augmentation), never for diagnosis.
 <p>Workflow: reference CT, segmentation with a lung segment (or "Create lung segment") and nodule segments
-(Segment Editor, or "Add nodule" at a point), for an attribute model the nodules' attributes (or a description),
+(Segment Editor, or "Add nodule" at a point, which paints the chosen sphericity, spiculation and lobulation for
+any model), for an attribute model the nodules' other attributes (or a description),
 model, device, sampler (default DPM-Solver++ 2M, 3 steps; ddpm runs all of the model's steps), precision, seed,
 variants, then Synthesize. Lung-DDPM+ (patch) models synthesise one
 64³ cube per nodule and change only the nodules. The engine runs in the background; Cancel stops it and leaves
@@ -188,6 +189,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job: jobs.SynthesisJob | None = None
         self.torchInstall: install.CommandSequence | None = None
         self.schema = None  # the engine's attribute schema module (nodule_attributes.schema)
+        self.shapeFields: tuple[str, ...] = ()  # what Add nodule paints for any model (nodule_attributes.shape_fields)
         self.savedView: compare.ViewState | None = None  # the user's views before the compare view
         self.uiState = "idle"
         self.pollTimer = qt.QTimer()
@@ -208,6 +210,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelCombo.addItem(_("Other checkpoint file…"), OTHER_CHECKPOINT)
         self.ui.modelCacheDirLineEdit.currentPath = str(self.logic.modelCacheDir())
         self.schema = nodule_attributes.schema(self.logic.engineDir())
+        self.shapeFields = nodule_attributes.shape_fields(self.logic.engineDir())
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         for field, combo in self.attributeCombos().items():
             for choice in nodule_attributes.choices(self.schema, field):
@@ -484,18 +487,19 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         entry = self.logic.modelEntry(p.modelName)
         title = entry.title if entry is not None else _("this checkpoint")
+        fields = nodule_attributes.PANEL_ATTRIBUTES
         path = self.logic.presentModelFile(p.modelName, chosenPath(p.localModelPath))
         if path is None:
-            return panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, title,
+            return panel.attribute_states(None, fields, self.shapeFields, title,
                                           _("choose or download the model file first; the file says which attributes "
                                             "the model takes"))
         try:
-            return panel.attribute_states(self.logic.modelAttributes(path), nodule_attributes.PANEL_ATTRIBUTES, title)
+            return panel.attribute_states(self.logic.modelAttributes(path), fields, self.shapeFields, title)
         except checkpoint_info.CheckpointReadError as error:
-            return panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, title, str(error))
+            return panel.attribute_states(None, fields, self.shapeFields, title, str(error))
 
     def updateAttributeWidgets(self) -> None:
-        """Enable the attribute controls, prompt and guidance only for what the chosen model takes; say why otherwise."""
+        """Enable the shape controls for any readable model, the others and guidance for what it takes; say which is which."""
         states = self.modelAttributeStates()
         for field, combo in self.attributeCombos().items():
             combo.enabled = states.enabled[field]
@@ -507,8 +511,8 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.attributesInfoLabel.text = states.message
 
     def currentAttributes(self) -> dict[str, float]:
-        """The known attribute values of the controls the chosen model takes."""
-        return panel.sent_attributes(self._parameterNode.noduleAttributes, self.modelAttributeStates())
+        """The known values of the enabled attribute controls: what Add nodule paints and the segments' tags store."""
+        return panel.add_nodule_attributes(self._parameterNode.noduleAttributes, self.modelAttributeStates())
 
     def onAttributeChanged(self, index: int = 0) -> None:
         """Store the attribute combos' values (0: unknown)."""
@@ -522,8 +526,7 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except self.schema.InputError as error:
             slicer.util.errorDisplay(str(error), windowTitle=_("Describe the nodule"))
             return
-        self._parameterNode.noduleAttributes, ignored = panel.prompt_values(parsed, self.modelAttributeStates(),
-                                                                            nodule_attributes.PANEL_ATTRIBUTES)
+        self._parameterNode.noduleAttributes, ignored = panel.prompt_values(parsed, self.modelAttributeStates())
         if ignored:
             self.appendLog(_("Not taken by this model, left out: {fields}").format(fields=", ".join(ignored)))
 

@@ -17,7 +17,8 @@
 - remote_jobs: the synthesis job run on such a server, imported as a local run's
 - models: Resources/models.json, the model cache folder, downloads checked by SHA-256
 - estimates: time and memory to expect for a model, sampler and device, with warnings
-- panel: the sampling widgets' rules (enabled states, offered precisions) and the options sent to the engine
+- panel: the sampling and attribute widgets' rules (enabled states, offered precisions) and the options sent to
+  the engine (what Add nodule paints, what Synthesize sends)
 """
 
 MODULES = ("compat", "geometry", "mrml", "process", "engine", "models", "estimates", "panel", "checkpoint_info",

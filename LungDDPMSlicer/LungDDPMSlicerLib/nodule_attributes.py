@@ -1,10 +1,12 @@
 """Nodule attributes in Slicer: the engine's schema and prompt parser, segment tags, and the sidecar sent to the engine.
 
 The vocabulary is the engine's own (``lungddpm.layout.attributes``, pure Python), imported from the bundled
-engine, so the panel offers exactly the names the engine reads. Each nodule segment carries its known
-attributes as tags ``LungDDPM.attribute.<characteristic>`` holding the LIDC code (unknown: no tag). For a
-synthesis the tags become the engine's ``.nodules.json`` sidecar (records keyed by each nodule's centre in
-mm, written with the engine's own ``layout_records`` / ``write_sidecar``), given as ``--nodules-json``.
+engine, so the panel offers exactly the names the engine reads; so are the shape characteristics that Add
+nodule paints into the outline for any model (``lungddpm.layout.nodules.SHAPE_FIELDS``). Each nodule segment
+carries its known attributes as tags ``LungDDPM.attribute.<characteristic>`` holding the LIDC code (unknown:
+no tag). For a synthesis the tags the model takes become the engine's ``.nodules.json`` sidecar (records keyed
+by each nodule's centre in mm, written with the engine's own ``layout_records`` / ``write_sidecar``), given
+as ``--nodules-json``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def engine_module(engine_dir: Path, name: str) -> ModuleType:
 def schema(engine_dir: Path) -> ModuleType:
     """The engine's attribute schema module: CHARACTERISTICS, BY_FIELD, NoduleAttributes, parse_prompt."""
     return engine_module(engine_dir, "lungddpm.layout.attributes")
+
+
+def shape_fields(engine_dir: Path) -> tuple[str, ...]:
+    """The characteristics Add nodule paints into a nodule's outline, for any model (the engine's SHAPE_FIELDS)."""
+    return tuple(engine_module(engine_dir, "lungddpm.layout.nodules").SHAPE_FIELDS)
 
 
 def choices(schema_module: ModuleType, field: str) -> list[Choice]:

@@ -68,27 +68,45 @@ class WidgetStates:
 class AttributeStates:
     """Which nodule-attribute controls are enabled for a model, the guidance default, and what the panel says."""
 
-    enabled: dict[str, bool]
+    enabled: dict[str, bool]  # the model's own characteristics and the shape ones (Add nodule paints them)
     guidance_enabled: bool
     guidance_default: float | None
     message: str
 
 
-def attribute_states(model: ModelAttributes | None, fields: Sequence[str], model_title: str,
-                     unknown_reason: str = "") -> AttributeStates:
-    """Attribute controls enabled for the characteristics the model takes (None: the model file is not readable yet)."""
+def spoken_list(names: Sequence[str]) -> str:
+    """Names as a sentence says them: 'a', 'a and b', 'a, b and c'."""
+    if len(names) < 2:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def shaping_clause(shapes: Sequence[str]) -> str:
+    """'lobulation shapes the outline Add nodule paints' (plural verb for several)."""
+    return f"{spoken_list(shapes)} {'shapes' if len(shapes) == 1 else 'shape'} the outline Add nodule paints"
+
+
+def attribute_states(model: ModelAttributes | None, fields: Sequence[str], shape_fields: Sequence[str],
+                     model_title: str, unknown_reason: str = "") -> AttributeStates:
+    """Controls enabled for the model's characteristics and, for any model, the shape ones (None: file not readable).
+
+    shape_fields: the characteristics Add nodule paints into the outline (the engine's SHAPE_FIELDS), whatever the model.
+    """
     if model is None:
         return AttributeStates({f: False for f in fields}, False, None,
                                f"Nodule attributes: {unknown_reason or 'the model file cannot be read'}.")
+    shapes = [f for f in shape_fields if f in fields]
     if not model.attributes:
-        return AttributeStates({f: False for f in fields}, False, None,
-                               f"{model_title} takes no nodule attributes: its nodules follow the layout only. "
-                               f"Choose an attribute model (e.g. the bundled demo-nodules) to describe them.")
-    enabled = {f: f in model.attributes for f in fields}
+        return AttributeStates({f: f in shapes for f in fields}, False, None,
+                               f"{model_title} takes no nodule attributes: its nodules follow the layout only; "
+                               f"{shaping_clause(shapes)}.")
+    enabled = {f: f in model.attributes or f in shapes for f in fields}
+    painted = [f for f in shapes if f not in model.attributes]
     others = [f for f in fields if not enabled[f]]
     message = f"{model_title} takes {', '.join(model.attributes)}" + (
-        f"; it does not know {', '.join(others)}." if others else ".")
-    return AttributeStates(enabled, True, model.guidance_scale, message)
+        f"; {shaping_clause(painted)}" if painted else "") + (
+        f"; it does not know {', '.join(others)}" if others else "")
+    return AttributeStates(enabled, True, model.guidance_scale, message + ".")
 
 
 def sampling_options(sampler: str, steps: int, aas_variant: str, precision: str,
@@ -104,16 +122,16 @@ def variant_seeds(seed: int, variants: int) -> list[int]:
     return [int(seed) + n for n in range(int(variants))]
 
 
-def sent_attributes(stored: str, states: AttributeStates) -> dict[str, float]:
-    """The attribute combos' stored values (JSON; 0 or absent: unknown) that the chosen model takes."""
+def add_nodule_attributes(stored: str, states: AttributeStates) -> dict[str, float]:
+    """What Add nodule sends as --nodule (and tags): the known stored values (JSON; 0: unknown) of every enabled control."""
     values = json.loads(stored or "{}")
     return {field: value for field, value in values.items() if states.enabled.get(field) and value}
 
 
-def prompt_values(parsed: Mapping[str, float], states: AttributeStates, fields: Sequence[str]) -> tuple[str, list[str]]:
-    """A parsed prompt as the combos' stored values (JSON of the panel's fields), and the fields the model does not take."""
+def prompt_values(parsed: Mapping[str, float], states: AttributeStates) -> tuple[str, list[str]]:
+    """A parsed prompt as the enabled combos' stored values (JSON), and the parsed fields no enabled control takes."""
     ignored = [field for field in parsed if not states.enabled.get(field)]
-    return json.dumps({f: int(round(v)) for f, v in parsed.items() if f in fields}), ignored
+    return json.dumps({f: int(round(v)) for f, v in parsed.items() if states.enabled.get(f)}), ignored
 
 
 def widget_states(sampler: str, entry: ModelEntry | None) -> WidgetStates:

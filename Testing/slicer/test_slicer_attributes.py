@@ -55,17 +55,61 @@ def test_panel_vocabulary_is_the_engines_and_the_prompt_uses_its_parser():
         {"LungDDPM.attribute.texture": "3", "LungDDPM.attribute.spiculation": "4.5"}
 
 
-def test_attribute_controls_follow_the_model():
-    """Enabled only for the characteristics the model takes; otherwise the panel says why."""
-    demo_nodules = checkpoint_info.ModelAttributes(("texture", "margin", "spiculation"), 3.0)
-    states = panel.attribute_states(demo_nodules, nodule_attributes.PANEL_ATTRIBUTES, "demo-nodules")
-    assert states.enabled == {"texture": True, "margin": True, "spiculation": True, "lobulation": False,
-                              "calcification": False, "sphericity": False, "malignancy": False}
-    assert states.guidance_enabled and states.guidance_default == 3.0 and "lobulation" in states.message
-    none = panel.attribute_states(checkpoint_info.ModelAttributes((), None), nodule_attributes.PANEL_ATTRIBUTES, "demo")
-    assert not any(none.enabled.values()) and not none.guidance_enabled and "demo takes no nodule attributes" in none.message
-    unknown = panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, "Lung-DDPM+", "the file is not here yet")
+SHAPES = nodule_attributes.shape_fields(ENGINE_DIR)
+
+
+def test_shape_fields_are_the_engines():
+    """The shape controls are the characteristics the engine's add-nodule paints (its SHAPE_FIELDS), read without torch."""
+    from lungddpm.layout.nodules import SHAPE_FIELDS
+
+    assert SHAPES == SHAPE_FIELDS == ("sphericity", "spiculation", "lobulation")
+    assert set(SHAPES) <= set(nodule_attributes.PANEL_ATTRIBUTES)
+
+
+def test_attribute_controls_follow_the_model_and_the_shape_ones_every_model():
+    """The model's characteristics and, for every readable model, the shape ones are enabled; the panel says which is which."""
+    demo_nodules = checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0)
+    states = panel.attribute_states(demo_nodules, nodule_attributes.PANEL_ATTRIBUTES, SHAPES, "demo-nodules")
+    assert states.enabled == {"texture": True, "margin": True, "spiculation": True, "lobulation": True,
+                              "calcification": True, "sphericity": True, "malignancy": False}
+    assert states.guidance_enabled and states.guidance_default == 3.0
+    assert states.message == ("demo-nodules takes texture, calcification, margin, spiculation; sphericity and "
+                              "lobulation shape the outline Add nodule paints; it does not know malignancy.")
+    none = panel.attribute_states(checkpoint_info.ModelAttributes((), None), nodule_attributes.PANEL_ATTRIBUTES, SHAPES,
+                                  "demo")
+    assert none.enabled == {"texture": False, "margin": False, "spiculation": True, "lobulation": True,
+                            "calcification": False, "sphericity": True, "malignancy": False}
+    assert not none.guidance_enabled and none.guidance_default is None
+    assert none.message == ("demo takes no nodule attributes: its nodules follow the layout only; sphericity, "
+                            "spiculation and lobulation shape the outline Add nodule paints.")
+    every = panel.attribute_states(checkpoint_info.ModelAttributes(nodule_attributes.PANEL_ATTRIBUTES, 2.0),
+                                   nodule_attributes.PANEL_ATTRIBUTES, SHAPES, "all")
+    assert all(every.enabled.values()) and every.message == f"all takes {', '.join(nodule_attributes.PANEL_ATTRIBUTES)}."
+    unknown = panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, SHAPES, "Lung-DDPM+",
+                                     "the file is not here yet")
     assert not any(unknown.enabled.values()) and "the file is not here yet" in unknown.message
+
+
+def test_add_nodule_sends_every_enabled_control():
+    """With a no-attribute model Add nodule sends the known shape values (0: unknown), with demo-nodules its own too."""
+    stored = '{"texture": 5, "lobulation": 4, "sphericity": 0, "spiculation": 2, "malignancy": 3}'
+    none = panel.attribute_states(checkpoint_info.ModelAttributes((), None), nodule_attributes.PANEL_ATTRIBUTES, SHAPES,
+                                  "demo")
+    assert panel.add_nodule_attributes(stored, none) == {"lobulation": 4, "spiculation": 2}
+    demo_nodules = panel.attribute_states(checkpoint_info.ModelAttributes(("texture", "spiculation"), 3.0),
+                                          nodule_attributes.PANEL_ATTRIBUTES, SHAPES, "demo-nodules")
+    assert panel.add_nodule_attributes(stored, demo_nodules) == {"texture": 5, "lobulation": 4, "spiculation": 2}
+
+
+def test_a_prompt_fills_only_the_enabled_controls():
+    """For a no-attribute model the prompt fills the shape controls; the rest is reported as not taken."""
+    none = panel.attribute_states(checkpoint_info.ModelAttributes((), None), nodule_attributes.PANEL_ATTRIBUTES, SHAPES,
+                                  "demo")
+    parsed = nodule_attributes.parse_prompt(nodule_attributes.schema(ENGINE_DIR), "part-solid spiculated nodule")
+    assert panel.prompt_values(parsed, none) == ('{"spiculation": 5}', ["texture"])
+    unknown = panel.attribute_states(None, nodule_attributes.PANEL_ATTRIBUTES, SHAPES, "x", "not here")
+    stored, ignored = panel.prompt_values(parsed, unknown)
+    assert stored == "{}" and sorted(ignored) == ["spiculation", "texture"]
 
 
 def test_persisted_settings_round_trip_and_stale_values_are_dropped():

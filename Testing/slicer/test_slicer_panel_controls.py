@@ -2,14 +2,17 @@
 
 Each entry of CONTROLS sets parameters of the panel (the fields of LungDDPMSlicerParameterNode, read from the main
 script, plus the prompt box) away from a scenario's values and runs what the panel runs: the model from the model
-list or the chosen file, the attribute combos or the prompt as segment tags (panel.sent_attributes,
-panel.prompt_values), the sampling options (panel.sampling_options), one seed per variant (panel.variant_seeds), a
-jobs.SynthesisJob on one engine worker shared by the module (as the Logic's), the real engine, the result imported
-into the scene; the nodule controls run the engine's add-nodule as the Add-nodule button does. The check shows that
-the result differs from the scenario's own run or that the provenance records the value, so a control whose value
-does not reach the engine (or that the engine ignores) fails its entry. test_every_panel_parameter_has_an_entry
-fails for a parameter without one. Cheap: the panel's Sample Data phantom, a random 8³ model with T = 8, the
-bundled demo-nodules for the patch and attribute controls, one engine process for the whole module.
+list or the chosen file, the attribute combos or the prompt as segment tags (panel.add_nodule_attributes,
+panel.prompt_values), the sampling options
+(panel.sampling_options), one seed per variant (panel.variant_seeds), a jobs.SynthesisJob on one engine worker
+shared by the module (as the Logic's), the real engine, the result imported into the scene; the nodule controls
+run the engine's add-nodule as the Add-nodule button does, with the combos' values the panel enables for the
+chosen model (the shape ones for every model). The check shows that the result differs from the scenario's own
+run or that the provenance records the value, so a control whose value does not reach the engine (or that the
+engine ignores) fails its entry. test_every_panel_parameter_has_an_entry fails for a parameter without one; the
+tests after the table check the shape attributes (painted for any model).
+Cheap: the panel's Sample Data phantom, a random 8³ model with T = 8, the bundled demo-nodules for the patch and
+attribute controls, one engine process for the whole module.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Result:
     kept: list[str] = field(default_factory=list)  # files left in the work folder
     mask: np.ndarray | None = None  # add-nodule: the new segment
     model: Path | None = None  # the checkpoint file the run was given
+    tags: dict[str, float] = field(default_factory=dict)  # add-nodule: the new segment's attribute tags
 
 
 @dataclass(frozen=True)
@@ -262,21 +266,26 @@ def model_file(values: dict, s: Scene) -> Path:
     return models.resolve_model_file(entry, engine_dir=ENGINE_DIR, cache_dir=s.work / "cache", local_file=None)
 
 
+def model_states(path: Path) -> panel.AttributeStates:
+    """The attribute controls' states for a model file, as the panel reads them (modelAttributeStates)."""
+    return panel.attribute_states(checkpoint_info.read_model_attributes(path), nodule_attributes.PANEL_ATTRIBUTES,
+                                  nodule_attributes.shape_fields(ENGINE_DIR), "model")
+
+
 def synthesize(values: dict, s: Scene, name: str) -> Result:
     """A synthesis as Synthesize runs it (onApplyButton, Logic.startSynthesis) with these parameter values."""
     ct, segmentation = s.nodes[values["referenceVolume"]], s.nodes[values["segmentation"]]
     path = model_file(values, s)
-    states = panel.attribute_states(checkpoint_info.read_model_attributes(path), nodule_attributes.PANEL_ATTRIBUTES,
-                                    "model")
+    states = model_states(path)
     stored = values["noduleAttributes"]
     if "prompt" in values:  # Enter in the prompt box fills the combos
         parsed = nodule_attributes.parse_prompt(nodule_attributes.schema(ENGINE_DIR), values["prompt"])
-        stored, ignored = panel.prompt_values(parsed, states, nodule_attributes.PANEL_ATTRIBUTES)
+        stored, ignored = panel.prompt_values(parsed, states)
         assert ignored == []
     nodules = [s.segments[n] for n in values["noduleSegmentIds"]]
     for segment_id in nodules:  # "Apply to the chosen nodules": the combos' values become the segments' tags
         nodule_attributes.set_attribute_tags(segmentation, segment_id, nodule_attributes.PANEL_ATTRIBUTES,
-                                             panel.sent_attributes(stored, states))
+                                             panel.add_nodule_attributes(stored, states))
     o = panel.sampling_options(values["sampler"], values["steps"], values["aasVariant"], values["precision"],
                                values["patchSpacingMm"])
     request = jobs.SynthesisRequest(ct, segmentation, [s.segments[n] for n in values["lungSegmentIds"]], nodules, path,
@@ -299,17 +308,22 @@ def synthesize(values: dict, s: Scene, name: str) -> Result:
 
 
 def add_nodule(values: dict, s: Scene, name: str) -> Result:
-    """A nodule as Add nodule places it (onAddNodule, Logic.addNodule): at the point list's last point, then removed."""
+    """A nodule as Add nodule places it (onAddNodule, Logic.addNodule): at the point list's last point, then removed.
+
+    It is given the combos' values the panel enables for the chosen model (the shape ones for every model).
+    """
     ct, segmentation, markups = (s.nodes[values[k]] for k in ("referenceVolume", "segmentation", "noduleMarkups"))
     centre = [0.0, 0.0, 0.0]
     markups.GetNthControlPointPositionWorld(markups.GetNumberOfControlPoints() - 1, centre)
+    attributes = panel.add_nodule_attributes(values["noduleAttributes"], model_states(model_file(values, s)))
     segment_id = jobs.add_nodule_segment(s.context, ct, segmentation, [s.segments[n] for n in values["lungSegmentIds"]],
                                          centre, values["noduleDiameterMm"], irregularity=values["noduleIrregularity"],
-                                         engine_dir=ENGINE_DIR, work_dir=s.work / name,
+                                         engine_dir=ENGINE_DIR, work_dir=s.work / name, attributes=attributes,
                                          seed=segmentation.GetSegmentation().GetNumberOfSegments())
     mask = mrml.segment_mask(s.context, segmentation, segment_id, ct)
+    tags = nodule_attributes.segment_attributes(segmentation, segment_id, nodule_attributes.PANEL_ATTRIBUTES)
     segmentation.GetSegmentation().RemoveSegment(segment_id)  # the scene stays as the other entries expect it
-    return Result(mask=mask)
+    return Result(mask=mask, tags=tags)
 
 
 def run(scenario: str, changed: dict, s: Scene) -> Result:
@@ -326,3 +340,24 @@ def test_panel_control_reaches_the_engine(name, scene):
     """The control changes what the engine makes (or its provenance records the value) against its scenario's run."""
     control = CONTROLS[name]
     control.check(run(control.scenario, {}, scene), run(control.scenario, control.values, scene))
+
+
+SHAPED = {"lobulation": 5, "sphericity": 1}  # a strongly lobulated, linear nodule: neither is a demo-nodules input
+
+
+@pytest.mark.parametrize("model", ["demo-nodules", "demo-native-32"])
+def test_add_nodule_paints_the_shape_attributes_for_any_model(model, scene):
+    """Lobulation and sphericity change the painted nodule and become its tags, for an attribute model and a plain one."""
+    path = model_file(panel_values("add-nodule", {"modelName": model}), scene)
+    takes = checkpoint_info.read_model_attributes(path).attributes
+    assert not set(SHAPED) & set(takes)  # the panel enables them for the outline, not for the model
+    changed = run("add-nodule", {"modelName": model, "noduleAttributes": json.dumps({**SHAPED, "malignancy": 5})}, scene)
+    differs(run("add-nodule", {}, scene), changed)
+    assert changed.tags == SHAPED  # malignancy: neither model takes it, so its combo is off and nothing is sent
+
+
+def test_a_no_attribute_model_enables_the_shape_controls_only(scene):
+    """demo-native-32 (no attributes): sphericity, spiculation and lobulation on, the rest and guidance off."""
+    states = model_states(model_file(panel_values("demo", {}), scene))
+    assert {f for f, on in states.enabled.items() if on} == {"sphericity", "spiculation", "lobulation"}
+    assert not states.guidance_enabled
