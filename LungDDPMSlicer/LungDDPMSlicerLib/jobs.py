@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine, mrml, nodule_attributes
+from . import engine, mrml, nodule_attributes, panel
 from .geometry import GeometryError, lps_geometry_from_ijk_to_ras, ras_to_lps
 from .process import STDERR, BackgroundProcess
 from .worker import EngineWorker, OneShotRunner
@@ -146,12 +146,19 @@ class SynthesisJob:
         self.log(f"Exported {r.reference_volume.GetName()!r} and the layout (lung {self._exported.lung.name!r}, "
                  f"{len(self._exported.nodules)} nodule segment(s)) to {self.work_dir}")
         if r.model_attributes:
-            fields = list(nodule_attributes.schema(self.engine_dir).BY_FIELD)
-            described = [(n.name, n.mask, nodule_attributes.segment_attributes(r.segmentation_node, sid, fields))
-                         for n, sid in zip(self._exported.nodules, r.nodule_segment_ids)]
-            self._nodules_json = nodule_attributes.write_nodule_sidecar(self.engine_dir, self._exported.layout_path,
-                                                                        described)
+            self._nodules_json = self._write_sidecar()
         self._launch()
+
+    def _write_sidecar(self) -> Path | None:
+        """The sidecar of the nodule tags the model takes (None: no nodule has one); the others are logged once."""
+        r = self.request
+        fields = list(nodule_attributes.schema(self.engine_dir).BY_FIELD)
+        tagged = [nodule_attributes.segment_attributes(r.segmentation_node, sid, fields) for sid in r.nodule_segment_ids]
+        sent, left_out = panel.synthesis_attributes(tagged, r.model_attributes)
+        if left_out:
+            self.log(panel.left_out_message(left_out, nodule_attributes.shape_fields(self.engine_dir), r.model_path.name))
+        described = [(n.name, n.mask, values) for n, values in zip(self._exported.nodules, sent)]
+        return nodule_attributes.write_nodule_sidecar(self.engine_dir, self._exported.layout_path, described)
 
     def _launch(self) -> None:
         """Start the engine for the current variant."""

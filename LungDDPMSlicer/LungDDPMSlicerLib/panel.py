@@ -128,6 +128,26 @@ def add_nodule_attributes(stored: str, states: AttributeStates) -> dict[str, flo
     return {field: value for field, value in values.items() if states.enabled.get(field) and value}
 
 
+def synthesis_attributes(tagged: Sequence[Mapping[str, float]], model_attributes: Sequence[str]
+                         ) -> tuple[list[dict[str, float]], list[str]]:
+    """What Synthesize sends per nodule: only the tags the model takes; and the tagged characteristics it leaves out.
+
+    A model is conditioned on its own characteristics only (the engine refuses others in --nodule and leaves them
+    unused in a sidecar); a shape tag has done its work in the outline Add nodule painted.
+    """
+    sent = [{f: v for f, v in values.items() if f in model_attributes} for values in tagged]
+    left_out = list(dict.fromkeys(f for values in tagged for f in values if f not in model_attributes))
+    return sent, left_out
+
+
+def left_out_message(left_out: Sequence[str], shape_fields: Sequence[str], model_name: str) -> str:
+    """The log line for tags Synthesize leaves out, saying which of them shaped the outline Add nodule paints."""
+    shapes = [f for f in left_out if f in shape_fields]
+    pronoun = "it" if len(left_out) == 1 else "them"
+    return f"{model_name} does not take {spoken_list(left_out)}; Synthesize leaves {pronoun} out" + (
+        f" ({shaping_clause(shapes)})" if shapes else "")
+
+
 def prompt_values(parsed: Mapping[str, float], states: AttributeStates) -> tuple[str, list[str]]:
     """A parsed prompt as the enabled combos' stored values (JSON), and the parsed fields no enabled control takes."""
     ignored = [field for field in parsed if not states.enabled.get(field)]

@@ -101,6 +101,22 @@ def test_add_nodule_sends_every_enabled_control():
     assert panel.add_nodule_attributes(stored, demo_nodules) == {"texture": 5, "lobulation": 4, "spiculation": 2}
 
 
+def test_synthesize_sends_only_what_the_model_takes_and_says_what_it_leaves_out():
+    """Tags the model does not know (lobulation, sphericity for demo-nodules) are left out, and the log line says why."""
+    takes = ("texture", "calcification", "margin", "spiculation")
+    sent, left_out = panel.synthesis_attributes([{"texture": 5, "lobulation": 4}, {}, {"sphericity": 1, "lobulation": 2,
+                                                                                       "spiculation": 3}], takes)
+    assert sent == [{"texture": 5}, {}, {"spiculation": 3}] and left_out == ["lobulation", "sphericity"]
+    assert panel.synthesis_attributes([{"texture": 5}], takes) == ([{"texture": 5}], [])
+    assert panel.left_out_message(["lobulation"], SHAPES, "demo-nodules.pt") == \
+        ("demo-nodules.pt does not take lobulation; Synthesize leaves it out (lobulation shapes the outline Add nodule "
+         "paints)")
+    assert panel.left_out_message(["sphericity", "lobulation", "malignancy"], SHAPES, "m") == \
+        ("m does not take sphericity, lobulation and malignancy; Synthesize leaves them out (sphericity and lobulation "
+         "shape the outline Add nodule paints)")
+    assert panel.left_out_message(["malignancy"], SHAPES, "m") == "m does not take malignancy; Synthesize leaves it out"
+
+
 def test_a_prompt_fills_only_the_enabled_controls():
     """For a no-attribute model the prompt fills the shape controls; the rest is reported as not taken."""
     none = panel.attribute_states(checkpoint_info.ModelAttributes((), None), nodule_attributes.PANEL_ATTRIBUTES, SHAPES,

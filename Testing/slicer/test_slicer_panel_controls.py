@@ -3,14 +3,14 @@
 Each entry of CONTROLS sets parameters of the panel (the fields of LungDDPMSlicerParameterNode, read from the main
 script, plus the prompt box) away from a scenario's values and runs what the panel runs: the model from the model
 list or the chosen file, the attribute combos or the prompt as segment tags (panel.add_nodule_attributes,
-panel.prompt_values), the sampling options
+panel.prompt_values; Synthesize sends those the model takes, panel.synthesis_attributes), the sampling options
 (panel.sampling_options), one seed per variant (panel.variant_seeds), a jobs.SynthesisJob on one engine worker
 shared by the module (as the Logic's), the real engine, the result imported into the scene; the nodule controls
 run the engine's add-nodule as the Add-nodule button does, with the combos' values the panel enables for the
 chosen model (the shape ones for every model). The check shows that the result differs from the scenario's own
 run or that the provenance records the value, so a control whose value does not reach the engine (or that the
 engine ignores) fails its entry. test_every_panel_parameter_has_an_entry fails for a parameter without one; the
-tests after the table check the shape attributes (painted for any model).
+tests after the table check the shape attributes (painted for any model, never sent to a model without them).
 Cheap: the panel's Sample Data phantom, a random 8³ model with T = 8, the bundled demo-nodules for the patch and
 attribute controls, one engine process for the whole module.
 """
@@ -54,6 +54,8 @@ class Result:
     kept: list[str] = field(default_factory=list)  # files left in the work folder
     mask: np.ndarray | None = None  # add-nodule: the new segment
     model: Path | None = None  # the checkpoint file the run was given
+    log: list[str] = field(default_factory=list)  # the job's log lines
+    sidecar: dict | None = None  # the nodule sidecar sent to the engine (kept work folders only)
     tags: dict[str, float] = field(default_factory=dict)  # add-nodule: the new segment's attribute tags
 
 
@@ -294,17 +296,20 @@ def synthesize(values: dict, s: Scene, name: str) -> Result:
                                     patch_spacing_mm=o.patch_spacing_mm,
                                     model_attributes=checkpoint_info.read_model_attributes(path).attributes,
                                     guidance=values["guidance"])
-    work = s.work / name
-    job = jobs.SynthesisJob(s.context, request, engine_dir=ENGINE_DIR, work_dir=work, log=lambda line: None,
+    work, log = s.work / name, []
+    job = jobs.SynthesisJob(s.context, request, engine_dir=ENGINE_DIR, work_dir=work, log=log.append,
                             keep_files=values["keepTemporaryFiles"], worker=s.worker)
     try:
         outputs = jobs.run_to_end(job)
     except jobs.EngineError as error:
-        return Result(error=str(error), model=path)
+        return Result(error=str(error), model=path, log=log)
     kept = sorted(p.name for p in work.iterdir()) if work.exists() else []
+    sidecar = work / "layout.nodules.json"
+    sent = json.loads(sidecar.read_text()) if sidecar.exists() else None
     shutil.rmtree(work, ignore_errors=True)
     return Result(outputs=outputs, provenance=[mrml.provenance(o.volume_node) for o in outputs],
-                  voxels=[mrml.volume_array(o.volume_node) for o in outputs], total=job.total, kept=kept, model=path)
+                  voxels=[mrml.volume_array(o.volume_node) for o in outputs], total=job.total, kept=kept, model=path,
+                  log=log, sidecar=sent)
 
 
 def add_nodule(values: dict, s: Scene, name: str) -> Result:
@@ -361,3 +366,15 @@ def test_a_no_attribute_model_enables_the_shape_controls_only(scene):
     states = model_states(model_file(panel_values("demo", {}), scene))
     assert {f for f, on in states.enabled.items() if on} == {"sphericity", "spiculation", "lobulation"}
     assert not states.guidance_enabled
+
+
+def test_synthesize_leaves_out_the_shape_tags_the_model_does_not_take(scene):
+    """demo-nodules with a lobulation tag runs, sends only the tags it takes, and says once why lobulation stays out."""
+    tagged = {**DESCRIBED, "lobulation": 4}
+    changed = run("nodules", {"noduleAttributes": json.dumps(tagged), "keepTemporaryFiles": True}, scene)
+    described_as(DESCRIBED)(run("nodules", {}, scene), changed)
+    sent = [{k: v for k, v in record["attributes"].items() if k != "diameter_mm"} for record in changed.sidecar["nodules"]]
+    assert sent and all(attributes == DESCRIBED for attributes in sent), sent  # the tags it takes, no lobulation
+    said = [line for line in changed.log if "does not take lobulation" in line]
+    assert said == ["demo-nodules.pt does not take lobulation; Synthesize leaves it out (lobulation shapes the outline "
+                    "Add nodule paints)"]
