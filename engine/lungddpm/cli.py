@@ -476,7 +476,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
                      help=f"ddim, dpmpp2m, dpmpp3m: few-step solvers (default {DEFAULT_SAMPLER}); ddpm: the released "
                           "ancestral sampler (all T steps)")
     syn.add_argument("--steps", type=POSITIVE, default=None,
-                     help=f"network passes per sample (solvers: default {DEFAULT_SOLVER_STEPS}; ddpm: always the model's T)")
+                     help=f"network passes per sample (solvers: the model file's own default if it has one, else "
+                          f"{DEFAULT_SOLVER_STEPS}; ddpm: always the model's T)")
     syn.add_argument("--precision", default=AUTO, choices=PRECISION_CHOICES,
                      help="network precision: auto (default: the device's fastest measured path, bf16 on CPUs with "
                           "native bf16), fp32, or bf16/fp16 autocast (see README for the measured tolerance)")
@@ -568,7 +569,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
     gen.add_argument("--seed", type=SEED, default=0, help=f"base {SEED_HELP}; each case's seed derives from it, the reference id and the variant")
     gen.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
     gen.add_argument("--steps", type=POSITIVE, default=None,
-                     help=f"solver steps (default {GENERATE_SOLVER_STEPS}); ddpm always runs the model's T")
+                     help=f"solver steps (default: the model file's own if it has one, else {GENERATE_SOLVER_STEPS}); "
+                          "ddpm always runs the model's T")
     gen.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS, help="AAS noise level (ddpm only)")
     gen.add_argument("--nodules", type=COUNT, default=0, metavar="N", help="add N random nodules per case (lung mask computed where no layout is given)")
     gen.add_argument("--diameter-range", type=MILLIMETRES, nargs=2, default=(6.0, 20.0), metavar=("MIN", "MAX"), action=OrderedPair,

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lungddpm import __version__
-from lungddpm.model.checkpoints import file_sha256, load_model
+from lungddpm.model.checkpoints import checkpoint_solver_steps, file_sha256, load_model
 from lungddpm.generation.attribute_source import AttributeSource, check_source_for_model
 from lungddpm.generation.export import LABEL_SETS, DatasetPaths, finalize, write_case
 from lungddpm.errors import CheckpointError, ConfigError, InputError
@@ -31,7 +31,7 @@ from lungddpm.layout.sidecar import NoduleRecord, kind_records, layout_records, 
 from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.interrupt import NOTHING_WRITTEN, leaves
 from lungddpm.runtime.progress import BatchProgress
-from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler
+from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SAMPLER, GENERATE_SOLVER_STEPS, check_sampler, default_steps
 from lungddpm.model.fastpath import auto_batch
 from lungddpm.synthesis.synthesize import Variant, is_guided, synthesize_variants
 from lungddpm.io.atomic import is_temporary
@@ -82,10 +82,10 @@ class GenerateSettings:
     attributes_from: AttributeSource | None = None  # each nodule's attributes drawn from this (attribute models)
     batch: int | None = None  # variants of one reference per network pass (None: model.fastpath.auto_batch)
 
-    @property
-    def requested_steps(self) -> int | None:
-        """The steps asked of synthesize: as given for ddpm (None = the model's T), else given or GENERATE_SOLVER_STEPS."""
-        return self.steps if self.sampler == ANCESTRAL else int(self.steps or GENERATE_SOLVER_STEPS)
+    def requested_steps(self, model_steps: int | None) -> int | None:
+        """The steps asked of synthesize: as given for ddpm (None = the model's T), else given, the model file's own
+        (``model_steps``: its solver_steps) or GENERATE_SOLVER_STEPS."""
+        return self.steps if self.sampler == ANCESTRAL else int(self.steps or default_steps(model_steps, GENERATE_SOLVER_STEPS))
 
 
 def _image_stem(path: Path) -> str:
@@ -252,7 +252,7 @@ def _check_resumable(paths: DatasetPaths, item: WorkItem, want: dict) -> None:
                           "write to a new output folder, or delete that folder's cases to remake them")
 
 
-def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sha256: str) -> dict:
+def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sha256: str, model_steps: int | None) -> dict:
     """The provenance values a finished case must have to be reused for this request."""
     adds = settings.nodules is not None and settings.nodules.count > 0
     want = {"seed": item.seed, "model_sha256": model_sha256, "sampler": settings.sampler,
@@ -263,7 +263,7 @@ def _wanted(item: WorkItem, ref: Reference, settings: GenerateSettings, model_sh
     if settings.guidance is not None:
         want["guidance"] = settings.guidance
     if settings.sampler != ANCESTRAL:  # ddpm runs the model's T steps, known once the model is loaded
-        want["steps"] = settings.requested_steps
+        want["steps"] = settings.requested_steps(model_steps)
     return want
 
 
@@ -295,6 +295,7 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     model = load_model(model_path, device=shard_device(settings.device, shard)) if todo else None
     if model is not None:
         check_model_settings(model, settings)
+    model_steps = model.config.solver_steps if model is not None else checkpoint_solver_steps(model_path)
     per_call = settings.batch or (auto_batch(model.config, model.device, len(todo), is_guided(model.config, settings.guidance))
                                   if model is not None else 1)
     made = skipped = n = 0
@@ -306,7 +307,7 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
             _make_cases(chunk, ref, maker, model, paths, settings, shard, protect)
             made += len(chunk)
         else:
-            _check_resumable(paths, chunk[0], _wanted(chunk[0], ref, settings, model_sha256))
+            _check_resumable(paths, chunk[0], _wanted(chunk[0], ref, settings, model_sha256, model_steps))
             skipped += 1
         done_total = sum(paths.is_done(i.case) for i in items)
         leaves(_kept(paths, done_total, len(items)))
@@ -345,7 +346,8 @@ def _make_cases(chunk: list[WorkItem], ref: Reference, maker: _CaseMaker, model:
     requested = [_requested_records(model, layout, info["nodules"], own) for _, layout, info, _, own in inputs]
     variants = [Variant(layout, item.seed, wanted or None, layout_name)
                 for item, (_, layout, _, layout_name, _), wanted in zip(chunk, inputs, requested)]
-    results = synthesize_variants(inputs[0][0], variants, model, sampler=settings.sampler, steps=settings.requested_steps,
+    results = synthesize_variants(inputs[0][0], variants, model, sampler=settings.sampler,
+                                  steps=settings.requested_steps(model.config.solver_steps),
                                   device=str(model.device), variant=settings.aas_variant, reference_name=str(ref.image),
                                   guidance=settings.guidance, batch=settings.batch)
     for item, (_, layout, info, _, _), wanted, result in zip(chunk, inputs, requested, results):

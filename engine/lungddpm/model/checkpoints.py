@@ -77,6 +77,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def checkpoint_solver_steps(path: str | Path) -> int | None:
+    """The model file's own default solver steps (ModelConfig.solver_steps); None for a released or older file."""
+    config = read_checkpoint(path).get("config")
+    return config.get("solver_steps") if isinstance(config, dict) else None
+
+
 def _unreadable_reason(path: Path) -> str:
     """What a file that torch.load refused looks like: empty, text, a damaged PyTorch file, or something else."""
     with open(path, "rb") as f:

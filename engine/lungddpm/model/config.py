@@ -41,6 +41,7 @@ class ModelConfig:
     patch_spacing_mm: float | None = None  # patch models: isotropic cube voxel size; None = the CT's own voxels
     attributes: tuple[str, ...] = ()  # LIDC characteristics the model is conditioned on (model.conditioning); () = none
     guidance_scale: float = 1.0  # default classifier-free guidance w of an attribute model (1 = plain conditional)
+    solver_steps: int | None = None  # the model's own default solver steps (measured against its ddpm); None: the project's
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -103,6 +104,9 @@ class ModelConfig:
                               f"({', '.join(BY_FIELD)})")
         if not self.guidance_scale >= 0:
             raise ConfigError(f"guidance_scale {self.guidance_scale} must be >= 0 (1 = plain conditional sampling)")
+        if self.solver_steps is not None and not 1 <= self.solver_steps <= self.timesteps:
+            raise ConfigError(f"solver_steps {self.solver_steps} must lie in 1..{self.timesteps} (timesteps), or be None "
+                              "for the project's defaults")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (lists, ints, strings) safe for torch.save with weights_only loading."""

@@ -3,7 +3,9 @@
 Defaults (README "Fidelity check"; ddpm is the released 250-step ancestral sampler): interactive use
 (synthesize, the Slicer panel) gets the fastest setting that passed the fidelity check; batch data sets
 (generate), where fidelity outweighs latency, the fewest steps at which lung and nodule mean HU came
-within 5 HU of ddpm's. Torch-free, so that the command line can build its choices without torch.
+within 5 HU of ddpm's. A model file may carry its own default (``ModelConfig.solver_steps``, measured
+against that model's ddpm): it replaces both. Torch-free, so that the command line can build its
+choices without torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def check_sampler(sampler: str) -> str:
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler {sampler!r} is not available; choose one of {SAMPLERS}")
     return sampler
+
+
+def default_steps(model_steps: int | None, project_default: int) -> int:
+    """The solver steps when none are asked: the model file's own (solver_steps) if it has one, else the project's."""
+    return int(model_steps or project_default)
 
 
 def network_passes(sampler: str, steps: int | None, timesteps: int, variant: str = "paper",

@@ -10,7 +10,7 @@ from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.progress import ProgressCallback
 from lungddpm.sampling.ancestral import sample_aas
 from lungddpm.sampling.noise import make_generator
-from lungddpm.sampling.options import ANCESTRAL, network_passes
+from lungddpm.sampling.options import ANCESTRAL, DEFAULT_SOLVER_STEPS, default_steps, network_passes
 from lungddpm.sampling.solvers import sample_aas_solver
 
 
@@ -19,11 +19,12 @@ def sample(model: LungDDPM, cond: torch.Tensor, x_ref: torch.Tensor, *, sampler:
            draws: Iterable[torch.Tensor] | None = None, progress: ProgressCallback | None = None,
            precision: str = "fp32", x0_correction: str = "clamp", attributes: torch.Tensor | None = None,
            guidance: float = 1.0) -> torch.Tensor:
-    """x_0 (B,1,D,H,W) with AAS: ddpm runs the model's T steps (Alg. 2), a solver `steps` passes (default DEFAULT_SOLVER_STEPS).
+    """x_0 (B,1,D,H,W) with AAS: ddpm runs the model's T steps (Alg. 2), a solver `steps` passes (default: the model's, else 3).
 
     ``attributes`` (B, A; NaN unknown) and ``guidance`` w: classifier-free guidance of an attribute model.
     """
-    passes = network_passes(sampler, steps, model.config.timesteps, variant)
+    passes = network_passes(sampler, steps, model.config.timesteps, variant,
+                            default_steps(model.config.solver_steps, DEFAULT_SOLVER_STEPS))
     if sampler == ANCESTRAL:
         return sample_aas(model, cond, x_ref, variant=variant, generator=generator, draws=draws, progress=progress,
                           precision=precision, attributes=attributes, guidance=guidance)

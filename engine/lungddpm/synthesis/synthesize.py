@@ -25,7 +25,7 @@ from lungddpm.model.lungddpm import LungDDPM
 from lungddpm.runtime.device import resolve_device
 from lungddpm.runtime.precision import AUTO
 from lungddpm.runtime.progress import ProgressCallback
-from lungddpm.sampling.options import DEFAULT_SAMPLER, network_passes
+from lungddpm.sampling.options import DEFAULT_SAMPLER, DEFAULT_SOLVER_STEPS, default_steps, network_passes
 from lungddpm.sampling.sample import sample_batches
 from lungddpm.synthesis.conditions import Request, check_request, nodule_attributes, provenance_entries, sample_conditions
 from lungddpm.synthesis.patches import PatchProfile
@@ -202,7 +202,7 @@ def check_settings(config: ModelConfig, model_name: str, *, sampler: str = DEFAU
                    patch_spacing_mm: float | None = None) -> tuple[int, GridProfile | PatchProfile]:
     """(network passes, profile) of a request to a model; a setting the model refuses raises with the fix, before any work."""
     check_request(config, model_name, attributes, guidance)
-    n_steps = network_passes(sampler, steps, config.timesteps, variant)
+    n_steps = network_passes(sampler, steps, config.timesteps, variant, default_steps(config.solver_steps, DEFAULT_SOLVER_STEPS))
     return n_steps, profile_for(config, blend_margin_mm=margin_mm, patch_spacing_mm=patch_spacing_mm)
 
 
