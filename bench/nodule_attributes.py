@@ -7,9 +7,10 @@ synthesised with each request for every nodule, at each guidance scale w. Image-
 
 - texture ground-glass / part-solid / solid: the nodule mean HU (the phantom draws ground-glass haze
   at about −650 HU, part-solid as a solid core in a halo, solid at 20–60 HU);
-- calcification central vs absent (texture solid): the mean HU of the nodule's core (voxels within
-  CORE_FRACTION of the equivalent radius from the nodule's centroid; the phantom's central calcium
-  has radius 0.35 of it, 400 HU).
+- calcification (texture solid), asked as a user words it: "calcified" (the prompt parser's meaning,
+  solid calcification: calcium through the whole nodule), "central calcification" and "non-calcified":
+  the mean HU of the nodule's core (voxels within CORE_FRACTION of the equivalent radius from the
+  nodule's centroid; the phantom's central calcium has radius 0.35 of it; calcium is 400 HU).
 - spiculation none (1) vs marked (5) (texture solid), each on the layout add-nodule paints for that
   request (bench/held_out.py ``outlined_layout``: spicules in the nodule mask, as a user placing the
   nodule gets them): the boundary irregularity of the nodule's dense region, as ``lungddpm evaluate``
@@ -29,13 +30,14 @@ import numpy as np
 
 from held_out import bench_arguments, bench_model, outlined_layout
 from lungddpm.evaluation.adherence import nodule_measurements, shape_measures
-from lungddpm.layout.attributes import NoduleAttributes
+from lungddpm.layout.attributes import NoduleAttributes, parse_prompt
 from lungddpm.layout.labels import NODULE
 from lungddpm.layout.sidecar import nodule_components
 from lungddpm.synthesis.synthesize import synthesize
 
-REQUESTS = {"ground-glass": dict(texture=1), "part-solid": dict(texture=3), "solid": dict(texture=5),
-            "calcified": dict(texture=5, calcification=5), "not calcified": dict(texture=5, calcification=6)}
+REQUESTS = {"ground-glass": "ground-glass", "part-solid": "part-solid", "solid": "solid",
+            "calcified": "solid calcified", "central calcification": "solid, central calcification",
+            "not calcified": "solid non-calcified"}  # prompts, as a user words them (layout.attributes.parse_prompt)
 SPICULATION = {"not spiculated": dict(texture=5, spiculation=1), "spiculated": dict(texture=5, spiculation=5)}
 CORE_FRACTION = 0.35
 
@@ -65,10 +67,10 @@ def main() -> None:
         rows = {name: [] for name in REQUESTS}
         for n, ph in enumerate(cases):
             nodule, core = ph.layout.array == NODULE, core_masks(ph.layout)
-            for name, request in REQUESTS.items():
+            for name, prompt in REQUESTS.items():
                 result = synthesize(ph.ct, ph.layout, model, seed=n, sampler=args.sampler, steps=args.steps,
-                                    device="cpu", attributes=NoduleAttributes(**request), guidance=w)
-                region = core if "calcified" in name else nodule
+                                    device="cpu", attributes=parse_prompt(prompt), guidance=w)
+                region = core if "calcif" in name else nodule
                 rows[name].append(round(float(result.image.array[region].mean()), 1))
         irregularity = {name: {"image": [], "layout": []} for name in SPICULATION}
         for n, ph in enumerate(cases):
@@ -87,7 +89,8 @@ def main() -> None:
         ordered = sum(g < ps < s for g, ps, s in zip(rows["ground-glass"], rows["part-solid"], rows["solid"]))
         table[f"w={w:g}"] = {"mean_hu": means, "per_seed_hu": rows, "texture_ordered_seeds": f"{ordered}/{args.seeds}",
                              "solid_minus_ground_glass_hu": round(means["solid"] - means["ground-glass"], 1),
-                             "calcified_core_hu": means["calcified"], "uncalcified_core_hu": means["not calcified"],
+                             "calcified_core_hu": means["calcified"], "central_calcification_core_hu":
+                                 means["central calcification"], "uncalcified_core_hu": means["not calcified"],
                              "irregularity": {name: {where: round(float(np.nanmean(v)), 3) if v else None
                                                      for where, v in measured.items()}
                                               for name, measured in irregularity.items()}}
