@@ -95,7 +95,7 @@ Synthetic images are for research (e.g. data augmentation), never for diagnosis.
 <p>Workflow: reference CT, segmentation with a lung segment (or "Create lung segment") and nodule segments
 (Segment Editor, or "Add nodule" at a point, which paints the chosen sphericity, spiculation and lobulation for
 any model), for an attribute model the nodules' other attributes (or a description),
-model, device, sampler (default DPM-Solver++ 2M, 3 steps; ddpm runs all of the model's steps), precision, seed,
+model, device, sampler (default DPM-Solver++ 2M, 3 steps or the model file's own; ddpm runs all of the model's steps), precision, seed,
 variants, then Synthesize. Lung-DDPM+ (patch) models synthesise one
 64³ cube per nodule and change only the nodules. The engine runs in the background; Cancel stops it and leaves
 the scene as it was.</p>
@@ -482,21 +482,23 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- nodule attributes ----------------------------------------------------------------------------------
 
-    def modelAttributeStates(self) -> panel.AttributeStates:
-        """Which attribute controls the chosen model enables, from its model file (read without torch)."""
+    def chosenModelInfo(self) -> tuple[checkpoint_info.ModelAttributes | None, str]:
+        """What the chosen model file says (read without torch), or None and why it cannot be read yet."""
         p = self._parameterNode
-        entry = self.logic.modelEntry(p.modelName)
-        title = entry.title if entry is not None else _("this checkpoint")
-        fields = nodule_attributes.PANEL_ATTRIBUTES
         path = self.logic.presentModelFile(p.modelName, chosenPath(p.localModelPath))
         if path is None:
-            return panel.attribute_states(None, fields, self.shapeFields, title,
-                                          _("choose or download the model file first; the file says which attributes "
-                                            "the model takes"))
+            return None, _("choose or download the model file first; the file says which attributes the model takes")
         try:
-            return panel.attribute_states(self.logic.modelAttributes(path), fields, self.shapeFields, title)
+            return self.logic.modelAttributes(path), ""
         except checkpoint_info.CheckpointReadError as error:
-            return panel.attribute_states(None, fields, self.shapeFields, title, str(error))
+            return None, str(error)
+
+    def modelAttributeStates(self) -> panel.AttributeStates:
+        """Which attribute controls the chosen model enables, from its model file (read without torch)."""
+        entry = self.logic.modelEntry(self._parameterNode.modelName)
+        title = entry.title if entry is not None else _("this checkpoint")
+        info, reason = self.chosenModelInfo()
+        return panel.attribute_states(info, nodule_attributes.PANEL_ATTRIBUTES, self.shapeFields, title, reason)
 
     def updateAttributeWidgets(self) -> None:
         """Enable the shape controls for any readable model, the others and guidance for what it takes; say which is which."""
@@ -540,20 +542,21 @@ class LungDDPMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                                   n=len(p.noduleSegmentIds)))
 
     def onModelChanged(self, index: int) -> None:
-        """Store the chosen model's name; the guidance scale becomes the model's default."""
+        """Store the chosen model's name; the guidance scale and solver steps become the model's defaults."""
         self._parameterNode.modelName = self.ui.modelCombo.itemData(index)
-        self.useModelGuidance()
+        self.useModelDefaults()
 
     def onModelPathChanged(self, path: str) -> None:
-        """Store the chosen checkpoint file; the guidance scale becomes its default."""
+        """Store the chosen checkpoint file; the guidance scale and solver steps become its defaults."""
         self._parameterNode.localModelPath = path
-        self.useModelGuidance()
+        self.useModelDefaults()
 
-    def useModelGuidance(self) -> None:
-        """Set the guidance scale to the chosen model's default (attribute models only)."""
+    def useModelDefaults(self) -> None:
+        """Set the guidance scale (attribute models) and the solver steps to the chosen model file's defaults."""
         default = self.modelAttributeStates().guidance_default
         if default is not None:
             self._parameterNode.guidance = default
+        self._parameterNode.steps = panel.default_steps(self.chosenModelInfo()[0])
 
     def onModelCacheDirChanged(self, path: str) -> None:
         """Remember the model folder in the application settings."""
@@ -1105,7 +1108,7 @@ class LungDDPMSlicerLogic(ScriptedLoadableModuleLogic):
         """Start a background synthesis (one variant per seed: seed, seed+1, ...); poll() the returned job.
 
         lungSegments: the lung segment's ID, or several (e.g. five lobe segments) whose union is the lung.
-        steps: few-step solvers only (None: the engine's default 3); aasVariant: ddpm only; patchSpacingMm:
+        steps: few-step solvers only (None: the model file's own default, else 3); aasVariant: ddpm only; patchSpacingMm:
         Lung-DDPM+ models only (None: the model's own cube voxel size). For a model file that takes nodule
         attributes, each nodule segment's attribute tags are sent, with guidance (None: the model's default).
         """

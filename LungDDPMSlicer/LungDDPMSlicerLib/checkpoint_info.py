@@ -1,7 +1,8 @@
 """What a model file says about nodule attributes, read without torch (Slicer may not have it installed yet).
 
 A lungddpm checkpoint is a torch.save zip whose ``data.pkl`` holds a dict with ``format`` and ``config``
-(``attributes``: the LIDC characteristics the model takes; ``guidance_scale``: its default w). The pickle is
+(``attributes``: the LIDC characteristics the model takes; ``guidance_scale``: its default w;
+``solver_steps``: its own default solver steps, if it has one). The pickle is
 read with an unpickler that builds plain Python containers only: tensors become None (their storages are
 never read) and any other class is refused, so no code from the file runs. Released checkpoints have no
 config and take no attributes.
@@ -28,10 +29,11 @@ class CheckpointReadError(ValueError):
 
 @dataclass(frozen=True)
 class ModelAttributes:
-    """The nodule attributes a model takes (empty: none) and its default guidance scale (None: no attributes)."""
+    """The nodule attributes a model takes (empty: none), its default guidance scale (None: no attributes) and solver steps."""
 
     attributes: tuple[str, ...]
     guidance_scale: float | None
+    solver_steps: int | None = None  # the model file's own default solver steps (None: the engine's)
 
 
 def _no_tensor(*args: object) -> None:
@@ -66,5 +68,6 @@ def read_model_attributes(path: Path) -> ModelAttributes:
     if not isinstance(obj, dict) or obj.get("format") != PROJECT_FORMAT or not isinstance(obj.get("config"), dict):
         return ModelAttributes((), None)  # a released checkpoint: no configuration, no attributes
     attributes = tuple(str(a) for a in obj["config"].get("attributes") or ())
-    scale = obj["config"].get("guidance_scale")
-    return ModelAttributes(attributes, float(scale) if attributes and scale is not None else None)
+    scale, steps = obj["config"].get("guidance_scale"), obj["config"].get("solver_steps")
+    return ModelAttributes(attributes, float(scale) if attributes and scale is not None else None,
+                           int(steps) if steps else None)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .checkpoint_info import ModelAttributes
-from .engine import DEVICES, PRECISIONS, SAMPLERS
+from .engine import DEFAULT_SOLVER_STEPS, DEVICES, PRECISIONS, SAMPLERS
 from .estimates import PATCH_PROFILES
 from .models import ModelEntry
 
@@ -107,6 +107,11 @@ def attribute_states(model: ModelAttributes | None, fields: Sequence[str], shape
         f"; {shaping_clause(painted)}" if painted else "") + (
         f"; it does not know {', '.join(others)}" if others else "")
     return AttributeStates(enabled, True, model.guidance_scale, message + ".")
+
+
+def default_steps(model: ModelAttributes | None) -> int:
+    """The solver steps the panel starts from: the model file's own default, else the engine's (DEFAULT_SOLVER_STEPS)."""
+    return model.solver_steps if model is not None and model.solver_steps else DEFAULT_SOLVER_STEPS
 
 
 def sampling_options(sampler: str, steps: int, aas_variant: str, precision: str,

@@ -24,6 +24,7 @@ def test_model_attributes_read_without_torch_agree_with_the_engine(tiny_checkpoi
         read = checkpoint_info.read_model_attributes(path)
         assert read.attributes == tuple(config.attributes)
         assert read.guidance_scale == (config.guidance_scale if config.attributes else None)
+        assert read.solver_steps == config.solver_steps
     assert checkpoint_info.read_model_attributes(MODELS / "demo-nodules.pt") == \
         checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0)
     not_a_model = tmp_path / "notes.pt"
@@ -35,6 +36,19 @@ def test_model_attributes_read_without_torch_agree_with_the_engine(tiny_checkpoi
         archive.writestr("hostile/data.pkl", pickle.dumps({"format": "x", "hook": print}, protocol=2))
     with pytest.raises(checkpoint_info.CheckpointReadError, match=r"print is not expected"):
         checkpoint_info.read_model_attributes(hostile)
+
+
+def test_panel_starts_from_the_model_files_own_solver_steps(tmp_path):
+    """A model file's solver_steps becomes the panel's Steps; without one (or unreadable) the engine's default."""
+    from lungddpm.model import checkpoints
+
+    model = checkpoints.load_model(MODELS / "demo-native-32.pt")
+    model.config.solver_steps = 7
+    own = checkpoints.save_checkpoint(tmp_path / "own.pt", model)
+    assert panel.default_steps(checkpoint_info.read_model_attributes(own)) == 7
+    assert panel.default_steps(checkpoint_info.read_model_attributes(MODELS / "demo-native-32.pt")) == \
+        engine.DEFAULT_SOLVER_STEPS == 3
+    assert panel.default_steps(None) == engine.DEFAULT_SOLVER_STEPS
 
 
 def test_panel_vocabulary_is_the_engines_and_the_prompt_uses_its_parser():
