@@ -9,7 +9,7 @@ out brighter than its reference) conditioned on the attributes ``NODULE_ATTRIBUT
 dropout for classifier-free guidance. Its phantoms are drawn on a finer grid than the demo's
 (``NODULE_PHANTOM_GRID``, the cubes' own voxel size) so that spicules and calcified cores are resolved;
 their nodules are described (``demo.phantom_attributes``): texture, margin and spiculation at uniformly
-drawn codes, calcification absent in ``1 - CALCIFIED_SHARE`` of them and otherwise a uniformly drawn
+drawn codes, calcification absent in ``1 - --calcified-share`` of them and otherwise a uniformly drawn
 pattern, every other characteristic plain; each nodule mask gets its sidecar, so ``prepare`` lists each
 cube's nodule with its attributes.
 
@@ -51,7 +51,7 @@ NODULES_TRAINING = dict(ema_every=1)  # a short run: average over the last ~1/(1
 NODULES_PER_PHANTOM = (2, 4)
 NODULE_DIAMETER_MM = (8.0, 12.0)  # a marked spiculated 12-mm nodule still fits a 16³ cube of 1.5 mm with its border
 NODULE_PHANTOM_GRID = dict(size=(240, 240, 192), spacing=(CUBE_SPACING_MM,) * 3)  # the demo phantom's extent
-CALCIFIED_SHARE = 0.4  # nodules drawn with a calcification pattern (codes 1-5); the rest absent (6)
+CALCIFIED_SHARE = 0.5  # default share of nodules drawn with a calcification pattern (codes 1-5); the rest absent (6)
 
 
 def write_phantom_case(folder: Path, n: int, seed: int) -> None:
@@ -63,20 +63,20 @@ def write_phantom_case(folder: Path, n: int, seed: int) -> None:
         write_volume(ph.layout.with_array(nodules.astype(np.uint8)), folder / f"phantom{n:03d}" / "nodules.nrrd")
 
 
-def drawn_attributes(rng: np.random.Generator) -> dict[str, int]:
-    """One training nodule's characteristics: uniform texture, margin and spiculation codes; calcified in CALCIFIED_SHARE."""
+def drawn_attributes(rng: np.random.Generator, calcified_share: float = CALCIFIED_SHARE) -> dict[str, int]:
+    """One training nodule's characteristics: uniform texture, margin and spiculation codes; calcified in calcified_share."""
     codes = {name: int(rng.integers(1, 6)) for name in ("texture", "margin", "spiculation")}
-    codes["calcification"] = int(rng.integers(1, 6)) if rng.random() < CALCIFIED_SHARE else 6
+    codes["calcification"] = int(rng.integers(1, 6)) if rng.random() < calcified_share else 6
     return codes
 
 
-def write_described_case(folder: Path, n: int, seed: int) -> None:
+def write_described_case(folder: Path, n: int, seed: int, calcified_share: float = CALCIFIED_SHARE) -> None:
     """Phantom case folder n with described nodules (ct.nrrd, nodules.nrrd and its sidecar), drawn from (seed, n) alone."""
     rng = np.random.default_rng((seed, n))
     grid = phantom_grid(**NODULE_PHANTOM_GRID)
     plain = make_phantom(grid, seed=seed + n, nodules=int(rng.integers(NODULES_PER_PHANTOM[0], NODULES_PER_PHANTOM[1] + 1)))
     specs = [{"center_lps_mm": record["center_lps_mm"], "diameter_mm": float(rng.uniform(*NODULE_DIAMETER_MM)),
-              "attributes": drawn_attributes(rng)} for record in plain.nodules]  # the plain phantom's places: in the lungs
+              "attributes": drawn_attributes(rng, calcified_share)} for record in plain.nodules]  # the plain phantom's places: in the lungs
     ph = make_phantom(grid, seed=seed + n, nodules=specs)
     mask = folder / f"phantom{n:03d}" / "nodules.nrrd"
     write_volume(ph.ct, mask.with_name("ct.nrrd"))
@@ -84,13 +84,16 @@ def write_described_case(folder: Path, n: int, seed: int) -> None:
     write_sidecar(mask, ph.nodule_records())
 
 
-def prepare_shard(job: tuple[bool, Path, int, int, int, int]) -> str:
+def prepare_shard(job: tuple[bool, Path, int, int, int, int, float]) -> str:
     """Write phantoms shard, shard + shards, ... below `phantoms`, and prepare them; returns the prepared folder."""
-    described, work, shard, shards, count, seed = job
+    described, work, shard, shards, count, seed, calcified_share = job
     torch.set_num_threads(1)
     folder, config = work / f"phantoms-{shard}", NODULES_CONFIG if described else DEMO_CONFIG
     for n in range(shard, count, shards):
-        (write_described_case if described else write_phantom_case)(folder, n, seed)
+        if described:
+            write_described_case(folder, n, seed, calcified_share)
+        else:
+            write_phantom_case(folder, n, seed)
     prepared = work / f"prepared-{shard}"
     prepare_dataset([folder], prepared, profile=config["profile"], size=config["image_size"], val_fraction=0.0, seed=seed,
                     patch_spacing_mm=config.get("patch_spacing_mm"))
@@ -111,6 +114,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--nodules", action="store_true", help="train demo-nodules (attribute patch model) instead")
+    p.add_argument("--calcified-share", type=float, default=CALCIFIED_SHARE,
+                   help="--nodules: the share of training nodules drawn with a calcification pattern")
     p.add_argument("--init", default=None, help="continue from this checkpoint (e.g. an earlier run's latest.pt)")
     p.add_argument("--work", type=Path, default=Path("runs/demo-model"),
                    help="working folder; its prepared-<shard>/ data are reused when present (same --phantoms, --seed, --jobs)")
@@ -120,7 +125,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model_config, training = (NODULES_CONFIG, NODULES_TRAINING) if args.nodules else (DEMO_CONFIG, {})
-    jobs = [(args.nodules, args.work, shard, args.jobs, args.phantoms, args.seed) for shard in range(args.jobs)]
+    jobs = [(args.nodules, args.work, shard, args.jobs, args.phantoms, args.seed, args.calcified_share)
+            for shard in range(args.jobs)]
     prepared = [str(args.work / f"prepared-{shard}") for shard in range(args.jobs)]
     if not all((Path(folder) / "manifest.json").is_file() for folder in prepared):  # an earlier attempt's are reused
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
@@ -136,7 +142,7 @@ def main() -> None:
     save_checkpoint(args.output, ema_half, step=args.steps, store=("ema",),
                     extra={"training": {"phantoms": args.phantoms, "jobs": args.jobs,
                                         **({"phantom_grid": NODULE_PHANTOM_GRID, "nodule_diameter_mm": NODULE_DIAMETER_MM,
-                                            "nodules_per_phantom": NODULES_PER_PHANTOM, "calcified_share": CALCIFIED_SHARE}
+                                            "nodules_per_phantom": NODULES_PER_PHANTOM, "calcified_share": args.calcified_share}
                                            if args.nodules else {}), "steps": args.steps, "lr": args.lr, "seed": args.seed,
                                         "train_seed": train_seed,
                                         "batch_size": args.batch_size, "init": args.init,

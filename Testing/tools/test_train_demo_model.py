@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lungddpm import load_model
@@ -53,3 +54,20 @@ def test_train_seed_sets_the_run_apart_from_the_phantoms(tmp_path):
     assert (first["training"]["train_seed"], other["training"]["train_seed"]) == (0, 1)
     assert all(torch.equal(first["ema"][k], again["ema"][k]) for k in first["ema"])
     assert not all(torch.equal(first["ema"][k], other["ema"][k]) for k in first["ema"])
+
+
+def test_calcified_share_sets_how_many_training_nodules_are_calcified():
+    """--calcified-share: the share of drawn nodules with a calcification pattern (codes 1-5; 6 = absent)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_demo_model", REPO / "tools" / "train_demo_model.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def calcified(share: float) -> float:
+        codes = [tool.drawn_attributes(np.random.default_rng(n), share)["calcification"] for n in range(400)]
+        assert set(codes) <= {1, 2, 3, 4, 5, 6}
+        return float(np.mean([c != 6 for c in codes]))
+
+    assert calcified(0.0) == 0.0 and calcified(1.0) == 1.0
+    assert abs(calcified(0.25) - 0.25) < 0.06 and abs(calcified(0.5) - 0.5) < 0.06
