@@ -27,6 +27,7 @@ from lungddpm.evaluation.adherence import agreement, nodule_measurements
 from lungddpm.evaluation.variety import mean_pairwise_difference
 from lungddpm.layout.attributes import NoduleAttributes
 from lungddpm.layout.labels import NODULE
+from lungddpm.sampling.options import DEFAULT_SOLVER_STEPS, default_steps
 from lungddpm.synthesis.synthesize import synthesize
 
 LEVELS = {"texture": (1, 3, 5), "calcification": (3, 6), "margin": (1, 5), "spiculation": (1, 5)}  # codes asked of each
@@ -92,7 +93,8 @@ def main() -> None:
     results = {f"w={w:g}": sweep_point(model, w, cases, args.variants, requests, args.sampler, args.steps)
                for w in args.guidance}
     print(json.dumps({"model": args.model, "attributes": list(model.config.attributes), "sampler": args.sampler,
-                      "steps": args.steps, "seeds": args.seeds, "variants": args.variants,
+                      "steps": args.steps or default_steps(model.config.solver_steps, DEFAULT_SOLVER_STEPS),
+                      "seeds": args.seeds, "variants": args.variants,
                       "requests": [r.to_dict() for r in requests], "default_guidance": model.config.guidance_scale,
                       "results": results, "seconds": round(time.perf_counter() - start, 1)}, indent=1, default=str))
     print(table(results))

@@ -33,6 +33,7 @@ from lungddpm.evaluation.adherence import nodule_measurements, shape_measures
 from lungddpm.layout.attributes import NoduleAttributes, parse_prompt
 from lungddpm.layout.labels import NODULE
 from lungddpm.layout.sidecar import nodule_components
+from lungddpm.sampling.options import DEFAULT_SOLVER_STEPS, default_steps
 from lungddpm.synthesis.synthesize import synthesize
 
 REQUESTS = {"ground-glass": "ground-glass", "part-solid": "part-solid", "solid": "solid",
@@ -94,7 +95,8 @@ def main() -> None:
                              "irregularity": {name: {where: round(float(np.nanmean(v)), 3) if v else None
                                                      for where, v in measured.items()}
                                               for name, measured in irregularity.items()}}
-    print(json.dumps({"model": args.model, "sampler": args.sampler, "steps": args.steps, "seeds": args.seeds,
+    print(json.dumps({"model": args.model, "sampler": args.sampler,
+                      "steps": args.steps or default_steps(model.config.solver_steps, DEFAULT_SOLVER_STEPS), "seeds": args.seeds,
                       "default_guidance": model.config.guidance_scale, "results": table,
                       "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 

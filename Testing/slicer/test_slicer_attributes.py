@@ -26,7 +26,7 @@ def test_model_attributes_read_without_torch_agree_with_the_engine(tiny_checkpoi
         assert read.guidance_scale == (config.guidance_scale if config.attributes else None)
         assert read.solver_steps == config.solver_steps
     assert checkpoint_info.read_model_attributes(MODELS / "demo-nodules.pt") == \
-        checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0)
+        checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0, 10)
     not_a_model = tmp_path / "notes.pt"
     not_a_model.write_text("not a zip")
     with pytest.raises(checkpoint_info.CheckpointReadError, match="notes.pt"):
@@ -82,7 +82,7 @@ def test_shape_fields_are_the_engines():
 
 def test_attribute_controls_follow_the_model_and_the_shape_ones_every_model():
     """The model's characteristics and, for every readable model, the shape ones are enabled; the panel says which is which."""
-    demo_nodules = checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0)
+    demo_nodules = checkpoint_info.ModelAttributes(("texture", "calcification", "margin", "spiculation"), 3.0, 10)
     states = panel.attribute_states(demo_nodules, nodule_attributes.PANEL_ATTRIBUTES, SHAPES, "demo-nodules")
     assert states.enabled == {"texture": True, "margin": True, "spiculation": True, "lobulation": True,
                               "calcification": True, "sphericity": True, "malignancy": False}
