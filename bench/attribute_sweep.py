@@ -1,7 +1,7 @@
 """How adherence and variety move with the guidance scale w: a sweep on held-out phantoms. Not a test.
 
 For each w, each held-out phantom (bench/held_out.py) and each request of a factorial design over the model's
-attributes (texture ground-glass / part-solid / solid, calcification solid (what "calcified" asks) / absent, margin and spiculation
+attributes (texture ground-glass / part-solid / solid, calcification central / absent (solid calcification would paint the whole nodule and hide its texture), margin and spiculation
 at their two ends, those the model knows), K variants (sampling seeds 0 … K−1) are synthesised with the request for every
 nodule, on the layout add-nodule paints for the request (held_out.outlined_layout: a spiculated request has spicules in
 its nodule masks, as a user placing the nodule gets them). Each
@@ -30,7 +30,7 @@ from lungddpm.layout.labels import NODULE
 from lungddpm.sampling.options import DEFAULT_SOLVER_STEPS, default_steps
 from lungddpm.synthesis.synthesize import synthesize
 
-LEVELS = {"texture": (1, 3, 5), "calcification": (3, 6), "margin": (1, 5), "spiculation": (1, 5)}  # codes asked of each
+LEVELS = {"texture": (1, 3, 5), "calcification": (5, 6), "margin": (1, 5), "spiculation": (1, 5)}  # codes asked of each
 
 
 def design(known: tuple[str, ...]) -> list[NoduleAttributes]:
