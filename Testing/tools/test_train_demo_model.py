@@ -71,3 +71,18 @@ def test_calcified_share_sets_how_many_training_nodules_are_calcified():
 
     assert calcified(0.0) == 0.0 and calcified(1.0) == 1.0
     assert abs(calcified(0.25) - 0.25) < 0.06 and abs(calcified(0.5) - 0.5) < 0.06
+
+
+def test_calcified_share_reaches_the_prepared_cubes_and_the_record(tmp_path):
+    """--nodules --calcified-share 0: every prepared cube's nodule is uncalcified (6), and the file records the share."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "engine"), "OMP_NUM_THREADS": "1"}
+    out, work = tmp_path / "nodules.pt", tmp_path / "work"
+    res = subprocess.run([sys.executable, str(REPO / "tools" / "train_demo_model.py"), "--nodules", "--output", str(out),
+                          "--phantoms", "1", "--steps", "1", "--threads", "1", "--calcified-share", "0",
+                          "--work", str(work)], capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cases = json.loads((work / "prepared-0" / "manifest.json").read_text())["cases"]
+    codes = [n["attributes"]["calcification"] for case in cases for n in case["nodules"]]
+    assert codes and set(codes) == {6}
+    assert read_checkpoint(out)["training"]["calcified_share"] == 0.0
+    assert load_model(out).config.solver_steps == 10  # the bundled model's measured default travels with a retrain
