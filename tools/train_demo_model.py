@@ -123,6 +123,8 @@ def main() -> None:
                    help="working folder; its prepared-<shard>/ data are reused when present (same --phantoms, --seed, --jobs)")
     p.add_argument("--jobs", type=int, default=1, help="processes writing and preparing the phantoms (shards)")
     args = p.parse_args()
+    if not 0 <= args.calcified_share <= 1:
+        p.error(f"--calcified-share {args.calcified_share} must be a share between 0 and 1 (e.g. 0.5)")
     train_seed = args.seed if args.train_seed is None else args.train_seed
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

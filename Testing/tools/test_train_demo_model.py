@@ -71,6 +71,10 @@ def test_calcified_share_sets_how_many_training_nodules_are_calcified():
 
     assert calcified(0.0) == 0.0 and calcified(1.0) == 1.0
     assert abs(calcified(0.25) - 0.25) < 0.06 and abs(calcified(0.5) - 0.5) < 0.06
+    refused = subprocess.run([sys.executable, str(REPO / "tools" / "train_demo_model.py"), "--nodules", "--output", "x.pt",
+                              "--calcified-share", "1.5"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "engine")})
+    assert refused.returncode == 2 and "--calcified-share 1.5 must be a share between 0 and 1" in refused.stderr
 
 
 def test_calcified_share_reaches_the_prepared_cubes_and_the_record(tmp_path):
