@@ -295,7 +295,9 @@ def generate(refs: list[Reference], model_path: str | Path, paths: DatasetPaths,
     model = load_model(model_path, device=shard_device(settings.device, shard)) if todo else None
     if model is not None:
         check_model_settings(model, settings)
-    model_steps = model.config.solver_steps if model is not None else checkpoint_solver_steps(model_path)
+    default_asked = settings.sampler != ANCESTRAL and settings.steps is None  # only then do the model's own steps count
+    model_steps = model.config.solver_steps if model is not None else (
+        checkpoint_solver_steps(model_path) if default_asked else None)  # a finished data set: read the file once
     per_call = settings.batch or (auto_batch(model.config, model.device, len(todo), is_guided(model.config, settings.guidance))
                                   if model is not None else 1)
     made = skipped = n = 0
